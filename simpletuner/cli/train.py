@@ -1,0 +1,64 @@
+"""``train.py``: load and validate the config, then train.
+
+User mistakes (``UserError``) end the process with one line on stderr and
+exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from simpletuner.errors import USER_ERROR_EXIT_CODE, UserError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv)
+    except UserError as error:
+        for line in str(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume_from_checkpoint latest", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list[str]) -> int:
+    from simpletuner.config.loader import load_config
+    from simpletuner.config.model import option_values, redacted_values
+    from simpletuner.config.options import OPTIONS_BY_NAME
+
+    config = load_config(argv)
+    if config.print_config:
+        print(json.dumps(redacted_values(config), indent=2, sort_keys=True))
+        return 0
+    if config.list_model_families:
+        _print_families()
+        return 0
+    from simpletuner.logs import setup_logging
+
+    secrets = [str(v) for k, v in option_values(config).items() if OPTIONS_BY_NAME[k].secret and v]
+    setup_logging(os.environ, secrets, Path(config.output_dir) / "debug.log")
+    from simpletuner.training.trainer import Trainer
+
+    Trainer(config, show_progress=sys.stderr.isatty() or bool(os.environ.get("SIMPLETUNER_PROGRESS"))).run()
+    return 0
+
+
+def _print_families() -> None:
+    from simpletuner.config.options import OPTIONS_BY_NAME
+    from simpletuner.families.registry import available_families
+
+    option = OPTIONS_BY_NAME["model_family"]
+    ready = set(available_families())
+    for name in option.choices:
+        print(f"{name}\t{'available' if name in ready else 'not implemented yet'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""Checks that look at more than one option, run before anything heavy loads.
+
+Each rule is a small function taking the merged values and returning a
+message (naming the option to change) or None.  ``validate`` runs them all and
+reports every problem at once, one per line, so the user fixes the file in one
+go.  Single-option checks (type, choice, bounds) already happened in
+``coerce_value``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from simpletuner.config.options import OPTIONS
+from simpletuner.errors import ConfigError
+
+Values = Mapping[str, Any]
+Rule = Callable[[Values], Optional[str]]
+
+# Options that make the trainer print something and exit; they need no model.
+INFORMATION_ONLY = ("print_config", "list_model_families")
+
+_RESOLUTION_ITEM = re.compile(r"^\s*(\d+)(\s*x\s*(\d+))?\s*$")
+
+
+def not_implemented(values: Values) -> Optional[str]:
+    problems = []
+    for option in OPTIONS:
+        value = values[option.name]
+        if not option.is_value_implemented(value):
+            if isinstance(option.implemented, tuple):
+                works = ", ".join(option.implemented)
+                problems.append(
+                    f"{option.flag}={_show(value)} is not implemented yet (working choices: {works})"
+                )
+            else:
+                problems.append(
+                    f"{option.flag} is not implemented yet; remove it or set it to "
+                    f"{_show(option.default)}"
+                )
+    return "\n".join(problems) or None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def model_family_required(values: Values) -> Optional[str]:
+    if not values["model_family"]:
+        return "--model_family is required (for example sdxl); see --list_model_families"
+    return None
+
+
+def model_path_required(values: Values) -> Optional[str]:
+    if not values["pretrained_model_name_or_path"]:
+        return "--pretrained_model_name_or_path is required: a diffusers model folder or hub id"
+    return None
+
+
+def data_config_required(values: Values) -> Optional[str]:
+    if not values["data_backend_config"]:
+        return "--data_backend_config is required: the path of your multidatabackend.json"
+    return None
+
+
+def training_length(values: Values) -> Optional[str]:
+    if values["max_train_steps"] == 0 and values["num_train_epochs"] == 0:
+        return (
+            "--max_train_steps and --num_train_epochs are both 0; set one of them "
+            "so the run knows when to stop"
+        )
+    return None
+
+
+def lycoris_needs_config(values: Values) -> Optional[str]:
+    if values["lora_type"] == "lycoris" and not values.get("lycoris_config"):
+        return "--lora_type=lycoris needs --lycoris_config (a JSON file naming the algorithm)"
+    return None
+
+
+def validation_resolution_format(values: Values) -> Optional[str]:
+    raw = values.get("validation_resolution")
+    if raw in (None, ""):
+        return None
+    for item in str(raw).split(","):
+        if not _RESOLUTION_ITEM.match(item):
+            return (
+                f"--validation_resolution={raw!r}: each entry must be a size like 1024 "
+                f"or WIDTHxHEIGHT like 1216x832, separated by commas"
+            )
+    return None
+
+
+def report_to_none_alone(values: Values) -> Optional[str]:
+    targets = values["report_to"] or []
+    if "none" in targets and len(targets) > 1:
+        return "--report_to: 'none' cannot be combined with trackers; list only the trackers you want"
+    return None
+
+
+def resume_path_exists(values: Values) -> Optional[str]:
+    target = values["resume_from_checkpoint"]
+    if target and target != "latest" and not Path(target).is_dir():
+        return (
+            f"--resume_from_checkpoint={target}: no such checkpoint folder; "
+            "use 'latest' or the path of a checkpoint-N folder"
+        )
+    return None
+
+
+def output_dir_is_folder(values: Values) -> Optional[str]:
+    output = values["output_dir"]
+    if output and Path(output).exists() and not Path(output).is_dir():
+        return f"--output_dir={output} is a file; point it at a folder"
+    return None
+
+
+def lora_alpha_positive(values: Values) -> Optional[str]:
+    alpha = values["lora_alpha"]
+    if alpha is not None and alpha <= 0:
+        return f"--lora_alpha must be greater than 0, got {alpha}"
+    return None
+
+
+RULES: tuple[Rule, ...] = (
+    not_implemented,
+    model_family_required,
+    model_path_required,
+    data_config_required,
+    training_length,
+    lycoris_needs_config,
+    validation_resolution_format,
+    report_to_none_alone,
+    resume_path_exists,
+    output_dir_is_folder,
+    lora_alpha_positive,
+)
+
+# Rules that still apply when the user only asks for information.
+_ALWAYS = (not_implemented, training_length, lycoris_needs_config, validation_resolution_format,
+           report_to_none_alone, lora_alpha_positive)
+
+
+def validate(values: Values) -> None:
+    """Raise ConfigError listing every problem, or return quietly."""
+    information_only = any(values.get(name) for name in INFORMATION_ONLY)
+    rules = _ALWAYS if information_only else RULES
+    problems = [message for rule in rules if (message := rule(values))]
+    if problems:
+        raise ConfigError("\n".join(problems))

@@ -1,0 +1,163 @@
+"""Where option values come from: defaults < config file < command line.
+
+The config file is found the way SimpleTuner users expect:
+
+* ``CONFIG_PATH`` names the file (with or without its ``.json``/``.toml``
+  extension);
+* otherwise ``ENV=name`` selects ``config/name/config.<ext>``;
+* otherwise ``config/config.<ext>``;
+
+where ``<ext>`` follows ``CONFIG_BACKEND`` (``json``, the default, or
+``toml``).  If the user named a file (``CONFIG_PATH``/``ENV``) it must exist;
+the default location may be absent, and then the command line alone is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from simpletuner.config.coerce import coerce_value, unknown_key_message
+from simpletuner.config.option import Option
+from simpletuner.config.options import GROUPS, OPTIONS, OPTIONS_BY_NAME
+from simpletuner.errors import ConfigError
+
+BACKEND_EXTENSIONS = {"json": ".json", "toml": ".toml"}
+
+
+def locate_config_file(env: Mapping[str, str], cwd: Path) -> tuple[Optional[Path], bool]:
+    """Return (path, required).  ``required`` is True when the user named it."""
+    backend = env.get("CONFIG_BACKEND", "json").strip().lower() or "json"
+    if backend not in BACKEND_EXTENSIONS:
+        raise ConfigError(
+            f"CONFIG_BACKEND={backend!r} is not supported; use one of: "
+            + ", ".join(BACKEND_EXTENSIONS)
+        )
+    extension = BACKEND_EXTENSIONS[backend]
+    explicit = env.get("CONFIG_PATH", "").strip()
+    if explicit:
+        path = Path(explicit)
+        if path.suffix not in (".json", ".toml"):
+            path = path.with_name(path.name + extension)
+        return (cwd / path if not path.is_absolute() else path), True
+    env_name = env.get("ENV", "").strip()
+    if env_name and env_name != "default":
+        return cwd / "config" / env_name / f"config{extension}", True
+    return cwd / "config" / f"config{extension}", False
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a JSON or TOML config file into {option name: raw value}."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; expected a {path.suffix[1:].upper()} config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config file ({error})") from None
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(
+                f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+            ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected an object of option names to values at the top level")
+    return _normalise_keys(data, str(path))
+
+
+def _normalise_keys(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).lstrip("-")
+        if key not in OPTIONS_BY_NAME:
+            raise ConfigError(unknown_key_message(key, OPTIONS_BY_NAME, where))
+        values[key] = coerce_value(OPTIONS_BY_NAME[key], value, where)
+    return values
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    """The argparse parser, grouped as in OPTIONS.md.
+
+    Every option defaults to SUPPRESS so that only flags the user typed show
+    up in the namespace; precedence is applied by :func:`collect_values`.
+    Values stay strings here and are converted by ``coerce_value`` so that a
+    file and the command line give the same messages.
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Fine-tune a diffusion model. Options may also be set in config/config.json.",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    sections = {group: parser.add_argument_group(group) for group in GROUPS}
+    for option in OPTIONS:
+        sections[option.group].add_argument(option.flag, **_argparse_kwargs(option))
+    return parser
+
+
+def _argparse_kwargs(option: Option) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"help": _help_line(option), "dest": option.name}
+    if option.kind == "bool":
+        kwargs.update(nargs="?", const="true", metavar="true|false")
+    elif option.choices:
+        kwargs["metavar"] = "{" + ",".join(str(c) for c in option.choices) + "}"
+    else:
+        kwargs["metavar"] = option.kind.upper()
+    return kwargs
+
+
+def _help_line(option: Option) -> str:
+    text = option.help.replace("%", "%%")
+    if option.default not in (None, False, "", [], ()):
+        text += f" (default: {option.default})"
+    if option.implemented is False:
+        text += " [not implemented yet]"
+    elif isinstance(option.implemented, tuple):
+        text += " [implemented: " + ", ".join(option.implemented) + "]"
+    return text
+
+
+def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
+    """Parse command-line flags into {option name: typed value}."""
+    parser = build_parser()
+    namespace, unknown = parser.parse_known_args(list(argv))
+    for token in unknown:
+        if token.startswith("--"):
+            key = token[2:].split("=", 1)[0]
+            raise ConfigError(unknown_key_message(key, OPTIONS_BY_NAME, "command line"))
+        raise ConfigError(f"command line: unexpected argument {token!r}; options start with --")
+    return {
+        name: coerce_value(OPTIONS_BY_NAME[name], raw, "command line")
+        for name, raw in vars(namespace).items()
+    }
+
+
+def collect_values(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path
+) -> tuple[dict[str, Any], set[str], Optional[Path]]:
+    """Merge defaults, the config file and the command line.
+
+    Returns (values for every option, names the user set, config file used).
+    """
+    cli_values = parse_cli(argv)
+    path, required = locate_config_file(env, cwd)
+    file_values: dict[str, Any] = {}
+    used_path: Optional[Path] = None
+    if path is not None and (required or path.exists()):
+        file_values = read_config_file(path)
+        used_path = path
+    values = {option.name: option.default for option in OPTIONS}
+    values.update(file_values)
+    values.update(cli_values)
+    return values, set(file_values) | set(cli_values), used_path

@@ -1,0 +1,109 @@
+"""Stable Diffusion XL: two CLIP text encoders, a UNet with size/crop micro-conditioning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
+from simpletuner.training.loss import noise_prediction_target
+
+
+class SDXLFamily(ModelFamily):
+    name = "sdxl"
+    pipeline_class_name = "StableDiffusionXLPipeline"
+    denoiser_component = "unet"
+    # The attention projections, as diffusers' SDXL LoRA loader expects them.
+    default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    default_resolution = 1024
+    text_components = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+    latent_normalisation = "sdxl:scaling_factor"
+
+    def load_text_encoders(self, source: ModelSource) -> TextEncoders:
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        tokenizers = [source.load(CLIPTokenizer, "tokenizer"), source.load(CLIPTokenizer, "tokenizer_2")]
+        encoders = [
+            source.load(CLIPTextModel, "text_encoder"),
+            source.load(CLIPTextModelWithProjection, "text_encoder_2"),
+        ]
+        for encoder in encoders:
+            encoder.requires_grad_(False).eval()
+        return TextEncoders(tokenizers=tokenizers, encoders=encoders)
+
+    def load_vae(self, source: ModelSource) -> Any:
+        from diffusers import AutoencoderKL
+
+        # SDXL's VAE overflows in fp16, so it always encodes in fp32.
+        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
+        return vae.requires_grad_(False).eval()
+
+    def load_denoiser(self, source: ModelSource) -> Any:
+        from diffusers import UNet2DConditionModel
+
+        return source.load(UNet2DConditionModel, "unet")
+
+    def load_noise_scheduler(self, source: ModelSource) -> Any:
+        from diffusers import DDPMScheduler
+
+        return source.load(DDPMScheduler, "scheduler")
+
+    def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        # The pipeline's own encode_prompt guarantees training sees exactly
+        # the embeddings inference will produce (penultimate hidden states of
+        # both encoders, pooled output of the second).
+        pipeline = self.pipeline_class()(
+            vae=None,
+            text_encoder=text.encoders[0],
+            text_encoder_2=text.encoders[1],
+            tokenizer=text.tokenizers[0],
+            tokenizer_2=text.tokenizers[1],
+            unet=None,
+            scheduler=None,
+        )
+        device = text.encoders[0].device
+        with torch.no_grad():
+            embeds, _, pooled, _ = pipeline.encode_prompt(
+                prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+        return [
+            {"prompt_embeds": embeds[i].cpu(), "pooled_prompt_embeds": pooled[i].cpu()}
+            for i in range(len(prompts))
+        ]
+
+    def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        with torch.no_grad():
+            distribution = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+            latents = distribution.sample(generator=generators)
+        return latents * vae.config.scaling_factor
+
+    def sample_conditioning(self, samples: list) -> dict[str, torch.Tensor]:
+        # time_ids = original (h, w) + crop top-left (top, left) + target (h, w),
+        # the micro-conditioning of the SDXL paper, from each sample's real geometry.
+        rows = [
+            list(sample.original_size) + list(sample.crop_top_left) + list(sample.target_size)
+            for sample in samples
+        ]
+        return {"time_ids": torch.tensor(rows, dtype=torch.float32)}
+
+    def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
+        return {
+            "sample": noisy_latents,
+            "timestep": timesteps,
+            "encoder_hidden_states": batch["prompt_embeds"],
+            "added_cond_kwargs": {
+                "text_embeds": batch["pooled_prompt_embeds"],
+                "time_ids": batch["time_ids"],
+            },
+        }
+
+    def target(self, noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return noise_prediction_target(noise_scheduler, latents, noise, timesteps)
+
+    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
+        self.pipeline_class().save_lora_weights(
+            save_directory=str(output_dir), unet_lora_layers=denoiser_lora_state, safe_serialization=True
+        )
+

@@ -1,0 +1,109 @@
+"""Training-state checkpoints that are either complete or absent.
+
+A checkpoint is a folder ``checkpoint-<step>`` holding one file per part of
+the state.  It is written under a hidden temporary name and renamed into
+place only when every file is on disk, so ``latest`` always names a complete
+checkpoint even if the process was killed while saving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_step(path: Path) -> Optional[int]:
+    match = CHECKPOINT_PATTERN.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=lambda p: checkpoint_step(p))
+
+
+def latest_checkpoint(output_dir: Path) -> Optional[Path]:
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def capture_rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "trainer_generator": generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["trainer_generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    output_dir: Path,
+    step: int,
+    write_parts: "callable",
+    total_limit: Optional[int],
+) -> Path:
+    """Write a checkpoint atomically and prune old ones beyond ``total_limit``.
+
+    ``write_parts(folder)`` writes the state files into ``folder``.
+    """
+    final = output_dir / f"checkpoint-{step}"
+    temporary = output_dir / f".checkpoint-{step}.partial"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    write_parts(temporary)
+    _fsync_folder(temporary)
+    if final.exists():  # re-saving a step after a resume: replace the old copy
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    if total_limit:
+        for old in list_checkpoints(output_dir)[:-total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_folder(folder: Path) -> None:
+    for file in folder.iterdir():
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def remove_partial_checkpoints(output_dir: Path) -> None:
+    """Delete leftovers of saves that were interrupted."""
+    if output_dir.is_dir():
+        for leftover in output_dir.glob(".checkpoint-*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))

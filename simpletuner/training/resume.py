@@ -1,0 +1,88 @@
+"""Saving and restoring everything a resumed run needs to continue exactly."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from simpletuner.errors import ConfigError
+from simpletuner.training import adapters
+from simpletuner.training.checkpoint import (
+    TRAINER_STATE_FILE,
+    capture_rng_state,
+    latest_checkpoint,
+    read_json,
+    remove_partial_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+    write_json,
+)
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "lr_scheduler.pt"
+RNG_FILE = "rng_state.pt"
+SAMPLER_FILE = "sampler.json"
+
+
+def resolve_resume_path(config: Any, output_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume from, or None to start fresh."""
+    remove_partial_checkpoints(output_dir)
+    target = config.resume_from_checkpoint
+    if not target:
+        return None
+    if target == "latest":
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            logger.info("--resume_from_checkpoint latest: no checkpoint in %s yet; starting fresh", output_dir)
+        return found
+    path = Path(target)
+    if not (path / TRAINER_STATE_FILE).is_file():
+        raise ConfigError(f"--resume_from_checkpoint={target}: not a complete checkpoint folder")
+    return path
+
+
+def checkpoint_seed(path: Path) -> int:
+    return int(read_json(path / TRAINER_STATE_FILE)["seed"])
+
+
+def save_training_state(trainer: Any) -> Optional[Path]:
+    """Write checkpoint-<step> (main process only) and prune old ones."""
+    accelerator = trainer.accelerator
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+    denoiser = accelerator.unwrap_model(trainer.denoiser)
+
+    def write_parts(folder: Path) -> None:
+        save_file(adapters.adapter_state(denoiser), str(folder / ADAPTER_FILE))
+        # The same weights in diffusers' layout, so a checkpoint is usable as a LoRA.
+        trainer.family.save_lora(folder, adapters.diffusers_lora_state(denoiser))
+        torch.save(trainer.optimizer.state_dict(), folder / OPTIMIZER_FILE)
+        torch.save(trainer.lr_scheduler.state_dict(), folder / SCHEDULER_FILE)
+        torch.save(capture_rng_state(trainer.generator), folder / RNG_FILE)
+        write_json(folder / SAMPLER_FILE, trainer.sampler.state_dict())
+        write_json(folder / TRAINER_STATE_FILE, trainer.state.state_dict())
+
+    path = save_checkpoint(
+        trainer.output_dir, trainer.state.global_step, write_parts, trainer.config.checkpoints_total_limit
+    )
+    logger.info("saved checkpoint %s", path)
+    return path
+
+
+def load_training_state(trainer: Any, path: Path) -> None:
+    denoiser = trainer.accelerator.unwrap_model(trainer.denoiser)
+    adapters.load_adapter_state(denoiser, load_file(str(path / ADAPTER_FILE)))
+    trainer.optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=False))
+    trainer.lr_scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=False))
+    trainer.sampler.load_state_dict(read_json(path / SAMPLER_FILE))
+    trainer.state.load_state_dict(read_json(path / TRAINER_STATE_FILE))
+    restore_rng_state(torch.load(path / RNG_FILE, weights_only=False), trainer.generator)
+    logger.info("resumed from %s at step %d", path, trainer.state.global_step)

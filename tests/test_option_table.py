@@ -1,0 +1,340 @@
+"""Checks on the option table itself (simpletuner.config.options).
+
+The table is the single source of the CLI, config loaders, validation and
+docs, so it must cover the spec (SimpleTuner's option reference, shared/seeds
+beside the repository) and be internally consistent.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from simpletuner.config.option import KINDS, Option
+from simpletuner.config.options import ENVIRONMENT, GROUPS, OPTIONS, OPTIONS_BY_NAME
+
+SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
+SIMPLETUNER_SEED = SEEDS / "001_c8c846924c82bbf7.txt"
+
+# The option reference starts at the first option heading; the overview above
+# it mentions "`--arguments`" as a figure of speech.  It ends where the
+# config.env section begins, whose "`--multi_gpu`" belongs to accelerate.
+_OPTIONS_START = re.compile(r"^#+ `--", re.MULTILINE)
+_ENV_HEADING = "# Environment configuration variables"
+_BACKTICKED_FLAG = re.compile(r"`--([A-Za-z0-9_]+)")
+_HEADING_FLAG = re.compile(r"^#+ `--([A-Za-z0-9_]+)`", re.MULTILINE)
+
+
+def _seed_text() -> str:
+    if not SIMPLETUNER_SEED.is_file():
+        pytest.skip(
+            f"seed document not found at {SIMPLETUNER_SEED} (shared/ is not beside the repo)"
+        )
+    return SIMPLETUNER_SEED.read_text(encoding="utf-8")
+
+
+def _seed_option_section(text: str) -> str:
+    start = _OPTIONS_START.search(text)
+    end = text.find(_ENV_HEADING)
+    assert start is not None and end > start.start(), "seed layout changed; update this parser"
+    return text[start.start() : end]
+
+
+def _seed_flags() -> set[str]:
+    return set(_BACKTICKED_FLAG.findall(_seed_option_section(_seed_text())))
+
+
+# --------------------------------------------------------------- coverage
+
+
+def test_parser_finds_the_seed_flags():
+    flags = _seed_flags()
+    headings = set(_HEADING_FLAG.findall(_seed_option_section(_seed_text())))
+    # Guard against a regex that quietly matches nothing.
+    assert len(headings) >= 45
+    assert headings <= flags
+    # Flags only mentioned in running text are found too.
+    assert {"lr_end", "push_checkpoints_to_hub", "sageattention_usage", "revision"} <= flags
+    assert "multi_gpu" not in flags and "arguments" not in flags
+
+
+def test_every_seed_flag_is_registered():
+    missing = sorted(_seed_flags() - set(OPTIONS_BY_NAME))
+    assert not missing, f"seed options missing from the table: {missing}"
+
+
+def test_seed_environment_variables_are_registered():
+    text = _seed_text()
+    env_part = text[text.find(_ENV_HEADING) :]
+    # Each variable opens a bullet: "- `NAME` ...".
+    seed_vars = set(re.findall(r"^- `([A-Z][A-Z0-9_]+)`", env_part, re.MULTILINE))
+    assert "TRAINING_NUM_PROCESSES" in seed_vars
+    names = {name for name, _default, _help in ENVIRONMENT}
+    assert seed_vars <= names, sorted(seed_vars - names)
+
+
+def test_environment_defaults():
+    env = {name: default for name, default, _help in ENVIRONMENT}
+    assert env == {
+        "TRAINING_NUM_PROCESSES": "1",
+        "TRAINING_DYNAMO_BACKEND": "no",
+        "SIMPLETUNER_LOG_LEVEL": "INFO",
+        "VENV_PATH": ".venv",
+        "ACCELERATE_EXTRA_ARGS": "",
+        "ENV": "",
+        "CONFIG_BACKEND": "json",
+        "CONFIG_PATH": "",
+    }
+    assert all(help_text.strip() for _name, _default, help_text in ENVIRONMENT)
+
+
+# Options that later issues (model families, data, caches, training features)
+# name explicitly; they are registered up front so configs can mention them.
+LATER_ISSUE_OPTIONS = (
+    # families
+    "prediction_type", "rescale_betas_zero_snr", "flux_guidance_value",
+    "pretrained_t5_model_name_or_path", "pretrained_vae_model_name_or_path",
+    "pretrained_transformer_model_name_or_path", "pretrained_unet_model_name_or_path",
+    "pretrained_transformer_subfolder", "pretrained_unet_subfolder",
+    "list_model_families", "revision", "variant",
+    # data
+    "aspect_bucket_alignment", "minimum_image_size", "caption_dropout_probability",
+    "data_backend_sampling", "ignore_final_epochs", "override_dataset_config",
+    "preserve_data_backend_cache", "skip_file_discovery",
+    # caches
+    "vae_batch_size", "text_encoder_batch_size", "offload_during_startup",
+    "vae_cache_scan_behaviour", "compress_disk_cache", "cache_only",
+    # training features
+    "lora_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_init_type",
+    "lycoris_config", "lora_format", "gradient_checkpointing_interval",
+    "optimizer_config", "optimizer_beta1", "optimizer_beta2", "adam_weight_decay",
+    "adam_epsilon", "max_grad_norm", "lr_num_cycles", "lr_end", "lr_power",
+    "lr_warmup_steps", "lr_scale", "snr_gamma", "use_soft_min_snr",
+    "soft_min_snr_sigma_data", "noise_offset", "noise_offset_probability",
+    "input_perturbation", "timestep_bias_strategy", "timestep_bias_multiplier",
+    "timestep_bias_begin", "timestep_bias_end", "timestep_bias_portion",
+    "use_ema", "ema_decay", "ema_device", "ema_cpu_only", "ema_update_interval",
+    "checkpoints_total_limit", "tracker_project_name", "tracker_run_name",
+    "print_config", "hub_token",
+)
+
+
+def test_options_named_by_later_issues_are_registered():
+    missing = [name for name in LATER_ISSUE_OPTIONS if name not in OPTIONS_BY_NAME]
+    assert not missing
+
+
+FLOW_DEFAULTS = {
+    "flow_weighting_scheme": "none",
+    "flow_logit_mean": 0.0,
+    "flow_logit_std": 1.0,
+    "flow_mode_scale": 1.29,
+    "flow_shift": 1.0,
+    "flow_resolution_shifting": False,
+    "flow_base_seq_len": 256,
+    "flow_max_seq_len": 4096,
+    "flow_base_shift": 0.5,
+    "flow_max_shift": 1.15,
+}
+
+
+@pytest.mark.parametrize("name, default", sorted(FLOW_DEFAULTS.items()))
+def test_flow_matching_options(name, default):
+    option = OPTIONS_BY_NAME[name]
+    assert option.default == default
+    assert type(option.default) is type(default)
+    assert option.group == "Flow matching"
+
+
+def test_flow_weighting_choices():
+    assert set(OPTIONS_BY_NAME["flow_weighting_scheme"].choices) == {
+        "none", "sigma_sqrt", "logit_normal", "mode", "cosmap",
+    }
+
+
+# ------------------------------------------------------------ consistency
+
+
+def test_table_shape():
+    assert all(isinstance(o, Option) for o in OPTIONS)
+    names = [o.name for o in OPTIONS]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    assert not duplicates
+    assert len(OPTIONS_BY_NAME) == len(OPTIONS)
+    assert len(set(GROUPS)) == len(GROUPS)
+
+
+def test_groups_known_nonempty_and_in_display_order():
+    unknown = sorted({o.group for o in OPTIONS} - set(GROUPS))
+    assert not unknown
+    order = [GROUPS.index(o.group) for o in OPTIONS]
+    assert order == sorted(order), "OPTIONS must be ordered by group, as GROUPS lists them"
+    assert {o.group for o in OPTIONS} == set(GROUPS), "every group heading needs options"
+
+
+def test_every_option_has_real_help():
+    for option in OPTIONS:
+        assert option.kind in KINDS, option.name
+        text = option.help.strip()
+        assert len(text) >= 20, f"{option.name}: help too short"
+        assert text[0].isupper() and text.endswith("."), f"{option.name}: help should be a sentence"
+
+
+def _default_matches_kind(option: Option) -> bool:
+    value = option.default
+    if value is None:
+        return True
+    if option.kind == "bool":
+        return isinstance(value, bool)
+    if option.kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if option.kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if option.kind in ("str", "path"):
+        return isinstance(value, str)
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def test_defaults_have_the_declared_kind():
+    wrong = [o.name for o in OPTIONS if not _default_matches_kind(o)]
+    assert not wrong
+
+
+def test_defaults_are_among_choices():
+    for option in OPTIONS:
+        if not option.choices or option.default is None:
+            continue
+        values = option.default if isinstance(option.default, list) else [option.default]
+        for value in values:
+            assert value in option.choices, f"{option.name}: default {value!r} is not a choice"
+
+
+def test_defaults_within_bounds():
+    for option in OPTIONS:
+        if option.default is None or option.kind not in ("int", "float"):
+            continue
+        if option.minimum is not None:
+            assert option.default >= option.minimum, option.name
+        if option.maximum is not None:
+            assert option.default <= option.maximum, option.name
+        if option.minimum is not None and option.maximum is not None:
+            assert option.minimum <= option.maximum, option.name
+
+
+def test_bounds_only_on_numbers_and_choices_only_on_text():
+    for option in OPTIONS:
+        if option.minimum is not None or option.maximum is not None:
+            assert option.kind in ("int", "float"), option.name
+        if option.choices:
+            assert option.kind in ("str", "list"), option.name
+            assert len(set(option.choices)) == len(option.choices), option.name
+
+
+def test_obvious_bounds():
+    for name in ("train_batch_size", "gradient_accumulation_steps", "vae_batch_size",
+                 "text_encoder_batch_size", "lora_rank", "checkpointing_steps"):
+        assert OPTIONS_BY_NAME[name].minimum == 1, name
+    for name in ("learning_rate", "max_train_steps", "num_train_epochs", "lr_warmup_steps"):
+        assert OPTIONS_BY_NAME[name].minimum == 0, name
+    for name in ("lora_dropout", "caption_dropout_probability", "noise_offset_probability",
+                 "timestep_bias_portion", "ema_decay"):
+        option = OPTIONS_BY_NAME[name]
+        assert (option.minimum, option.maximum) == (0, 1), name
+
+
+def test_aliases_point_at_choices():
+    for option in OPTIONS:
+        if option.aliases:
+            assert option.choices, option.name
+            for alias, target in option.aliases.items():
+                assert target in option.choices, option.name
+                assert alias not in option.choices, option.name
+    assert OPTIONS_BY_NAME["crop_style"].aliases == {"centre": "center"}
+
+
+# ------------------------------------------------------- implemented flags
+
+
+def test_implemented_tuples_are_nonempty_subsets_of_choices():
+    for option in OPTIONS:
+        if isinstance(option.implemented, tuple):
+            assert option.choices, f"{option.name}: implemented tuple without choices"
+            assert option.implemented, option.name
+            assert set(option.implemented) <= set(option.choices), option.name
+        else:
+            assert option.implemented in (True, False), option.name
+
+
+def test_not_implemented_options_default_to_off():
+    # A default config must validate, so nothing unimplemented may be on by default.
+    for option in OPTIONS:
+        if option.implemented is False and option.kind == "bool":
+            assert option.default is False, option.name
+
+
+# The first slice: what really works today.  Anything else claiming to be
+# implemented is a lie the user would find out about mid-run.
+SLICE = {
+    "model_type": ("lora",),
+    "model_family": ("sdxl",),
+    "lora_type": ("standard",),
+    "lora_init_type": ("default",),
+    "lr_scheduler": ("constant", "constant_with_warmup"),
+    "optimizer": ("adamw_bf16", "optimi-adamw"),
+    "mixed_precision": ("no", "bf16"),
+    "report_to": ("tensorboard", "none"),
+    "resolution_type": ("pixel", "pixel_area"),
+    "crop_style": ("center", "corner", "random"),
+    "crop_aspect": ("square", "preserve"),
+    "caption_strategy": ("textfile", "filename", "instanceprompt"),
+    "prediction_type": ("epsilon", "v_prediction"),
+}
+SLICE_FULLY = {
+    "pretrained_model_name_or_path", "revision", "variant", "output_dir",
+    "data_backend_config", "lora_rank", "lora_alpha", "lora_dropout", "learning_rate",
+    "lr_warmup_steps", "optimizer_beta1", "optimizer_beta2", "adam_weight_decay",
+    "adam_epsilon", "max_grad_norm", "train_batch_size", "gradient_accumulation_steps",
+    "max_train_steps", "num_train_epochs", "seed", "checkpointing_steps",
+    "checkpoints_total_limit", "resume_from_checkpoint", "logging_dir",
+    "tracker_project_name", "tracker_run_name", "resolution", "aspect_bucket_alignment",
+    "minimum_image_size", "crop", "vae_batch_size", "text_encoder_batch_size",
+    "snr_gamma", "gradient_checkpointing", "print_config", "list_model_families",
+}
+
+
+def test_implemented_matches_the_first_slice_exactly():
+    for option in OPTIONS:
+        if option.name in SLICE:
+            assert option.implemented == SLICE[option.name], option.name
+        elif option.name in SLICE_FULLY:
+            assert option.implemented is True, option.name
+        else:
+            assert option.implemented is False, f"{option.name} claims to be implemented"
+
+
+def test_is_value_implemented_follows_the_table():
+    family = OPTIONS_BY_NAME["model_family"]
+    assert family.default is None
+    assert family.is_value_implemented("sdxl")
+    assert not family.is_value_implemented("flux")
+    report_to = OPTIONS_BY_NAME["report_to"]
+    assert report_to.default == ["none"]
+    assert report_to.is_value_implemented(["tensorboard"])
+    assert not report_to.is_value_implemented(["tensorboard", "wandb"])
+    assert not OPTIONS_BY_NAME["use_ema"].is_value_implemented(True)
+    assert OPTIONS_BY_NAME["use_ema"].is_value_implemented(False)
+
+
+# ----------------------------------------------------------------- secrets
+
+
+def test_secrets():
+    secret = {o.name for o in OPTIONS if o.secret}
+    assert "hub_token" in secret
+    # Secrets are free text with no default, so nothing real is ever shipped.
+    for name in secret:
+        option = OPTIONS_BY_NAME[name]
+        assert option.kind == "str" and option.default is None, name
+    assert not OPTIONS_BY_NAME["hub_model_id"].secret
