@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping
 
 _NOISY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree", "torch._dynamo", "diffusers", "transformers")
 
@@ -32,26 +32,54 @@ class SecretFilter(logging.Filter):
         return True
 
 
-def setup_logging(env: Mapping[str, str], secrets: Iterable[str] = (), log_file: Optional[Path] = None) -> None:
+def setup_logging(env: Mapping[str, str], secrets: Iterable[str] = ()) -> None:
     level_name = env.get("SIMPLETUNER_LOG_LEVEL", "INFO").upper()
     level = getattr(logging, level_name, logging.INFO)
     root = logging.getLogger()
     root.handlers.clear()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    handlers = [handler]
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        handlers.append(file_handler)
-    secret_filter = SecretFilter(secrets)
-    for h in handlers:
-        h.addFilter(secret_filter)
-        root.addHandler(h)
+    handler.setLevel(level)
+    handler.addFilter(SecretFilter(secrets))
+    root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    logging.getLogger("simpletuner").setLevel(level)
+    # The console shows SIMPLETUNER_LOG_LEVEL and up; debug.log gets everything.
+    logging.getLogger("simpletuner").setLevel(logging.DEBUG)
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="torchao")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def attach_log_file(path: Path) -> None:
+    """Also write every simpletuner record (DEBUG and up) to ``path``.
+
+    Added once the run is known to start, so a rejected config writes nothing.
+    The console handler's secret filter is reused.
+    """
+    root = logging.getLogger()
+    if any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in root.handlers):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(path, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for handler in root.handlers:
+        for existing in handler.filters:
+            file_handler.addFilter(existing)
+    root.addHandler(file_handler)
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers chatter (weight-loading bars, hints).
+
+    Call after torch is imported: torch configures its own loggers at import
+    and would undo an earlier setting.
+    """
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

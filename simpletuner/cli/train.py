@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from simpletuner.errors import USER_ERROR_EXIT_CODE, UserError
@@ -43,8 +42,11 @@ def _run(argv: list[str]) -> int:
     from simpletuner.logs import setup_logging
 
     secrets = [str(v) for k, v in option_values(config).items() if OPTIONS_BY_NAME[k].secret and v]
-    setup_logging(os.environ, secrets, Path(config.output_dir) / "debug.log")
+    setup_logging(os.environ, secrets)
+    from simpletuner.logs import quiet_libraries
     from simpletuner.training.trainer import Trainer
+
+    quiet_libraries()
 
     Trainer(config, show_progress=sys.stderr.isatty() or bool(os.environ.get("SIMPLETUNER_PROGRESS"))).run()
     return 0

@@ -167,7 +167,7 @@ def discover(
         files_found=len(files),
         header_reads=header_reads,
     )
-    logger.info(result.summary())
+    logger.debug(result.summary())
     return result
 
 

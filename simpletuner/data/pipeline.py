@@ -45,11 +45,15 @@ class PreparedData:
         return [s for samples in self.samples.values() for s in samples]
 
 
-def prepare_training_data(
-    config: Any, seed: int, world_size: int = 1, show_progress: bool = True
-) -> PreparedData:
+def load_backends(config: Any) -> DataBackendConfig:
+    """Read and validate multidatabackend.json (no scanning, nothing written)."""
     defaults = {name: getattr(config, name) for name in INHERITED_OPTIONS}
-    backends = load_data_backend_config(config.data_backend_config, defaults)
+    return load_data_backend_config(config.data_backend_config, defaults)
+
+
+def prepare_training_data(
+    config: Any, backends: DataBackendConfig, seed: int, world_size: int = 1, show_progress: bool = True
+) -> PreparedData:
     samples: dict[str, list[TrainingSample]] = {}
     discovery: dict[str, DiscoveryResult] = {}
     planning_skips: dict[str, dict[str, list[str]]] = {}

@@ -17,11 +17,12 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from simpletuner.data.pipeline import PreparedData, prepare_training_data
+from simpletuner.data.pipeline import PreparedData, load_backends, prepare_training_data
 from simpletuner.data.sampler import BucketBatchSampler
 from simpletuner.errors import DataError, UserError
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.families.registry import get_family
+from simpletuner.logs import attach_log_file
 from simpletuner.training import adapters
 from simpletuner.training.batches import CacheLookup, collate, to_device
 from simpletuner.training.caches import prepare_caches
@@ -64,25 +65,34 @@ class Trainer:
     def run(self) -> Path:
         """Train and return the folder holding the final weights."""
         config = self.config
-        # 1. Accelerator, output folder, seed.
+        # 1. Checks that need no scanning, before anything is written.
         self.source.check()
+        backends = load_backends(config)
+        resume_path = resolve_resume_path(config, self.output_dir)
+        # 2. Accelerator, output folder, log file, seed.
         self.accelerator = build_accelerator(config, self.output_dir)
         self.device = self.accelerator.device
         self.dtype = training_dtype(config)
-        resume_path = resolve_resume_path(config, self.output_dir)
+        attach_log_file(self.output_dir / "debug.log")
         self.state = TrainState(seed=self._seed(resume_path))
+        from accelerate.utils import set_seed
+
+        # Seeds python, numpy and torch, so adapter initialisation repeats too.
+        set_seed(self.state.seed)
         if self.accelerator.is_main_process:
             write_run_config(config, self.output_dir)
-        # 2. Data: discover, bucket, crop; the plan the sampler will follow.
+        # 3. Data: discover, bucket, crop; the plan the sampler will follow.
         data = prepare_training_data(
-            config, self.state.seed, self.accelerator.num_processes, self._progress_enabled()
+            config, backends, self.state.seed, self.accelerator.num_processes, self._progress_enabled()
         )
-        # 3. Caches: encode what is missing, then free the encoders.
+        total_steps = total_training_steps(config, data.report.batches_per_epoch)
+        self._log_summary(data, total_steps, resume_path)
+        # 4. Caches: encode what is missing, then free the encoders.
         self.lookup = prepare_caches(self.family, self.source, data, config, self.accelerator, self._progress_enabled())
-        # 4. The denoiser with its trainable adapter.
+        # 5. The denoiser with its trainable adapter.
         denoiser = self._load_trainable_denoiser()
         self.noise_scheduler = self._load_noise_scheduler()
-        # 5. Optimizer, learning-rate schedule, sampler.
+        # 6. Optimizer, learning-rate schedule, sampler.
         sampler = BucketBatchSampler(
             data.samples,
             config.train_batch_size,
@@ -91,19 +101,17 @@ class Trainer:
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
         )
-        total_steps = total_training_steps(config, sampler.batches_per_epoch())
         optimizer = build_optimizer(adapters.trainable_parameters(denoiser), config)
         lr_scheduler = build_lr_scheduler(optimizer, config, total_steps)
         self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, optimizer)
         self.lr_scheduler, self.sampler = lr_scheduler, sampler
         self.generator = torch.Generator().manual_seed(self.state.seed + self.accelerator.process_index)
-        # 6. Resume.
+        # 7. Resume.
         if resume_path is not None:
             load_training_state(self, resume_path)
-        self._log_summary(data, total_steps)
-        # 7. The loop.
+        # 8. The loop.
         self._train_until(total_steps)
-        # 8. Final weights.
+        # 9. Final weights.
         return self._save_final()
 
     # -- steps ------------------------------------------------------------------
@@ -199,7 +207,7 @@ class Trainer:
         progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         progress.update(1)
         step = self.state.global_step
-        if step % self.config.checkpointing_steps == 0 and step < total_steps:
+        if step % self.config.checkpointing_steps == 0:
             save_training_state(self)
 
     def _save_final(self) -> Path:
@@ -211,7 +219,7 @@ class Trainer:
         self.accelerator.end_training()
         return self.output_dir
 
-    def _log_summary(self, data: PreparedData, total_steps: int) -> None:
+    def _log_summary(self, data: PreparedData, total_steps: int, resume_path: Optional[Path]) -> None:
         config = self.config
         per_epoch = data.report.batches_per_epoch / config.gradient_accumulation_steps
         lines = [
@@ -224,7 +232,8 @@ class Trainer:
         lines.append(
             f"{per_epoch:g} optimizer steps per epoch (batch {config.train_batch_size} x "
             f"accumulation {config.gradient_accumulation_steps} x {self.accelerator.num_processes} "
-            f"process(es)); training {total_steps} steps from step {self.state.global_step}"
+            f"process(es)); {total_steps} steps in total"
+            + (f", resuming from {resume_path.name}" if resume_path else "")
         )
         for line in "\n".join(lines).splitlines():
             logger.info(line)

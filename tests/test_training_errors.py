@@ -1,0 +1,82 @@
+"""User mistakes met at start-up: one line saying what to do, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simpletuner.tools.demo_data import make_demo_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _train(cwd: Path, *flags: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "ENV", "CONFIG_BACKEND")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *flags], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def _backend(tmp_path: Path, data_dir: Path) -> Path:
+    path = tmp_path / "multidatabackend.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"id": "pics", "type": "local", "instance_data_dir": str(data_dir), "cache_dir_vae": str(tmp_path / "vae"),
+                 "caption_strategy": "textfile", "resolution": 64, "aspect_bucket_alignment": 16},
+                {"id": "text", "type": "local", "dataset_type": "text_embeds", "default": True,
+                 "cache_dir": str(tmp_path / "text")},
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _flags(model: Path, backend: Path, *extra: str) -> list[str]:
+    return [
+        "--model_family", "sdxl", "--pretrained_model_name_or_path", str(model),
+        "--data_backend_config", str(backend), "--output_dir", "out", "--max_train_steps", "1",
+        "--mixed_precision", "no", *extra,
+    ]
+
+
+def _assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+
+
+@pytest.mark.slow
+def test_data_folder_without_images(tmp_path: Path, tiny_sdxl: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    result = _train(tmp_path, *_flags(tiny_sdxl, _backend(tmp_path, empty)))
+    _assert_user_error(result, "dataset 'pics'", "no usable images")
+
+
+@pytest.mark.slow
+def test_every_bucket_smaller_than_the_batch(tmp_path: Path, tiny_sdxl: Path) -> None:
+    data = make_demo_dataset(tmp_path / "data", count=6)
+    result = _train(tmp_path, *_flags(tiny_sdxl, _backend(tmp_path, data), "--train_batch_size", "4"))
+    _assert_user_error(result, "pics")
+    assert "batch" in result.stderr
+
+
+def test_model_folder_without_model_index(tmp_path: Path) -> None:
+    data = make_demo_dataset(tmp_path / "data", count=6)
+    not_a_model = tmp_path / "not_a_model"
+    (not_a_model / "unet").mkdir(parents=True)
+    result = _train(tmp_path, *_flags(not_a_model, _backend(tmp_path, data)))
+    _assert_user_error(result, "model_index.json", str(not_a_model))
+    assert not (tmp_path / "out").exists(), "a failed start must not create the output folder"
