@@ -160,3 +160,15 @@ def test_check_buckets_counts_ranks():
     assert check_buckets(data, batch_size=2, world_size=2).batches_per_epoch == 1
     with pytest.raises(DataError, match="across 4 processes"):
         check_buckets(data, batch_size=2, world_size=4)
+
+
+def test_stream_continues_into_the_next_epoch_in_a_new_order() -> None:
+    samples = {"d": [_sample("d", f"img{i:02d}.png", (64, 64)) for i in range(8)]}
+    sampler = BucketBatchSampler(samples, batch_size=2, seed=3)
+    stream = sampler.stream()
+    first_epoch = [next(stream) for _ in range(sampler.batches_per_epoch())]
+    second_epoch = [next(stream) for _ in range(sampler.batches_per_epoch())]
+    paths = lambda batches: [s.record.relative_path for batch in batches for s in batch]
+    assert sorted(paths(first_epoch)) == sorted(paths(second_epoch))
+    assert paths(first_epoch) != paths(second_epoch)
+    assert sampler.state_dict()["epoch"] == 2

@@ -271,3 +271,16 @@ def test_key_table_is_consistent():
     names = [option.name for option in DATASET_KEYS]
     assert len(names) == len(set(names)) == len(KEYS_BY_NAME)
     assert all(option.help for option in DATASET_KEYS)
+
+
+def test_secret_dataset_keys_are_never_echoed_in_errors(tmp_path) -> None:
+    from simpletuner.data.schema import parse_data_backend_config
+    from simpletuner.errors import ConfigError
+
+    entries = [{"id": "x", "type": "local", "instance_data_dir": str(tmp_path), "cache_dir_vae": str(tmp_path / "c"),
+                "aws_secret_access_key": "SECRETKEY123"},
+               {"id": "t", "type": "local", "dataset_type": "text_embeds", "cache_dir": str(tmp_path / "t")}]
+    with pytest.raises(ConfigError) as caught:
+        parse_data_backend_config(entries, {})
+    assert "aws_secret_access_key" in str(caught.value)
+    assert "SECRETKEY123" not in str(caught.value)

@@ -23,8 +23,10 @@ from simpletuner.tools.demo_data import make_demo_dataset
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 6
-CHECKPOINT_EVERY = 3
+# 24 images in 3 buckets of 8 at batch 2 give 12 steps per epoch: the run
+# crosses an epoch boundary, and the resumed half starts mid-epoch.
+STEPS = 14
+CHECKPOINT_EVERY = 7
 
 
 def _write_json(path: Path, data) -> None:
@@ -117,8 +119,8 @@ def test_train_sh_trains_a_lora_that_diffusers_loads(project: Path, tiny_sdxl: P
     saved = load_file(weights)
     assert saved and all(key.startswith("unet.") for key in saved)
     assert any(".to_q." in key for key in saved) and any(".to_out.0." in key for key in saved)
-    # checkpoints_total_limit=2 keeps the last two of steps 3 and 6.
-    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-14", "checkpoint-7"]
+    assert json.loads((output / "checkpoint-14" / "sampler.json").read_text())["epoch"] == 1
 
 
 def test_tensorboard_has_one_loss_per_step(project: Path) -> None:
@@ -156,14 +158,14 @@ def test_second_run_reencodes_nothing(project: Path) -> None:
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(project: Path) -> None:
     uninterrupted = project / "output"
     resumed = project / "output_resumed"
-    # The state at step 3 of the uninterrupted run is exactly what a run
+    # The state at step 7 of the uninterrupted run is exactly what a run
     # stopped after that checkpoint leaves behind.
-    shutil.copytree(uninterrupted / "checkpoint-3", resumed / "checkpoint-3")
+    shutil.copytree(uninterrupted / "checkpoint-7", resumed / "checkpoint-7")
     result = _run(
         project,
         ["bash", str(REPO / "train.sh"), "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"],
     )
-    assert "resumed from" in result.stderr and "at step 3" in result.stderr
+    assert "resumed from" in result.stderr and "at step 7" in result.stderr
     expected = load_file(uninterrupted / "pytorch_lora_weights.safetensors")
     actual = load_file(resumed / "pytorch_lora_weights.safetensors")
     assert expected.keys() == actual.keys()

@@ -102,8 +102,9 @@ def coerce_value(option: Option, value: Any, where: str) -> Any:
     try:
         converted = _CONVERTERS[option.kind](value)
     except (ValueError, TypeError):
+        shown = "a hidden value" if option.secret else repr(value)  # never echo a secret
         raise ConfigError(
-            f"{where}: {option.flag} must be {_KIND_WORDS[option.kind]}, got {value!r}"
+            f"{where}: {option.flag} must be {_KIND_WORDS[option.kind]}, got {shown}"
         ) from None
     converted = _canonical_choice(option, converted)
     _check_choices(option, converted, where)

@@ -921,6 +921,8 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "CONFIG_PATH", "",
-        "Explicit path of the config file; overrides ENV and CONFIG_BACKEND.",
+        "Explicit path of the config file; overrides ENV. Without a .json or .toml "
+        "extension, the CONFIG_BACKEND one is added unless a file of that exact name "
+        "exists.",
     ),
 )

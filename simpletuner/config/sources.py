@@ -3,13 +3,16 @@
 The config file is found the way SimpleTuner users expect:
 
 * ``CONFIG_PATH`` names the file (with or without its ``.json``/``.toml``
-  extension);
+  extension; a file that exists under the exact name given, such as
+  ``config/config.json.example``, is read as it is);
 * otherwise ``ENV=name`` selects ``config/name/config.<ext>``;
 * otherwise ``config/config.<ext>``;
 
 where ``<ext>`` follows ``CONFIG_BACKEND`` (``json``, the default, or
-``toml``).  If the user named a file (``CONFIG_PATH``/``ENV``) it must exist;
-the default location may be absent, and then the command line alone is used.
+``toml``).  A file is parsed as TOML or JSON by its last ``.toml``/``.json``
+suffix, else by ``CONFIG_BACKEND``.  If the user named a file
+(``CONFIG_PATH``/``ENV``) it must exist; the default location may be absent,
+and then the command line alone is used.
 """
 
 from __future__ import annotations
@@ -28,38 +31,60 @@ from simpletuner.errors import ConfigError
 BACKEND_EXTENSIONS = {"json": ".json", "toml": ".toml"}
 
 
-def locate_config_file(env: Mapping[str, str], cwd: Path) -> tuple[Optional[Path], bool]:
-    """Return (path, required).  ``required`` is True when the user named it."""
+def config_backend(env: Mapping[str, str]) -> str:
+    """The config file format named by ``CONFIG_BACKEND`` (``json`` when unset)."""
     backend = env.get("CONFIG_BACKEND", "json").strip().lower() or "json"
     if backend not in BACKEND_EXTENSIONS:
         raise ConfigError(
             f"CONFIG_BACKEND={backend!r} is not supported; use one of: "
             + ", ".join(BACKEND_EXTENSIONS)
         )
-    extension = BACKEND_EXTENSIONS[backend]
+    return backend
+
+
+def locate_config_file(env: Mapping[str, str], cwd: Path) -> tuple[Optional[Path], bool]:
+    """Return (path, required).  ``required`` is True when the user named it."""
+    extension = BACKEND_EXTENSIONS[config_backend(env)]
     explicit = env.get("CONFIG_PATH", "").strip()
     if explicit:
-        path = Path(explicit)
-        if path.suffix not in (".json", ".toml"):
+        path = Path(explicit).expanduser()
+        path = cwd / path if not path.is_absolute() else path
+        # "config/foo" means config/foo.json, but a file that exists under the
+        # exact name given (config.json.example) is used as it is.
+        if path.suffix not in BACKEND_EXTENSIONS.values() and not path.is_file():
             path = path.with_name(path.name + extension)
-        return (cwd / path if not path.is_absolute() else path), True
+        return path, True
     env_name = env.get("ENV", "").strip()
     if env_name and env_name != "default":
         return cwd / "config" / env_name / f"config{extension}", True
     return cwd / "config" / f"config{extension}", False
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a JSON or TOML config file into {option name: raw value}."""
+def _file_format(path: Path, default: str) -> str:
+    """json or toml: from the last .json/.toml suffix (config.toml.example), else ``default``."""
+    for suffix in reversed(path.suffixes):
+        for backend, extension in BACKEND_EXTENSIONS.items():
+            if suffix == extension:
+                return backend
+    return default
+
+
+def read_config_file(path: Path, default_format: str = "json") -> dict[str, Any]:
+    """Parse a JSON or TOML config file into {option name: typed value}.
+
+    The format follows the file's extension; ``default_format`` (the
+    ``CONFIG_BACKEND``) decides for a name without .json/.toml in it.
+    """
+    file_format = _file_format(path, default_format)
     if path.is_dir():
-        raise ConfigError(f"{path} is a directory; expected a {path.suffix[1:].upper()} config file")
+        raise ConfigError(f"{path} is a directory; expected a {file_format.upper()} config file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read config file ({error})") from None
-    if path.suffix == ".toml":
+    if file_format == "toml":
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
@@ -155,7 +180,7 @@ def collect_values(
     file_values: dict[str, Any] = {}
     used_path: Optional[Path] = None
     if path is not None and (required or path.exists()):
-        file_values = read_config_file(path)
+        file_values = read_config_file(path, config_backend(env))
         used_path = path
     values = {option.name: option.default for option in OPTIONS}
     values.update(file_values)

@@ -139,6 +139,13 @@ class BucketBatchSampler:
         self.epoch += 1
         self.position = 0
 
+    def stream(self) -> Iterator[List[TrainingSample]]:
+        """Batches epoch after epoch, without end; the training loop stops by step count."""
+        if self.batches_per_epoch() == 0:
+            raise DataError("no complete batch can be formed; see the bucket table above")
+        while True:
+            yield from self
+
     # --- resumption ---------------------------------------------------------------------
     def _compute_fingerprint(self) -> str:
         digest = hashlib.sha256()

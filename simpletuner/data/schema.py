@@ -351,9 +351,9 @@ def _validate_entry(entry: Any, index: int, file_name: str) -> Dict[str, Any]:
             value = json.dumps(value)  # a block; only its presence matters until parquet lands
         converted = _coerce(option, value, where)
         if converted is not None and not option.is_value_implemented(converted):
+            shown = "a hidden value" if option.secret else repr(value)
             raise ConfigError(
-                f"{where}: key {key!r} = {value!r} is not implemented yet; "
-                + _implemented_hint(option)
+                f"{where}: key {key!r} = {shown} is not implemented yet; " + _implemented_hint(option)
             )
         values[key] = converted
     values["id"] = str(raw_id)

@@ -152,7 +152,7 @@ class Trainer:
         )
         losses: list[float] = []
         started = time.perf_counter()
-        batches = iter(self.sampler)
+        batches = self.sampler.stream()
         while self.state.global_step < total_steps:
             samples = next(batches)
             with self.accelerator.accumulate(self.denoiser):
