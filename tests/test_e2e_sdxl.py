@@ -23,10 +23,12 @@ from simpletuner.tools.demo_data import make_demo_dataset
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-# 24 images in 3 buckets of 8 at batch 2 give 12 steps per epoch: the run
-# crosses an epoch boundary, and the resumed half starts mid-epoch.
-STEPS = 14
-CHECKPOINT_EVERY = 7
+# Two datasets over the same 24 images: aspect buckets without cropping (3
+# buckets of 8) and centre-cropped squares (1 bucket of 24).  At batch 2 that
+# is 12 + 12 = 24 steps per epoch: the run crosses an epoch boundary, and the
+# resumed half starts mid-epoch.
+STEPS = 30
+CHECKPOINT_EVERY = 15
 
 
 def _write_json(path: Path, data) -> None:
@@ -51,6 +53,19 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_sdxl: Path) -> Path:
                 "resolution_type": "pixel_area",
                 "aspect_bucket_alignment": 16,
                 "crop": False,
+            },
+            {
+                "id": "shapes-cropped",
+                "type": "local",
+                "instance_data_dir": "data",
+                "cache_dir_vae": "cache/vae/shapes-cropped",
+                "caption_strategy": "textfile",
+                "resolution": 64,
+                "resolution_type": "pixel_area",
+                "aspect_bucket_alignment": 16,
+                "crop": True,
+                "crop_style": "center",
+                "crop_aspect": "square",
             },
             {"id": "text", "type": "local", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"},
         ],
@@ -106,7 +121,10 @@ def test_train_sh_trains_a_lora_that_diffusers_loads(project: Path, tiny_sdxl: P
     output = project / "output"
     weights = output / "pytorch_lora_weights.safetensors"
     assert weights.is_file(), result.stderr[-2000:]
-    assert "24 encoded" in result.stderr  # the first run fills the latent cache
+    # the first run fills both latent caches
+    assert "'shapes' latent cache: 0 reused, 24 encoded" in result.stderr
+    assert "'shapes-cropped' latent cache: 0 reused, 24 encoded" in result.stderr
+    assert "24 steps per epoch" in result.stderr
 
     from diffusers import StableDiffusionXLPipeline
 
@@ -119,8 +137,8 @@ def test_train_sh_trains_a_lora_that_diffusers_loads(project: Path, tiny_sdxl: P
     saved = load_file(weights)
     assert saved and all(key.startswith("unet.") for key in saved)
     assert any(".to_q." in key for key in saved) and any(".to_out.0." in key for key in saved)
-    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-14", "checkpoint-7"]
-    assert json.loads((output / "checkpoint-14" / "sampler.json").read_text())["epoch"] == 1
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-15", "checkpoint-30"]
+    assert json.loads((output / "checkpoint-30" / "sampler.json").read_text())["epoch"] == 1
 
 
 def test_tensorboard_has_one_loss_per_step(project: Path) -> None:
@@ -145,27 +163,29 @@ def _cache_files(project: Path) -> dict[str, int]:
 def test_second_run_reencodes_nothing(project: Path) -> None:
     captions = {p.read_text(encoding="utf-8").strip() for p in (project / "data").glob("*.txt")}
     before = _cache_files(project)
-    assert len(before) == 24 + len(captions)  # one latent per image, one embed per distinct caption
+    assert len(before) == 2 * 24 + len(captions)  # a latent per image per dataset, an embed per caption
     result = _run(
         project,
         [sys.executable, str(REPO / "train.py"), "--output_dir", "output_again", "--max_train_steps", "1"],
     )
     assert _cache_files(project) == before, "a cache entry was rewritten"
-    assert "latent cache: 24 reused, 0 encoded" in result.stderr
-    assert f"text-embed cache: {len(captions)} reused, 0 encoded" in result.stderr
+    assert "'shapes' latent cache: 24 reused, 0 encoded" in result.stderr
+    assert "'shapes-cropped' latent cache: 24 reused, 0 encoded" in result.stderr
+    assert f"'shapes' text-embed cache: {len(captions)} reused, 0 encoded" in result.stderr
+    assert "encoded" not in result.stderr.replace(", 0 encoded", "")
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(project: Path) -> None:
     uninterrupted = project / "output"
     resumed = project / "output_resumed"
-    # The state at step 7 of the uninterrupted run is exactly what a run
+    # The state at step 15 of the uninterrupted run is exactly what a run
     # stopped after that checkpoint leaves behind.
-    shutil.copytree(uninterrupted / "checkpoint-7", resumed / "checkpoint-7")
+    shutil.copytree(uninterrupted / "checkpoint-15", resumed / "checkpoint-15")
     result = _run(
         project,
         ["bash", str(REPO / "train.sh"), "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"],
     )
-    assert "resumed from" in result.stderr and "at step 7" in result.stderr
+    assert "resumed from" in result.stderr and "at step 15" in result.stderr
     expected = load_file(uninterrupted / "pytorch_lora_weights.safetensors")
     actual = load_file(resumed / "pytorch_lora_weights.safetensors")
     assert expected.keys() == actual.keys()
