@@ -277,7 +277,6 @@ def test_not_implemented_options_default_to_off():
 # The first slice: what really works today.  Anything else claiming to be
 # implemented is a lie the user would find out about mid-run.
 SLICE = {
-    "model_type": ("lora",),
     "model_family": ("sdxl",),
     "lora_type": ("standard",),
     "lora_init_type": ("default",),
@@ -301,6 +300,7 @@ SLICE_FULLY = {
     "tracker_project_name", "tracker_run_name", "resolution", "aspect_bucket_alignment",
     "minimum_image_size", "crop", "vae_batch_size", "text_encoder_batch_size",
     "snr_gamma", "gradient_checkpointing", "print_config", "list_model_families",
+    "model_type", "lora_target_modules",
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from simpletuner.errors import ConfigError
-from simpletuner.tools.tiny_model import BUILDERS, make_tiny_model
+from simpletuner.tools.tiny_model import available_builders, make_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def sdxl_pipeline(tiny_sdxl):
 
 
 def test_builders_registry():
-    assert "sdxl" in BUILDERS
+    assert "sdxl" in available_builders()
 
 
 def test_sdxl_layout(tiny_sdxl):

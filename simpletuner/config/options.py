@@ -18,6 +18,7 @@ This module must stay import-light (no torch): ``train.py --help`` reads it.
 from __future__ import annotations
 
 from simpletuner.config.option import Option
+from simpletuner.families.registry import FAMILY_NAMES, available_families
 
 # Group headings, in display order.
 CORE = "Core model"
@@ -62,7 +63,7 @@ GROUPS: tuple[str, ...] = (
     RUN,
 )
 
-MODEL_FAMILIES = ("sdxl", "legacy", "sd3", "flux", "pixart_sigma", "kolors")
+MODEL_FAMILIES = FAMILY_NAMES
 
 OPTIMIZERS = (
     "adamw_bf16",
@@ -126,13 +127,13 @@ OPTIONS: tuple[Option, ...] = (
         "model_type", "str", "lora",
         "Train a small adapter on top of the frozen base model (lora), or update "
         "every weight of the model (full).",
-        CORE, choices=("lora", "full"), implemented=("lora",),
+        CORE, choices=("lora", "full"),
     ),
     Option(
         "model_family", "str", None,
         "The model architecture being trained. It has no default: name the family "
         "that matches the base model (see --list_model_families).",
-        CORE, choices=MODEL_FAMILIES, implemented=("sdxl",),
+        CORE, choices=MODEL_FAMILIES, implemented=available_families(),
     ),
     Option(
         "pretrained_model_name_or_path", "path", None,
@@ -262,7 +263,7 @@ OPTIONS: tuple[Option, ...] = (
         "lora_target_modules", "list", None,
         "Names of the modules that receive LoRA layers, replacing the family's "
         "preset.",
-        ADAPTERS, implemented=False,
+        ADAPTERS,
     ),
     Option(
         "lora_format", "str", "diffusers",

@@ -78,6 +78,15 @@ class ModelSource:
                     parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
         return "|".join(parts)
 
+    def load_pipeline(self, pipeline_class: Any, **components: Any) -> Any:
+        """The whole pipeline from the base path, with some components replaced."""
+        try:
+            return pipeline_class.from_pretrained(
+                self.base, revision=self.revision, variant=self.variant, **components
+            )
+        except (OSError, ValueError) as error:
+            raise ModelError(f"cannot load the pipeline from {self.base}: {str(error).splitlines()[0]}") from None
+
     def load(self, loader: Any, component: str, **kwargs: Any) -> Any:
         """``loader.from_pretrained`` for one component, with a readable error."""
         path, subfolder = self.overrides.get(component, (self.base, component))
@@ -122,6 +131,16 @@ class ModelFamily:
     def load_noise_scheduler(self, source: ModelSource) -> Any:
         raise NotImplementedError
 
+    def lora_targets(self, config: Any) -> tuple[str, ...]:
+        """Module names the LoRA wraps: the user's list, else the family's default."""
+        return tuple(config.lora_target_modules or self.default_lora_targets)
+
+    def make_objective(self, noise_scheduler: Any, config: Any) -> Any:
+        """The training objective; DDPM-style unless the family overrides it."""
+        from simpletuner.training.objectives import DiffusionObjective
+
+        return DiffusionObjective(noise_scheduler, config)
+
     # Encoding (what the caches store) ----------------------------------------
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
         """One dict of tensors per prompt, without a batch dimension."""
@@ -144,9 +163,15 @@ class ModelFamily:
         """Keyword arguments for the denoiser's forward."""
         raise NotImplementedError
 
-    def target(self, noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def prediction(self, output: Any, noisy_latents: torch.Tensor) -> torch.Tensor:
+        """The denoiser's output in the layout of the objective's target."""
+        return output.sample if hasattr(output, "sample") else output[0]
 
     # Saving --------------------------------------------------------------------
     def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
+
+    def save_full_pipeline(self, output_dir: Path, denoiser: Any, source: ModelSource) -> None:
+        """Save the base pipeline with ``denoiser`` swapped in, as a diffusers folder."""
+        pipeline = source.load_pipeline(self.pipeline_class(), **{self.denoiser_component: denoiser})
+        pipeline.save_pretrained(str(output_dir), safe_serialization=True)

@@ -1,13 +1,15 @@
 """Which module implements which model family.
 
-Families are imported only when chosen, so start-up pays for one family's
-dependencies, not all of them.  Adding a family means adding its module and
-one line here.
+A family is the module ``simpletuner/families/<name>.py`` exposing
+``FAMILY_CLASS``.  Families are imported only when chosen, so start-up pays
+for one family's dependencies, not all of them; looking up which exist uses
+``importlib.util.find_spec`` and imports nothing.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 from simpletuner.errors import ConfigError
@@ -15,24 +17,23 @@ from simpletuner.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from simpletuner.families.base import ModelFamily
 
-# family name -> "module:ClassName"
-FAMILY_MODULES: dict[str, str] = {
-    "sdxl": "simpletuner.families.sdxl:SDXLFamily",
-}
+# Every family of the spec, in the order --help lists them.
+FAMILY_NAMES = ("sdxl", "legacy", "sd3", "flux", "pixart_sigma", "kolors")
 
 
-def available_families() -> list[str]:
-    return sorted(FAMILY_MODULES)
+def _module_name(name: str) -> str:
+    return f"simpletuner.families.{name}"
+
+
+def available_families() -> tuple[str, ...]:
+    """Families whose module exists, i.e. that can train today."""
+    return tuple(name for name in FAMILY_NAMES if importlib.util.find_spec(_module_name(name)) is not None)
 
 
 def get_family(name: str) -> "ModelFamily":
     """Import and instantiate the family called ``name``."""
-    try:
-        target = FAMILY_MODULES[name]
-    except KeyError:
+    if name not in available_families():
         raise ConfigError(
-            f"--model_family={name!r} has no implementation; available: "
-            + ", ".join(available_families())
-        ) from None
-    module_name, class_name = target.split(":")
-    return getattr(importlib.import_module(module_name), class_name)()
+            f"--model_family={name!r} has no implementation; available: " + ", ".join(available_families())
+        )
+    return importlib.import_module(_module_name(name)).FAMILY_CLASS()

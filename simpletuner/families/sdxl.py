@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
-from simpletuner.training.loss import noise_prediction_target
 
 
 class SDXLFamily(ModelFamily):
@@ -99,11 +98,10 @@ class SDXLFamily(ModelFamily):
             },
         }
 
-    def target(self, noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return noise_prediction_target(noise_scheduler, latents, noise, timesteps)
-
     def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
         self.pipeline_class().save_lora_weights(
             save_directory=str(output_dir), unet_lora_layers=denoiser_lora_state, safe_serialization=True
         )
 
+
+FAMILY_CLASS = SDXLFamily

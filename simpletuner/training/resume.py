@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from simpletuner.errors import ConfigError
-from simpletuner.training import adapters
 from simpletuner.training.checkpoint import (
     TRAINER_STATE_FILE,
     capture_rng_state,
@@ -24,7 +22,6 @@ from simpletuner.training.checkpoint import (
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_FILE = "adapter.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "lr_scheduler.pt"
 RNG_FILE = "rng_state.pt"
@@ -61,9 +58,7 @@ def save_training_state(trainer: Any) -> Optional[Path]:
     denoiser = accelerator.unwrap_model(trainer.denoiser)
 
     def write_parts(folder: Path) -> None:
-        save_file(adapters.adapter_state(denoiser), str(folder / ADAPTER_FILE))
-        # The same weights in diffusers' layout, so a checkpoint is usable as a LoRA.
-        trainer.family.save_lora(folder, adapters.diffusers_lora_state(denoiser))
+        trainer.trainable.save_state(denoiser, folder)
         torch.save(trainer.optimizer.state_dict(), folder / OPTIMIZER_FILE)
         torch.save(trainer.lr_scheduler.state_dict(), folder / SCHEDULER_FILE)
         torch.save(capture_rng_state(trainer.generator), folder / RNG_FILE)
@@ -79,7 +74,7 @@ def save_training_state(trainer: Any) -> Optional[Path]:
 
 def load_training_state(trainer: Any, path: Path) -> None:
     denoiser = trainer.accelerator.unwrap_model(trainer.denoiser)
-    adapters.load_adapter_state(denoiser, load_file(str(path / ADAPTER_FILE)))
+    trainer.trainable.load_state(denoiser, path)
     trainer.optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=False))
     trainer.lr_scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=False))
     trainer.sampler.load_state_dict(read_json(path / SAMPLER_FILE))

@@ -8,7 +8,6 @@ random generators); a checkpoint is those, written atomically.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -23,15 +22,15 @@ from simpletuner.errors import DataError, UserError
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.families.registry import get_family
 from simpletuner.logs import attach_log_file
-from simpletuner.training import adapters
-from simpletuner.training.batches import CacheLookup, collate, to_device
+from simpletuner.training.batches import collate, to_device
 from simpletuner.training.caches import prepare_caches
-from simpletuner.training.loss import min_snr_weights, weighted_mse
+from simpletuner.training.loss import weighted_mse
 from simpletuner.training.optimizers import build_optimizer
 from simpletuner.training.resume import load_training_state, resolve_resume_path, save_training_state
 from simpletuner.training.schedulers import build_lr_scheduler
 from simpletuner.training.setup import build_accelerator, training_dtype, write_run_config
 from simpletuner.training.state import TrainState
+from simpletuner.training.trainable import trainable_for
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +60,7 @@ class Trainer:
         self.family: ModelFamily = get_family(config.model_family)
         self.source = ModelSource.from_config(config)
         self.output_dir = Path(config.output_dir)
+        self.trainable = trainable_for(config, self.family)
 
     def run(self) -> Path:
         """Train and return the folder holding the final weights."""
@@ -91,7 +91,7 @@ class Trainer:
         self.lookup = prepare_caches(self.family, self.source, data, config, self.accelerator, self._progress_enabled())
         # 5. The denoiser with its trainable adapter.
         denoiser = self._load_trainable_denoiser()
-        self.noise_scheduler = self._load_noise_scheduler()
+        self.objective = self.family.make_objective(self._load_noise_scheduler(), config)
         # 6. Optimizer, learning-rate schedule, sampler.
         sampler = BucketBatchSampler(
             data.samples,
@@ -101,7 +101,8 @@ class Trainer:
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
         )
-        optimizer = build_optimizer(adapters.trainable_parameters(denoiser), config)
+        self.trained_parameters = self.trainable.parameters(denoiser)
+        optimizer = build_optimizer(self.trained_parameters, config)
         lr_scheduler = build_lr_scheduler(optimizer, config, total_steps)
         self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, optimizer)
         self.lr_scheduler, self.sampler = lr_scheduler, sampler
@@ -132,8 +133,8 @@ class Trainer:
     def _load_trainable_denoiser(self) -> torch.nn.Module:
         denoiser = self.family.load_denoiser(self.source)
         denoiser.requires_grad_(False)
-        denoiser.to(self.device, dtype=self.dtype)
-        adapters.add_lora(denoiser, self.config, self.family.default_lora_targets)
+        denoiser.to(self.device, dtype=self.trainable.frozen_dtype(self.dtype))
+        self.trainable.prepare(denoiser)
         if self.config.gradient_checkpointing:
             denoiser.enable_gradient_checkpointing()
         denoiser.train()
@@ -160,9 +161,7 @@ class Trainer:
                 self.accelerator.backward(loss)
                 grad_norm = None
                 if self.accelerator.sync_gradients and self.config.max_grad_norm > 0:
-                    grad_norm = self.accelerator.clip_grad_norm_(
-                        adapters.trainable_parameters(self.denoiser), self.config.max_grad_norm
-                    )
+                    grad_norm = self.accelerator.clip_grad_norm_(self.trained_parameters, self.config.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().item())
@@ -179,18 +178,10 @@ class Trainer:
 
     def _loss(self, samples: list) -> torch.Tensor:
         batch = to_device(collate(samples, self.lookup, self.family), self.device, self.dtype)
-        latents = batch["latents"]
-        noise = torch.randn(latents.shape, generator=self.generator).to(self.device, latents.dtype)
-        timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=self.generator
-        ).to(self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction = self.denoiser(**self.family.model_inputs(batch, noisy, timesteps)).sample
-        target = self.family.target(self.noise_scheduler, latents, noise, timesteps)
-        weights = None
-        if self.config.snr_gamma:
-            weights = min_snr_weights(self.noise_scheduler, timesteps.cpu(), self.config.snr_gamma).to(self.device)
-        loss = weighted_mse(prediction, target, weights)
+        noised = self.objective.noise(batch["latents"], self.generator)
+        output = self.denoiser(**self.family.model_inputs(batch, noised.noisy, noised.timesteps))
+        prediction = self.family.prediction(output, noised.noisy)
+        loss = weighted_mse(prediction, noised.target, noised.weights)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {self.state.global_step + 1}; lower --learning_rate "
@@ -214,8 +205,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             denoiser = self.accelerator.unwrap_model(self.denoiser)
-            self.family.save_lora(self.output_dir, adapters.diffusers_lora_state(denoiser))
-            logger.info("saved LoRA weights to %s", self.output_dir)
+            self.trainable.save_final(denoiser, self.output_dir, self.source)
+            logger.info("saved %s weights to %s", self.config.model_type, self.output_dir)
         self.accelerator.end_training()
         return self.output_dir
 
