@@ -46,14 +46,14 @@ def write_two_class_project(root: Path, size: int = 64, per_class: int = 8) -> P
     return root
 
 
-def train_in_process(root: Path, model: Path, family: str, *flags: str) -> Path:
+def train_in_process(root: Path, model: Path, family: str, *flags: str, output_name: str = "output") -> Path:
     """Run the real Trainer on the two-class project; returns the output folder."""
     from accelerate.state import AcceleratorState
 
     from simpletuner.config.loader import load_config
     from simpletuner.training.trainer import Trainer
 
-    output = root / "output"
+    output = root / output_name
     argv = [
         "--model_family", family, "--pretrained_model_name_or_path", str(model),
         "--data_backend_config", str(root / "mdb.json"), "--output_dir", str(output),
@@ -88,7 +88,9 @@ def separation(sample: Callable[[str, int], torch.Tensor], targets: dict[str, to
 
 
 def assert_learned(before: Separation, after: Separation) -> None:
-    assert after.own < after.other, f"samples are not closer to their own class: {after}"
+    # A clear margin, not just own < other: a model trained on the wrong target
+    # (epsilon sampled as v, say) still lands marginally closer by chance.
+    assert after.margin > 0.1 * after.own, f"samples are not clearly closer to their own class: {after}"
     assert after.own < 0.7 * before.own, f"training did not move samples toward their class: {before} -> {after}"
     assert after.margin > before.margin, f"classes did not separate: {before} -> {after}"
 

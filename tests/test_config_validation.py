@@ -110,14 +110,14 @@ CASES = [
             "adamw_bf16", "prodigy", argv=("--optimizer", "adamw")),
     in_file("bad_choice_in_list", cfg(report_to="tensorboard,mlflow"),
             "--report_to got 'mlflow'", "choose one of: tensorboard, wandb, comet_ml, none"),
-    in_file("not_implemented_option", cfg(use_ema="true"),
-            "--use_ema is not implemented yet", "set it to False"),
+    in_file("not_implemented_option", cfg(push_to_hub="true"),
+            "--push_to_hub is not implemented yet", "set it to False"),
     in_file("not_implemented_choice", cfg(mixed_precision="fp16"),
             "--mixed_precision=fp16 is not implemented yet", "working choices: no, bf16"),
-    in_file("not_implemented_family", cfg(model_family="flux"),
-            "--model_family=flux is not implemented yet", "working choices: sdxl"),
-    in_file("not_implemented_list_choice", cfg(report_to="wandb"),
-            "--report_to=wandb is not implemented yet", "tensorboard, none"),
+    in_file("unknown_family", cfg(model_family="sd4"),
+            "--model_family got 'sd4'", "choose one of: sdxl, legacy, sd3, flux, pixart_sigma, kolors"),
+    in_file("not_implemented_choice_of_several", cfg(vae_cache_scan_behaviour="sync"),
+            "--vae_cache_scan_behaviour=sync is not implemented yet", "working choices: recreate"),
     # --- bounds
     in_file("below_minimum", cfg(lora_rank=0), "--lora_rank must be at least 1", "got 0"),
     in_file("above_maximum", cfg(lora_dropout="1.5"), "--lora_dropout must be at most 1", "got 1.5"),
@@ -219,8 +219,8 @@ def test_valid_validation_resolutions_pass_the_format_rule():
 
 
 def test_print_config_still_refuses_unimplemented_values(cwd: Path):
-    with pytest.raises(ConfigError, match="--use_ema is not implemented yet"):
-        load_config(["--print_config", "--use_ema"], env={}, cwd=cwd)
+    with pytest.raises(ConfigError, match="--push_to_hub is not implemented yet"):
+        load_config(["--print_config", "--push_to_hub"], env={}, cwd=cwd)
 
 
 # ----------------------------------------------------------- real processes
@@ -418,3 +418,40 @@ def test_setup_logging_masks_secrets_on_the_console_and_in_the_debug_log(
     console = capsys.readouterr().err
     assert "loaded token" in console
     assert SECRET not in console
+
+
+@pytest.mark.parametrize(
+    "family, flags, named",
+    [
+        ("sdxl", ["--flow_shift", "3"], "--flow_shift applies only to sd3, flux"),
+        ("flux", ["--prediction_type", "v_prediction"], "--prediction_type applies only to"),
+        ("sd3", ["--snr_gamma", "5"], "--snr_gamma applies only to"),
+        ("sdxl", ["--pretrained_t5_model_name_or_path", "t5"], "--pretrained_t5_model_name_or_path applies only to"),
+        ("sd3", ["--flux_guidance_value", "3.5"], "--flux_guidance_value applies only to flux"),
+    ],
+)
+def test_options_for_another_family_are_refused(tmp_path, family, flags, named) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config(["--model_family", family, "--print_config", *flags], env={}, cwd=tmp_path)
+
+
+def test_family_restricted_options_pass_for_their_family(tmp_path) -> None:
+    config = load_config(["--model_family", "flux", "--print_config", "--flow_shift", "3",
+                          "--flux_guidance_value", "3.5"], env={}, cwd=tmp_path)
+    assert config.flow_shift == 3.0
+
+
+def test_flow_option_families_match_the_family_objectives() -> None:
+    from simpletuner.config.options import FLOW_FAMILIES
+    from simpletuner.families.registry import get_family
+    from simpletuner.training.flow_matching import FlowMatchingObjective
+    from simpletuner.training.objectives import DiffusionObjective
+
+    class Scheduler:
+        config = type("C", (), {"prediction_type": "epsilon", "num_train_timesteps": 1000})()
+
+    for name in ("sdxl", "legacy", "kolors", "pixart_sigma", "sd3", "flux"):
+        family = get_family(name)
+        objective = family.make_objective(Scheduler(), load_config(["--model_family", name, "--print_config"], env={}))
+        expected = FlowMatchingObjective if name in FLOW_FAMILIES else DiffusionObjective
+        assert isinstance(objective, expected), name

@@ -148,7 +148,7 @@ def test_prompts_come_from_the_option_table(cwd: Path):
 
 def test_bad_answers_are_asked_again_with_the_choices(cwd: Path, capsys):
     answers = list(CUSTOM)
-    answers[0:1] = ["flux", "nonsense", "sdxl"]  # not implemented, not a choice, fine
+    answers[0:1] = ["nonsense", "sdxl"]  # not a choice, fine (every family is implemented)
     index = answers.index("32")
     answers[index:index + 1] = ["-3", "lots", "32"]  # below minimum, not a number, fine
     index = answers.index("tensorboard")
@@ -156,11 +156,10 @@ def test_bad_answers_are_asked_again_with_the_choices(cwd: Path, capsys):
     script = Script(answers)
     assert configure.main([], input_fn=script) == 0
     out = capsys.readouterr().out
-    assert "flux is not implemented yet; choose one of: sdxl" in out
-    assert "'nonsense' is not offered; choose one of: sdxl" in out
+    assert "'nonsense' is not offered; choose one of: sdxl, legacy, sd3, flux, pixart_sigma, kolors" in out
     assert "--lora_rank must be at least 1" in out
     assert "'none' cannot be combined" in out
-    assert sum(p.startswith("Model family") for p in script.prompts) == 3
+    assert sum(p.startswith("Model family") for p in script.prompts) == 2
     assert json.loads((cwd / "config" / "config.json").read_text())["--lora_rank"] == 32
 
 

@@ -96,7 +96,9 @@ def test_finds_images_with_upright_sizes_and_captions(tree):
     assert by_path["square.webp"].caption == "square one"
     assert by_path["wide.png"].path == str(tree / "images" / "wide.png")
     assert by_path["wide.png"].size_bytes == (tree / "images" / "wide.png").stat().st_size
-    assert result.files_found == 10  # hidden and non-image extensions are not counted
+    # non-image extensions are not counted; the hidden image is found and skipped
+    assert result.files_found == 11 == len(result.records) + result.skipped_count
+    assert result.skipped["hidden file"] == [".hidden.png"]
 
 
 def test_exif_orientation_swaps_width_and_height(tree):
@@ -161,8 +163,8 @@ def test_rerun_reads_only_new_and_changed_files(tree):
     )  # the empty file is skipped from its size alone
     assert result.header_reads == 9
     cache = json.loads((tree / "cache" / DISCOVERY_FILE).read_text())
-    assert cache["files"]["wide.png"]["width"] == 96
-    assert cache["files"]["fake.jpg"]["skip"] == "not an image"
+    assert cache["files"]["wide.png"][2:] == [96, 48]
+    assert cache["files"]["fake.jpg"][2:] == ["not an image"]
 
     second = CountingReader()
     again = discover(dataset, progress=False, reader=second)

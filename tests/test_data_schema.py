@@ -143,14 +143,10 @@ def test_negative_repeats_rejected(tmp_path, data_dir):
         ("type", "aws"),
         ("type", "csv"),
         ("dataset_type", "image_embeds"),
-        ("caption_strategy", "parquet"),
         ("resolution_type", "area"),
-        ("crop_style", "face"),
-        ("crop_aspect", "closest"),
-        ("crop_aspect", "random"),
-        ("maximum_image_size", 2048),
         ("aws_bucket_name", "bucket"),
-        ("parquet", {"path": "x.parquet"}),
+        ("image_embeds", "vae-embeds"),
+        ("vae_cache_clear_each_epoch", True),
     ],
 )
 def test_not_implemented_values_are_rejected(tmp_path, data_dir, key, value):
@@ -166,8 +162,8 @@ def test_not_implemented_key_at_its_default_is_accepted(tmp_path, data_dir):
 
 
 def test_not_implemented_global_default_is_rejected(tmp_path, data_dir):
-    message = _error([_image(data_dir, tmp_path), _text()], {"crop_style": "face"})
-    assert "crop_style" in message and "not implemented yet" in message
+    message = _error([_image(data_dir, tmp_path), _text()], {"resolution_type": "area"})
+    assert "resolution_type" in message and "not implemented yet" in message
 
 
 def test_missing_file(tmp_path):
@@ -284,3 +280,35 @@ def test_secret_dataset_keys_are_never_echoed_in_errors(tmp_path) -> None:
         parse_data_backend_config(entries, {})
     assert "aws_secret_access_key" in str(caught.value)
     assert "SECRETKEY123" not in str(caught.value)
+
+
+# --- keys added for the full data pipeline -------------------------------------------------------
+
+def test_regularisation_flag_in_both_spellings(tmp_path, data_dir):
+    for key in ("is_regularisation_data", "is_regularization_data"):
+        config = parse_data_backend_config([_image(data_dir, tmp_path, **{key: "true"}), _text()], {})
+        assert config.image_datasets[0].is_regularisation_data is True
+    plain = parse_data_backend_config([_image(data_dir, tmp_path), _text()], {})
+    assert plain.image_datasets[0].is_regularisation_data is False
+
+
+def test_cross_key_rules(tmp_path, data_dir):
+    message = _error([_image(data_dir, tmp_path, instance_prompt="sks", only_instance_prompt=True,
+                             prepend_instance_prompt=True), _text()])
+    assert "'only_instance_prompt' and 'prepend_instance_prompt'" in message
+    message = _error([_image(data_dir, tmp_path, minimum_aspect_ratio=2, maximum_aspect_ratio=1), _text()])
+    assert "'minimum_aspect_ratio' = 2.0 is above 'maximum_aspect_ratio'" in message
+
+
+def test_new_keys_resolve(tmp_path, data_dir):
+    config = parse_data_backend_config(
+        [_image(data_dir, tmp_path, maximum_image_size="2048", target_downsample_size=1536, ignore_epochs=1,
+                probability="0.5", preserve_data_backend_cache=True, hash_filenames=True,
+                remove_common_llm_caption_prefixes="yes"),
+         _text()],
+        {"aspect_bucket_rounding": 2, "preserve_data_backend_cache": False},
+    )
+    dataset = config.image_datasets[0]
+    assert (dataset.maximum_image_size, dataset.target_downsample_size) == (2048, 1536)
+    assert dataset.ignore_epochs and dataset.probability == 0.5 and dataset.preserve_data_backend_cache
+    assert dataset.remove_common_llm_caption_prefixes and dataset.aspect_bucket_rounding == 2

@@ -39,7 +39,7 @@ def test_full_fine_tune_learns_two_classes(tmp_path: Path, tiny_sdxl: Path) -> N
     targets = class_latents(lambda px: vae.encode(px).latent_dist.mean * vae.config.scaling_factor)
     before = separation(pipeline_sampler(base, guidance_scale=1.0), targets)
     output = train_in_process(
-        root, tiny_sdxl, "sdxl", "--model_type", "full", "--learning_rate", "1e-3",
+        root, tiny_sdxl, "sdxl", "--model_type", "full", "--learning_rate", "3e-3", "--snr_gamma", "5",
         "--train_batch_size", "4", "--max_train_steps", "150", "--lr_scheduler", "constant",
     )
     trained = StableDiffusionXLPipeline.from_pretrained(output)

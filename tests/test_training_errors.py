@@ -80,3 +80,20 @@ def test_model_folder_without_model_index(tmp_path: Path) -> None:
     result = _train(tmp_path, *_flags(not_a_model, _backend(tmp_path, data)))
     _assert_user_error(result, "model_index.json", str(not_a_model))
     assert not (tmp_path / "out").exists(), "a failed start must not create the output folder"
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(tmp_path: Path, tiny_sdxl: Path) -> None:
+    data = make_demo_dataset(tmp_path / "data", count=8, sizes=((64, 64),))
+    # A learning rate this large blows the weights up within a few steps.
+    result = _train(tmp_path, *_flags(tiny_sdxl, _backend(tmp_path, data), "--max_train_steps", "40",
+                                     "--checkpointing_steps", "1", "--learning_rate", "1e12", "--max_grad_norm", "0",
+                                     "--optimizer", "optimi-sgd", "--train_batch_size", "2"))
+    _assert_user_error(result, "became", "--resume_from_checkpoint latest")
+    checkpoints = sorted((tmp_path / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert checkpoints, "no checkpoint was kept"
+    from safetensors.torch import load_file
+    import torch
+
+    last = load_file(checkpoints[-1] / "trainable.safetensors")
+    assert all(torch.isfinite(t).all() for t in last.values()), "the last checkpoint holds non-finite weights"

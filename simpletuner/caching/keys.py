@@ -33,5 +33,18 @@ def latent_key(sample: TrainingSample, vae_identity: str, normalisation: str) ->
     )
 
 
+def latent_sample_seed(sample: TrainingSample) -> int:
+    """Seed for sampling this entry's VAE posterior.
+
+    It depends on what the image is and how it is cut, not on when the file
+    was written, so re-encoding a touched or copied file gives the same latent.
+    """
+    digest = _digest(
+        {"file": sample.record.relative_path, "resize": list(sample.intermediate_size),
+         "crop": list(sample.crop_top_left), "target": list(sample.target_size)}
+    )
+    return int(digest[:15], 16)
+
+
 def text_key(caption: str, encoder_identity: str) -> str:
     return _digest({"caption": caption, "encoders": encoder_identity})

@@ -24,8 +24,9 @@ def build_text_cache(
 ) -> CacheReport:
     """Encode each distinct caption not yet stored.  Encoders load only if needed."""
     unique = sorted(set(captions))
-    missing = [c for c in unique if not store.has(text_key(c, encoder_identity))]
+    missing = [c for c in unique if not store.is_intact(text_key(c, encoder_identity))]
     report = CacheReport(reused=len(unique) - len(missing))
+    report.damaged = sum(store.has(text_key(c, encoder_identity)) for c in missing)
     rank, world_size = shard
     mine = missing[rank::world_size]
     if not mine:

@@ -65,6 +65,8 @@ def _option_section(option: Option, heading: str | None = None, inherits: bool =
         low = "" if option.minimum is None else f"≥ {option.minimum}"
         high = "" if option.maximum is None else f"≤ {option.maximum}"
         lines.append("- **Range**: " + " and ".join(p for p in (low, high) if p))
+    if option.families:
+        lines.append("- **Families**: " + ", ".join(f"`{f}`" for f in option.families))
     if option.secret:
         lines.append("- **Secret**: redacted in printed configs, logs and saved files")
     lines.append(f"- **Status**: {_status(option)}")

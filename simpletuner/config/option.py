@@ -38,6 +38,8 @@ class Option:
         minimum / maximum: inclusive numeric bounds, checked at validation.
         aliases: other accepted spellings of choices, mapped to the canonical
             choice (``centre`` -> ``center``).
+        families: the model families the option means something for, or None
+            for all.  Setting it for another family is an error, not a no-op.
     """
 
     name: str
@@ -51,6 +53,7 @@ class Option:
     minimum: Optional[float] = None
     maximum: Optional[float] = None
     aliases: Optional[dict] = None
+    families: Optional[tuple] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -64,6 +64,10 @@ GROUPS: tuple[str, ...] = (
 )
 
 MODEL_FAMILIES = FAMILY_NAMES
+# Which families an objective- or encoder-specific option means something for.
+FLOW_FAMILIES = ("sd3", "flux")
+DIFFUSION_FAMILIES = ("sdxl", "legacy", "kolors", "pixart_sigma")
+T5_FAMILIES = ("sd3", "flux", "pixart_sigma")
 
 OPTIMIZERS = (
     "adamw_bf16",
@@ -167,47 +171,57 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "pretrained_vae_model_name_or_path", "path", None,
         "Take the VAE from this Hub id or folder instead of from the base model.",
-        COMPONENTS, implemented=False,
+        COMPONENTS,
     ),
     Option(
         "pretrained_vae_subfolder", "str", None,
-        "Subfolder that holds the VAE; unset uses the family's usual one.",
-        COMPONENTS, implemented=False,
+        "Folder holding the VAE inside --pretrained_vae_model_name_or_path (unset: its "
+        "root), or inside the base model when no separate path is given.",
+        COMPONENTS,
     ),
     Option(
         "pretrained_unet_model_name_or_path", "path", None,
         "Take the UNet from this Hub id or folder instead of from the base model "
         "(UNet families only).",
-        COMPONENTS, implemented=False,
+        COMPONENTS,
+        families=("sdxl", "legacy", "kolors"),
     ),
     Option(
         "pretrained_unet_subfolder", "str", None,
-        "Subfolder that holds the UNet; unset uses the family's usual one.",
-        COMPONENTS, implemented=False,
+        "Folder holding the UNet inside --pretrained_unet_model_name_or_path (unset: its "
+        "root), or inside the base model when no separate path is given.",
+        COMPONENTS,
+        families=("sdxl", "legacy", "kolors"),
     ),
     Option(
         "pretrained_transformer_model_name_or_path", "path", None,
         "Take the diffusion transformer from this Hub id or folder instead of from "
         "the base model (transformer families only).",
-        COMPONENTS, implemented=False,
+        COMPONENTS,
+        families=("sd3", "flux", "pixart_sigma"),
     ),
     Option(
         "pretrained_transformer_subfolder", "str", None,
-        "Subfolder that holds the diffusion transformer; unset uses the family's "
-        "usual one.",
-        COMPONENTS, implemented=False,
+        "Folder holding the transformer inside --pretrained_transformer_model_name_or_path (unset: its "
+        "root), or inside the base model when no separate path is given.",
+        COMPONENTS,
+        families=("sd3", "flux", "pixart_sigma"),
     ),
     Option(
         "pretrained_t5_model_name_or_path", "path", None,
-        "Load the T5 text encoder and tokenizer from this Hub id or folder, so one "
-        "local copy can serve several base models.",
-        COMPONENTS, implemented=False,
+        "Load the T5 text encoder and tokenizer from this Hub id or diffusers model "
+        "folder (same subfolder names as the base model), so one local copy can "
+        "serve several base models.",
+        COMPONENTS,
+        families=T5_FAMILIES,
     ),
     Option(
         "sd3_skip_t5", "bool", False,
-        "For SD3, feed zeros in place of the T5 embeddings during training so that "
-        "T5 never has to be run.",
-        COMPONENTS, implemented=False,
+        "For SD3, feed zeros in place of the T5 part of the prompt embeddings while "
+        "training, as the pipeline does when loaded without T5, so the model "
+        "learns to do without it.",
+        COMPONENTS,
+        families=("sd3",),
     ),
     # -------------------------------------------- Precision and quantisation
     Option(
@@ -317,13 +331,14 @@ OPTIONS: tuple[Option, ...] = (
         "optimizer", "str", "adamw_bf16",
         "Optimizer algorithm. Several need particular hardware or libraries (fp8 "
         "and paged variants need a CUDA accelerator).",
-        OPTIMIZER, choices=OPTIMIZERS, implemented=("adamw_bf16", "optimi-adamw"),
+        OPTIMIZER, choices=OPTIMIZERS,
+        implemented=tuple(o for o in OPTIMIZERS if o not in ("adamw_schedulefree+aggressive", "adamw_schedulefree+no_kahan")),
     ),
     Option(
         "optimizer_config", "str", None,
         "Extra optimizer settings as comma-separated key=value pairs, for example "
         "d_coef=0.1 for prodigy.",
-        OPTIMIZER, implemented=False,
+        OPTIMIZER,
     ),
     Option(
         "optimizer_beta1", "float", None,
@@ -363,7 +378,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "lr_scheduler", "str", "constant",
         "Shape of the learning rate over the run.",
-        SCHEDULE, choices=LR_SCHEDULERS, implemented=("constant", "constant_with_warmup"),
+        SCHEDULE, choices=LR_SCHEDULERS,
     ),
     Option(
         "lr_warmup_steps", "int", 0,
@@ -373,23 +388,23 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "lr_num_cycles", "int", 1,
         "How many times cosine_with_restarts restarts its cycle.",
-        SCHEDULE, minimum=1, implemented=False,
+        SCHEDULE, minimum=1,
     ),
     Option(
         "lr_end", "float", 4e-7,
         "Learning rate the polynomial schedule arrives at by the final step.",
-        SCHEDULE, minimum=0, implemented=False,
+        SCHEDULE, minimum=0,
     ),
     Option(
         "lr_power", "float", 1.0,
         "Exponent of the polynomial schedule; 1.0 is a straight line.",
-        SCHEDULE, minimum=0, implemented=False,
+        SCHEDULE, minimum=0,
     ),
     Option(
         "lr_scale", "bool", False,
         "Multiply the learning rate by the effective batch size (batch size x "
         "accumulation steps x processes).",
-        SCHEDULE, implemented=False,
+        SCHEDULE,
     ),
     # -------------------------------------------------------- Loss and noise
     Option(
@@ -397,25 +412,30 @@ OPTIONS: tuple[Option, ...] = (
         "What the model predicts: epsilon (the noise), v_prediction, or sample. "
         "Unset reads it from the model's scheduler config.",
         LOSS, choices=("epsilon", "v_prediction", "sample"),
-        implemented=("epsilon", "v_prediction"),
+        families=DIFFUSION_FAMILIES,
     ),
     Option(
         "rescale_betas_zero_snr", "bool", False,
         "Rescale the noise schedule so the last timestep is pure noise (zero "
-        "terminal SNR), with trailing timestep spacing.",
-        LOSS, implemented=False,
+        "terminal SNR), with trailing timestep spacing. Use it with "
+        "v_prediction; a full fine-tune is saved with a scheduler that samples "
+        "this way.",
+        LOSS,
+        families=DIFFUSION_FAMILIES,
     ),
     Option(
         "snr_gamma", "float", None,
         "Enable min-SNR loss weighting with this gamma; 5 is the usual choice. "
         "Low-noise timesteps get their loss capped so they do not dominate.",
         LOSS, minimum=0,
+        families=DIFFUSION_FAMILIES,
     ),
     Option(
         "use_soft_min_snr", "bool", False,
         "Use the smoother soft-min-SNR weighting, which pixel-space models "
         "need and latent models may find blurry.",
         LOSS, implemented=False,
+        families=DIFFUSION_FAMILIES,
     ),
     Option(
         "soft_min_snr_sigma_data", "float", None,
@@ -473,91 +493,103 @@ OPTIONS: tuple[Option, ...] = (
         "How flow-matching sigmas are drawn and the loss weighted. none means "
         "uniform sigmas and an unweighted loss.",
         FLOW, choices=("none", "sigma_sqrt", "logit_normal", "mode", "cosmap"),
-        implemented=False,
+        families=FLOW_FAMILIES,
     ),
     Option(
         "flow_logit_mean", "float", 0.0,
         "Mean of the logit-normal distribution, used by the logit_normal scheme.",
-        FLOW, implemented=False,
+        FLOW,
+        families=FLOW_FAMILIES,
     ),
     Option(
         "flow_logit_std", "float", 1.0,
         "Spread of the logit-normal distribution, used by the logit_normal "
         "scheme.",
-        FLOW, minimum=0, implemented=False,
+        FLOW, minimum=0,
+        families=FLOW_FAMILIES,
     ),
     Option(
         "flow_mode_scale", "float", 1.29,
         "Scale of the mode scheme's sigma distribution.",
-        FLOW, implemented=False,
+        FLOW,
+        families=FLOW_FAMILIES,
     ),
     Option(
         "flow_shift", "float", 1.0,
         "Fixed shift applied to sampled sigmas, shift*s / (1 + (shift-1)*s). "
         "Values above 1 push training toward noisier steps; 1 leaves them as is.",
-        FLOW, minimum=0, implemented=False,
+        FLOW, minimum=0,
+        families=FLOW_FAMILIES,
     ),
     Option(
         "flow_resolution_shifting", "bool", False,
         "Choose the shift from each image's token count instead of using "
         "--flow_shift, as SD3 and Flux do for large images.",
-        FLOW, implemented=False,
+        FLOW,
+        families=FLOW_FAMILIES,
     ),
     Option(
         "flow_base_seq_len", "int", 256,
         "Token count that maps to --flow_base_shift under resolution shifting.",
-        FLOW, minimum=1, implemented=False,
+        FLOW, minimum=1,
+        families=FLOW_FAMILIES,
     ),
     Option(
         "flow_max_seq_len", "int", 4096,
         "Token count that maps to --flow_max_shift under resolution shifting.",
-        FLOW, minimum=1, implemented=False,
+        FLOW, minimum=1,
+        families=FLOW_FAMILIES,
     ),
     Option(
         "flow_base_shift", "float", 0.5,
-        "Shift used for the smallest images under resolution shifting.",
-        FLOW, implemented=False,
+        "Under resolution shifting, the log of the shift (mu) for images of "
+        "--flow_base_seq_len tokens; mu is linear in the token count, as in Flux.",
+        FLOW,
+        families=FLOW_FAMILIES,
     ),
     Option(
         "flow_max_shift", "float", 1.15,
-        "Shift used for the largest images under resolution shifting.",
-        FLOW, implemented=False,
+        "Under resolution shifting, the log of the shift (mu) for images of "
+        "--flow_max_seq_len tokens.",
+        FLOW,
+        families=FLOW_FAMILIES,
     ),
     Option(
         "flux_guidance_value", "float", 1.0,
         "Value fed to Flux's guidance embedding while training.",
-        FLOW, minimum=0, implemented=False,
+        FLOW, minimum=0,
+        families=("flux",),
     ),
     # ------------------------------------------------------------------- EMA
     Option(
         "use_ema", "bool", False,
         "Keep an exponential moving average of the trained weights alongside the "
         "live ones; steadier results for some extra memory and time.",
-        EMA, implemented=False,
+        EMA,
     ),
     Option(
         "ema_decay", "float", 0.995,
         "How much of the old average survives each update; closer to 1 moves "
         "more slowly.",
-        EMA, minimum=0, maximum=1, implemented=False,
+        EMA, minimum=0, maximum=1,
     ),
     Option(
         "ema_device", "str", "cpu",
         "Where the averaged weights live: cpu saves accelerator memory, "
         "accelerator avoids slow transfers. --ema_cpu_only takes precedence.",
-        EMA, choices=("cpu", "accelerator"), implemented=False,
+        EMA, choices=("cpu", "accelerator"),
     ),
     Option(
         "ema_cpu_only", "bool", False,
         "Keep the averaged weights on the CPU and update them there, never "
         "moving them to the accelerator.",
-        EMA, implemented=False,
+        EMA,
     ),
     Option(
         "ema_update_interval", "int", None,
         "Update the average only every this many optimizer steps. Unset updates "
         "it every step.",
-        EMA, minimum=1, implemented=False,
+        EMA, minimum=1,
     ),
     Option(
         "ema_validation", "str", "none",
@@ -576,7 +608,7 @@ OPTIONS: tuple[Option, ...] = (
         "data_backend_sampling", "str", "auto-weighting",
         "How batches are shared between datasets: auto-weighting by each "
         "dataset's size and repeats, or uniform by their probabilities alone.",
-        DATA, choices=("uniform", "auto-weighting"), implemented=False,
+        DATA, choices=("uniform", "auto-weighting"),
     ),
     Option(
         "override_dataset_config", "bool", False,
@@ -588,7 +620,7 @@ OPTIONS: tuple[Option, ...] = (
         "preserve_data_backend_cache", "bool", False,
         "Keep each dataset's saved file list and bucket metadata as they are "
         "instead of refreshing them at start-up.",
-        DATA, implemented=False,
+        DATA,
     ),
     Option(
         "skip_file_discovery", "list", None,
@@ -635,7 +667,7 @@ OPTIONS: tuple[Option, ...] = (
         "aspect_bucket_rounding", "int", None,
         "Round each image's aspect ratio to this many decimal places before "
         "bucketing, merging near-identical aspects. Unset keeps buckets exact.",
-        IMAGES, minimum=1, maximum=9, implemented=False,
+        IMAGES, minimum=1, maximum=9,
     ),
     Option(
         "minimum_image_size", "float", None,
@@ -653,28 +685,25 @@ OPTIONS: tuple[Option, ...] = (
         "crop_style", "str", "random",
         "Which part is kept when cropping: the center, the bottom-right corner, a "
         "random window, or the largest face.",
-        IMAGES, choices=("center", "corner", "random", "face"),
-        implemented=("center", "corner", "random"), aliases={"centre": "center"},
+        IMAGES, choices=("center", "corner", "random", "face"), aliases={"centre": "center"},
     ),
     Option(
         "crop_aspect", "str", "square",
         "Shape of crops: square, preserve (the image's own aspect), or closest or "
         "random from --crop_aspect_buckets.",
         IMAGES, choices=("square", "preserve", "closest", "random"),
-        implemented=("square", "preserve"),
     ),
     Option(
         "crop_aspect_buckets", "list", None,
         "Aspect ratios (width / height) that the closest and random crop aspects "
         "choose from.",
-        IMAGES, implemented=False,
+        IMAGES,
     ),
     Option(
         "caption_strategy", "str", "filename",
         "Where captions come from: a .txt file beside each image, the cleaned-up "
         "file name, a parquet table, or the dataset's instance_prompt.",
         IMAGES, choices=("textfile", "filename", "parquet", "instanceprompt"),
-        implemented=("textfile", "filename", "instanceprompt"),
     ),
     # --------------------------------------------------------------- Caching
     Option(
@@ -691,13 +720,13 @@ OPTIONS: tuple[Option, ...] = (
         "vae_cache_scan_behaviour", "str", "recreate",
         "What a dataset's scan_for_errors check does with a bad latent: recreate "
         "deletes it to be encoded again, sync corrects the bucket metadata.",
-        CACHING, choices=("recreate", "sync"), implemented=False,
+        CACHING, choices=("recreate", "sync"), implemented=("recreate",),
     ),
     Option(
         "compress_disk_cache", "bool", False,
         "Compress cached latents and text embeds on disk; saves much space on "
-        "padded T5 embeds. Existing caches must be removed to be rewritten.",
-        CACHING, implemented=False,
+        "padded T5 embeds. Entries of either form are read whatever this is set to.",
+        CACHING,
     ),
     Option(
         "offload_during_startup", "bool", False,
@@ -817,7 +846,6 @@ OPTIONS: tuple[Option, ...] = (
         "Experiment trackers that receive metrics; list several separated by "
         "commas, or none.",
         LOGGING, choices=("tensorboard", "wandb", "comet_ml", "none"),
-        implemented=("tensorboard", "none"),
     ),
     Option(
         "logging_dir", "path", "logs",
@@ -880,7 +908,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "cache_only", "bool", False,
         "Build every latent and text-embed cache, then exit without training.",
-        RUN, implemented=False,
+        RUN,
     ),
 )
 

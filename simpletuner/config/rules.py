@@ -49,6 +49,19 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def options_fit_the_family(values: Values) -> Optional[str]:
+    """An option that means nothing for the chosen family is a mistake, not a no-op."""
+    family = values["model_family"]
+    if not family:
+        return None
+    problems = [
+        f"{option.flag} applies only to {', '.join(option.families)}, not --model_family={family}; remove it"
+        for option in OPTIONS
+        if option.families and family not in option.families and values[option.name] != option.default
+    ]
+    return "\n".join(problems) or None
+
+
 def model_family_required(values: Values) -> Optional[str]:
     if not values["model_family"]:
         return "--model_family is required (for example sdxl); see --list_model_families"
@@ -126,8 +139,37 @@ def lora_alpha_positive(values: Values) -> Optional[str]:
     return None
 
 
+def optimizer_hardware(values: Values) -> Optional[str]:
+    from simpletuner.training.optimizers import hardware_problem
+
+    return hardware_problem(values["optimizer"])
+
+
+def schedule_free_needs_constant(values: Values) -> Optional[str]:
+    from simpletuner.training.optimizers import is_schedule_free
+
+    if is_schedule_free(values["optimizer"]):
+        if values["lr_scheduler"] not in ("constant", "constant_with_warmup"):
+            return (
+                f"--optimizer={values['optimizer']} replaces the learning-rate schedule; set "
+                "--lr_scheduler constant (its warm-up comes from --lr_warmup_steps)"
+            )
+    return None
+
+
+def optimizer_config_parses(values: Values) -> Optional[str]:
+    from simpletuner.training.optimizers import parse_optimizer_config
+
+    try:
+        parse_optimizer_config(values["optimizer_config"])
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
 RULES: tuple[Rule, ...] = (
     not_implemented,
+    options_fit_the_family,
     model_family_required,
     model_path_required,
     data_config_required,
@@ -138,11 +180,14 @@ RULES: tuple[Rule, ...] = (
     resume_path_exists,
     output_dir_is_folder,
     lora_alpha_positive,
+    optimizer_hardware,
+    schedule_free_needs_constant,
+    optimizer_config_parses,
 )
 
 # Rules that still apply when the user only asks for information.
-_ALWAYS = (not_implemented, training_length, lycoris_needs_config, validation_resolution_format,
-           report_to_none_alone, lora_alpha_positive)
+_ALWAYS = (not_implemented, options_fit_the_family, training_length, lycoris_needs_config, validation_resolution_format,
+           report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses)
 
 
 def validate(values: Values) -> None:

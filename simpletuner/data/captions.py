@@ -1,24 +1,39 @@
-"""Captions for images, one function per ``caption_strategy``.
+"""Captions for images: one function per ``caption_strategy``, then the dataset's clean-up.
 
 Captions are cheap to read, so discovery reads them again on every run
 instead of caching them: editing a ``.txt`` file takes effect on the next
 run with nothing to invalidate.  An image whose caption cannot be had is not
 an error: :class:`NoCaption` carries the skip reason that discovery reports.
+
+After the strategy produced the raw caption, :func:`finish_caption` applies,
+in this order: common LLM opening removal (``remove_common_llm_caption_prefixes``),
+the caption filter lists (the dataset's, then its text_embeds dataset's), and
+``only_instance_prompt`` / ``prepend_instance_prompt``.  The instance prompt
+comes last so that filters never edit the user's own trigger words.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Optional
 
+from simpletuner.data.caption_filters import apply_filters, strip_llm_prefix
 from simpletuner.data.schema import DatasetConfig
+from simpletuner.data.tables import MetadataTable
 
 REASON_NO_CAPTION = "no caption"
+REASON_EMPTY_CAPTION = "empty caption"
 REASON_CAPTION_NOT_UTF8 = "caption not UTF-8"
+REASON_FILTERED_EMPTY = "caption empty after filters"
+REASON_NOT_IN_TABLE = "not in parquet table"
 
 _SEPARATORS = re.compile(r"[_\-]+")
 _WHITESPACE = re.compile(r"\s+")
 _TRAILING_NUMBER = re.compile(r"(?:\s+\d+)+$")
+_READ_LIMIT = 1 << 20  # a caption file larger than 1 MiB is not a caption
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+_BOM = b"\xef\xbb\xbf"
 
 
 class NoCaption(Exception):
@@ -29,9 +44,30 @@ class NoCaption(Exception):
         self.reason = reason
 
 
-def caption_for(image_path: str, dataset: DatasetConfig) -> str:
-    """The caption of ``image_path`` under ``dataset.caption_strategy``; raises NoCaption."""
+def caption_for(
+    image_path: str,
+    dataset: DatasetConfig,
+    table: Optional[MetadataTable] = None,
+    relative_path: Optional[str] = None,
+) -> str:
+    """The finished caption of ``image_path``; raises NoCaption.
+
+    ``table`` is the dataset's parquet table (``caption_strategy: parquet``)
+    and ``relative_path`` the image's path inside the dataset, used to find
+    its row.
+    """
+    return finish_caption(raw_caption(image_path, dataset, table, relative_path), dataset)
+
+
+def raw_caption(
+    image_path: str,
+    dataset: DatasetConfig,
+    table: Optional[MetadataTable] = None,
+    relative_path: Optional[str] = None,
+) -> str:
     strategy = dataset.caption_strategy
+    if dataset.only_instance_prompt and dataset.instance_prompt:
+        return dataset.instance_prompt  # the file's own caption would be thrown away anyway
     if strategy == "textfile":
         return caption_from_textfile(image_path)
     if strategy == "filename":
@@ -40,28 +76,68 @@ def caption_for(image_path: str, dataset: DatasetConfig) -> str:
         if not dataset.instance_prompt:
             raise NoCaption(REASON_NO_CAPTION)
         return dataset.instance_prompt
+    if strategy == "parquet":
+        if table is None:
+            raise ValueError("caption_strategy parquet needs the dataset's table")
+        row = table.row_for(relative_path or os.path.basename(image_path))
+        if row is None:
+            raise NoCaption(REASON_NOT_IN_TABLE)
+        if not row.caption:
+            raise NoCaption(REASON_NO_CAPTION)
+        return row.caption
     raise ValueError(f"caption_strategy {strategy!r} is not implemented")  # schema rejects it first
+
+
+def finish_caption(caption: str, dataset: DatasetConfig) -> str:
+    """Apply the dataset's clean-up and instance prompt settings to a raw caption."""
+    prompt = dataset.instance_prompt
+    if dataset.only_instance_prompt and prompt:
+        return prompt
+    is_prompt = dataset.caption_strategy == "instanceprompt"
+    if not is_prompt:
+        if dataset.remove_common_llm_caption_prefixes:
+            caption = strip_llm_prefix(caption)
+        if dataset.caption_filters:
+            caption = apply_filters(caption, dataset.caption_filters)
+            if not caption:
+                raise NoCaption(REASON_FILTERED_EMPTY)
+    if dataset.prepend_instance_prompt and prompt and not is_prompt:
+        caption = f"{prompt} {caption}"
+    return caption
 
 
 def caption_from_textfile(image_path: str) -> str:
     """Text of the ``.txt`` file with the image's stem, UTF-8 (a BOM is allowed), stripped.
 
-    Missing, unreadable or blank files raise NoCaption("no caption"); files that
-    are not UTF-8 raise NoCaption("caption not UTF-8") so the user learns to
-    re-save them instead of training on mojibake.
+    A missing or unreadable file raises NoCaption("no caption"), a blank one
+    NoCaption("empty caption"), and one that is not UTF-8 NoCaption("caption
+    not UTF-8"), so the user learns to re-save it instead of training on
+    mojibake.
     """
     text_path = os.path.splitext(image_path)[0] + ".txt"
     try:
-        with open(text_path, "rb") as handle:
-            data = handle.read()
+        fd = os.open(text_path, _OPEN_FLAGS)
     except OSError:
         raise NoCaption(REASON_NO_CAPTION) from None
     try:
-        text = data.decode("utf-8-sig").strip()
+        data = os.read(fd, 8192)  # a small first read: a large one costs a large allocation
+        while len(data) < _READ_LIMIT:
+            more = os.read(fd, 65536)
+            if not more:
+                break
+            data += more
+    except OSError:  # a folder named like a caption file, or an I/O error
+        raise NoCaption(REASON_NO_CAPTION) from None
+    finally:
+        os.close(fd)
+    if data.startswith(_BOM):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise NoCaption(REASON_CAPTION_NOT_UTF8) from None
     if not text:
-        raise NoCaption(REASON_NO_CAPTION)
+        raise NoCaption(REASON_EMPTY_CAPTION)
     return text
 
 
@@ -76,6 +152,7 @@ def caption_from_filename(image_path: str) -> str:
     Hex-looking ids are kept: "cafe" or "bead" are real words.
     """
     stem = os.path.splitext(os.path.basename(image_path))[0]
+    stem = os.fsencode(stem).decode("utf-8", "replace")  # a name that is not UTF-8 cannot be a caption as is
     spaced = _WHITESPACE.sub(" ", _SEPARATORS.sub(" ", stem)).strip()
     cleaned = _TRAILING_NUMBER.sub("", spaced).strip()
     return cleaned or spaced or stem

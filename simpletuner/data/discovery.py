@@ -1,16 +1,18 @@
 """Finding a dataset's images, their sizes and captions, fast and incrementally.
 
-Sizes come from file headers (``PIL.Image.open`` parses only the header; no
-pixels are decoded), read in a thread pool, with a progress bar.  They are
-saved per dataset in ``<cache_dir_vae>/discovery.json`` keyed by relative
-path with the file's size and mtime, so a later run re-reads only files that
-are new or changed; that file holds raw facts only (no bucket or crop
-settings), so changing resolution or crop never invalidates it.
+Sizes come from file headers (:mod:`simpletuner.data.headers`: no pixels are
+decoded unless a file looks cut short), or from the dataset's parquet table
+with ``metadata_backend: parquet``.  They are saved per dataset in
+``<cache_dir_vae>/discovery.json`` keyed by relative path with the file's
+size and mtime, so a later run re-reads only files that are new or changed;
+that file holds raw facts only (no bucket or crop settings), so changing
+resolution or crop never invalidates it.  ``preserve_data_backend_cache``
+trusts it completely: the folder is not even listed.
 
 Bad files never stop discovery: each is skipped with a reason (empty file,
-not an image, unreadable, too large, no caption...) that the summary shows.
-Captions are re-read on every run; they are cheap, and edits then take
-effect without any cache to invalidate.
+not an image, truncated or corrupt, too large, no caption...) that
+:meth:`DiscoveryResult.summary` lists.  Captions are re-read on every run;
+they are cheap, and edits then take effect with nothing to invalidate.
 """
 
 from __future__ import annotations
@@ -19,111 +21,116 @@ import json
 import logging
 import os
 import tempfile
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from simpletuner.data.captions import NoCaption, caption_for
-from simpletuner.data.orientation import header_orientation, upright_size
+from simpletuner.data.headers import (  # noqa: F401 - re-exported for callers and tests
+    REASON_CORRUPT,
+    REASON_NOT_IMAGE,
+    REASON_TOO_LARGE,
+    REASON_UNREADABLE,
+    UnreadableImage,
+    read_image_size,
+)
 from simpletuner.data.records import ImageRecord
 from simpletuner.data.schema import DatasetConfig
+from simpletuner.data.tables import MetadataTable
+from simpletuner.data.walk import IMAGE_EXTENSIONS, FoundFile, Listing, list_images  # noqa: F401
 from simpletuner.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 DISCOVERY_FILE = "discovery.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 REASON_EMPTY = "empty file"
-REASON_NOT_IMAGE = "not an image"
-REASON_UNREADABLE = "unreadable"
-REASON_TOO_LARGE = "too large (decompression bomb guard)"
+REASON_NO_TABLE_SIZE = "no size in parquet table"
+REASON_UNDECODABLE = "cannot be decoded"
 
-_CHUNK = 128  # files per pool task: large enough to amortise task overhead, small for a live bar
+_FROM_TABLE = "table"  # marks entries sized by a parquet table: a header read must not trust them
+_CHUNK = 256  # files per task: large enough to amortise task overhead, small for a live bar
 
 HeaderReader = Callable[[str], Tuple[int, int]]
 
 
-class UnreadableImage(Exception):
-    """A header reader could not get a size; ``reason`` goes to the skip summary."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def read_image_size(path: str) -> Tuple[int, int]:
-    """(width, height) of the image at ``path`` as seen upright, from its header only.
-
-    Raises :class:`UnreadableImage` for anything that is not a readable image.
-    """
+def shown(name: str) -> str:
+    """A file name safe to print: undecodable bytes (surrogate escapes) shown as \\xNN."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                orientation = header_orientation(image)
-    except Image.DecompressionBombError:
-        raise UnreadableImage(REASON_TOO_LARGE) from None
-    except UnidentifiedImageError:
-        raise UnreadableImage(REASON_NOT_IMAGE) from None
-    except Exception:  # PIL raises OSError, SyntaxError, struct.error... for broken headers
-        raise UnreadableImage(REASON_UNREADABLE) from None
-    if width <= 0 or height <= 0:
-        raise UnreadableImage(REASON_UNREADABLE)
-    return upright_size(width, height, orientation)
-
-
-@dataclass(frozen=True)
-class _File:
-    relative_path: str
-    path: str
-    size_bytes: int
-    mtime_ns: int
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @dataclass
 class DiscoveryResult:
-    """What discovery found in one dataset."""
+    """What discovery found in one dataset, and what it passed over."""
 
     dataset_id: str
     records: List[ImageRecord]  # usable images, sorted by relative_path
     skipped: Dict[str, List[str]]  # reason -> sorted relative paths
-    files_found: int = 0  # files with an image extension
+    files_found: int = 0  # image files seen: usable + skipped
     header_reads: int = 0  # headers actually read this run (the rest came from the cache)
+    hidden_folders: List[str] = field(default_factory=list)
+    folders_skipped: Dict[str, List[str]] = field(default_factory=dict)  # reason -> "folder/" paths
+    table_rows_unmatched: int = 0  # parquet rows naming no image in the folder
 
-    def summary(self) -> str:
-        """One line for the log: found, usable, and skips by reason."""
-        parts = [f"dataset {self.dataset_id!r}: {self.files_found} image files, "
-                 f"{len(self.records)} usable"]
-        if self.skipped:
-            reasons = ", ".join(f"{reason}: {len(paths)}" for reason, paths in sorted(self.skipped.items()))
-            parts.append(f"skipped ({reasons})")
-        return "; ".join(parts)
+    def filter_out(self, skipped: Mapping[str, Iterable[str]]) -> None:
+        """Move records to ``skipped`` under the given reasons (planning uses this)."""
+        gone = set()
+        for reason, paths in skipped.items():
+            paths = sorted(paths)
+            if paths:
+                self.skipped.setdefault(reason, []).extend(paths)
+                self.skipped[reason].sort()
+                gone.update(paths)
+        if gone:
+            self.records = [r for r in self.records if r.relative_path not in gone]
 
+    @property
+    def skipped_count(self) -> int:
+        return sum(len(paths) for paths in self.skipped.values())
 
-@dataclass
-class _Outcome:
-    file: _File
-    cache_entry: Optional[dict] = None  # None when the cache already had it
-    width: int = 0
-    height: int = 0
-    caption: Optional[str] = None
-    skip: Optional[str] = None
-    read: bool = False
+    def summary(self, examples: int = 3) -> str:
+        """Found, usable, and each skip reason with a count and a few file names."""
+        head = (f"dataset {self.dataset_id!r}: {self.files_found} image files found, "
+                f"{len(self.records)} usable, {self.skipped_count} skipped")
+        lines = [head]
+        for reason, paths in sorted(self.skipped.items(), key=lambda item: (-len(item[1]), item[0])):
+            names = ", ".join(shown(p) for p in paths[:examples])
+            more = f", and {len(paths) - examples} more" if len(paths) > examples else ""
+            lines.append(f"  {reason}: {len(paths)} ({names}{more})")
+        folders = dict(self.folders_skipped)
+        if self.hidden_folders:
+            folders["hidden folders not scanned"] = self.hidden_folders
+        for reason, paths in sorted(folders.items()):
+            names = ", ".join(shown(p) for p in paths[:examples])
+            more = f", and {len(paths) - examples} more" if len(paths) > examples else ""
+            lines.append(f"  {reason}: {len(paths)} ({names}{more})")
+        if self.table_rows_unmatched:
+            lines.append(f"  parquet rows naming no file in the folder: {self.table_rows_unmatched}")
+        return "\n".join(lines)
 
 
 @dataclass
 class _Context:
     dataset: DatasetConfig
-    cached: Dict[str, dict]
+    cached: Dict[str, list]
     reader: HeaderReader
-    outcomes: List[_Outcome] = field(default_factory=list)
+    table: Optional[MetadataTable]
+
+
+@dataclass
+class _Outcome:
+    file: FoundFile
+    entry: list  # [size, mtime, width, height], [size, mtime, reason], or [..., "table"] from the table
+    read: bool = False
+    caption: Optional[str] = None
+    skip: Optional[str] = None
 
 
 def discover(
@@ -139,17 +146,26 @@ def discover(
     """
     cache_path = os.path.join(dataset.cache_dir_vae, DISCOVERY_FILE)
     cached = _load_cache(cache_path)
-    files, skipped = _walk(dataset)
-    context = _Context(dataset=dataset, cached=cached, reader=reader)
-    outcomes = _process_all(context, files, progress, workers)
+    table = None
+    if dataset.parquet is not None and "parquet" in (dataset.caption_strategy, dataset.metadata_backend):
+        table = MetadataTable.load(dataset.parquet, f"dataset {dataset.id!r}")
+    if dataset.preserve_data_backend_cache and cached:
+        listing = _listing_from_cache(dataset, cached)
+    else:
+        excluded = {os.path.normcase(os.path.abspath(dataset.cache_dir_vae))}
+        listing = list_images(dataset.instance_data_dir, excluded)
+    context = _Context(dataset=dataset, cached=cached, reader=reader, table=table)
+    outcomes = _process_all(context, listing.files, progress, workers)
+    files_found = len(listing.files) + sum(len(paths) for paths in listing.skipped.values())
+    skipped = {reason: list(paths) for reason, paths in listing.skipped.items()}
     records: List[ImageRecord] = []
     header_reads = 0
     for outcome in outcomes:
         header_reads += outcome.read
         if outcome.skip is not None:
             skipped.setdefault(outcome.skip, []).append(outcome.file.relative_path)
-            continue
-        records.append(_record(outcome))
+        else:
+            records.append(_record(outcome))
     try:
         _save_cache_if_changed(cache_path, cached, outcomes)
     except OSError as exc:
@@ -157,81 +173,54 @@ def discover(
             f"dataset {dataset.id!r}: cannot write {cache_path} ({exc.strerror or exc}); make key "
             "'cache_dir_vae' point at a writable folder"
         ) from None
-    records.sort(key=lambda record: record.relative_path)
     for paths in skipped.values():
         paths.sort()
     result = DiscoveryResult(
         dataset_id=dataset.id,
-        records=records,
+        records=records,  # listing order is sorted, and outcomes keep it
         skipped=skipped,
-        files_found=len(files),
+        files_found=files_found,
         header_reads=header_reads,
+        hidden_folders=sorted(listing.hidden_folders),
+        folders_skipped={k: sorted(v) for k, v in listing.folders_skipped.items()},
+        table_rows_unmatched=len(table.unmatched()) if table is not None else 0,
     )
     logger.debug(result.summary())
     return result
 
 
+def _listing_from_cache(dataset: DatasetConfig, cached: Dict[str, list]) -> Listing:
+    root = dataset.instance_data_dir
+    files = [FoundFile(rel, os.path.join(root, *rel.split("/")), entry[0], entry[1])
+             for rel, entry in sorted(cached.items())]
+    return Listing(files=files)
+
+
 def _record(outcome: _Outcome) -> ImageRecord:
-    file = outcome.file
+    file, entry = outcome.file, outcome.entry
     return ImageRecord(
         path=file.path,
         relative_path=file.relative_path,
-        width=outcome.width,
-        height=outcome.height,
+        width=entry[2],
+        height=entry[3],
         size_bytes=file.size_bytes,
         mtime_ns=file.mtime_ns,
         caption=outcome.caption or "",
     )
 
 
-def _walk(dataset: DatasetConfig) -> Tuple[List[_File], Dict[str, List[str]]]:
-    """Image files under the data folder (recursive; hidden entries and the cache folder skipped)."""
-    root = dataset.instance_data_dir
-    excluded = {os.path.normcase(os.path.abspath(dataset.cache_dir_vae))}
-    files: List[_File] = []
-    skipped: Dict[str, List[str]] = {}
-    for entry, relative in _scan(root, "", excluded, skipped):
-        if os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
-            continue
-        try:
-            stat = entry.stat()
-        except OSError:
-            skipped.setdefault(REASON_UNREADABLE, []).append(relative)
-            continue
-        files.append(_File(relative, entry.path, stat.st_size, stat.st_mtime_ns))
-    files.sort(key=lambda f: f.relative_path)
-    return files, skipped
-
-
-def _scan(
-    folder: str, prefix: str, excluded: set, skipped: Dict[str, List[str]]
-) -> Iterator[Tuple[os.DirEntry, str]]:
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        skipped.setdefault("unreadable folder", []).append(prefix or ".")
-        return
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        relative = f"{prefix}{entry.name}"
-        try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-        except OSError:
-            continue
-        if is_dir:
-            if os.path.normcase(os.path.abspath(entry.path)) not in excluded:
-                yield from _scan(entry.path, relative + "/", excluded, skipped)
-        elif entry.is_file():
-            yield entry, relative
+def _default_workers() -> int:
+    # Header parsing is Python code holding the GIL; threads pay off only by
+    # overlapping the file system calls, which a second thread per core covers.
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _process_all(
-    context: _Context, files: Sequence[_File], progress: bool, workers: Optional[int]
+    context: _Context, files: Sequence[FoundFile], progress: bool, workers: Optional[int]
 ) -> List[_Outcome]:
-    """Sizes (from cache or header) and captions for every file, in a thread pool."""
+    """Sizes (from cache, table or header) and captions for every file."""
     chunks = [files[i : i + _CHUNK] for i in range(0, len(files), _CHUNK)]
-    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    workers = workers or _default_workers()
     outcomes: List[_Outcome] = []
     bar = tqdm(total=len(files), desc=f"discovering {context.dataset.id}", unit="img",
                disable=not progress, leave=False)
@@ -248,56 +237,61 @@ def _process_all(
     return outcomes
 
 
-def _process_chunk(context: _Context, chunk: Sequence[_File]) -> List[_Outcome]:
-    return [_process_file(context, file) for file in chunk]
+def _process_chunk(context: _Context, chunk: Sequence[FoundFile]) -> List[_Outcome]:
+    dataset, cached, table = context.dataset, context.cached, context.table
+    from_table = dataset.metadata_backend == "parquet"
+    results = []
+    for file in chunk:
+        entry = cached.get(file.relative_path)
+        read = False
+        if file.size_bytes == 0:
+            entry = [0, file.mtime_ns, REASON_EMPTY]
+        elif from_table:
+            if not (entry and entry[:3] == [file.size_bytes, file.mtime_ns, REASON_UNDECODABLE]):
+                entry = _table_entry(table, file)
+        elif not (entry and entry[0] == file.size_bytes and entry[1] == file.mtime_ns and entry[-1] != _FROM_TABLE):
+            entry, read = _read_entry(context.reader, file), True  # new, changed, or sized by a table before
+        outcome = _Outcome(file=file, entry=entry, read=read)
+        if isinstance(entry[2], str):
+            outcome.skip = entry[2]
+        else:
+            try:
+                outcome.caption = caption_for(file.path, dataset, table, file.relative_path)
+            except NoCaption as missing:
+                outcome.skip = missing.reason
+        results.append(outcome)
+    return results
 
 
-def _process_file(context: _Context, file: _File) -> _Outcome:
-    outcome = _Outcome(file=file)
-    if file.size_bytes == 0:
-        outcome.skip = REASON_EMPTY
-        return outcome
-    entry = context.cached.get(file.relative_path)
-    if not _entry_matches(entry, file):
-        entry = _read_entry(context.reader, file)
-        outcome.cache_entry = entry
-        outcome.read = True
-    if "skip" in entry:
-        outcome.skip = entry["skip"]
-        return outcome
-    outcome.width, outcome.height = entry["width"], entry["height"]
-    try:
-        outcome.caption = caption_for(file.path, context.dataset)
-    except NoCaption as missing:
-        outcome.skip = missing.reason
-    return outcome
+def _table_entry(table: Optional[MetadataTable], file: FoundFile) -> list:
+    from simpletuner.data.captions import REASON_NOT_IN_TABLE
+
+    row = table.row_for(file.relative_path) if table is not None else None
+    if row is None:
+        return [file.size_bytes, file.mtime_ns, REASON_NOT_IN_TABLE, _FROM_TABLE]
+    if not row.width or not row.height:
+        return [file.size_bytes, file.mtime_ns, REASON_NO_TABLE_SIZE, _FROM_TABLE]
+    return [file.size_bytes, file.mtime_ns, row.width, row.height, _FROM_TABLE]
 
 
-def _entry_matches(entry: Optional[dict], file: _File) -> bool:
-    return (
-        isinstance(entry, dict)
-        and entry.get("size_bytes") == file.size_bytes
-        and entry.get("mtime_ns") == file.mtime_ns
-        and (("width" in entry and "height" in entry) or "skip" in entry)
-    )
-
-
-def _read_entry(reader: HeaderReader, file: _File) -> dict:
-    entry: dict = {"size_bytes": file.size_bytes, "mtime_ns": file.mtime_ns}
+def _read_entry(reader: HeaderReader, file: FoundFile) -> list:
     try:
         width, height = reader(file.path)
     except UnreadableImage as bad:
-        entry["skip"] = bad.reason
-    else:
-        entry["width"], entry["height"] = int(width), int(height)
-    return entry
+        return [file.size_bytes, file.mtime_ns, bad.reason]
+    return [file.size_bytes, file.mtime_ns, int(width), int(height)]
 
 
-def _load_cache(path: str) -> Dict[str, dict]:
+def _valid_entry(entry: object) -> bool:
+    # Cheap on purpose (it runs per file): we wrote the file; a damaged one fails to parse.
+    return type(entry) is list and 3 <= len(entry) <= 5
+
+
+def _load_cache(path: str) -> Dict[str, list]:
     """The saved per-file facts, or {} when absent, unreadable or from another version."""
     try:
         with open(path, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
+            data = json.loads(handle.read())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError):
@@ -306,35 +300,46 @@ def _load_cache(path: str) -> Dict[str, dict]:
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
         return {}
     files = data.get("files")
-    return files if isinstance(files, dict) else {}
+    if not isinstance(files, dict):
+        return {}
+    return {name: entry for name, entry in files.items() if _valid_entry(entry)}
 
 
-def _save_cache_if_changed(path: str, cached: Dict[str, dict], outcomes: List[_Outcome]) -> None:
-    entries: Dict[str, dict] = {}
-    changed = False
-    for outcome in outcomes:
-        if outcome.file.size_bytes == 0:
-            continue  # cheap to re-check from stat alone
-        if outcome.cache_entry is not None:
-            changed = True
-            entries[outcome.file.relative_path] = outcome.cache_entry
-        else:
-            entries[outcome.file.relative_path] = cached[outcome.file.relative_path]
-    if not changed and len(entries) == len(cached) and os.path.exists(path):
+def _save_cache_if_changed(path: str, cached: Dict[str, list], outcomes: List[_Outcome]) -> None:
+    entries = {o.file.relative_path: o.entry for o in outcomes if o.file.size_bytes}
+    if entries == cached and os.path.exists(path):
         return
     write_json_atomic(path, {"version": CACHE_VERSION, "files": entries})
+
+
+def mark_undecodable(dataset: DatasetConfig, relative_paths: Iterable[str]) -> None:
+    """Record in discovery.json that these files failed to decode, so later runs skip them at once.
+
+    The mark is tied to the file's size and mtime: replacing the file clears it.
+    """
+    path = os.path.join(dataset.cache_dir_vae, DISCOVERY_FILE)
+    cached = _load_cache(path)
+    changed = False
+    for relative in relative_paths:
+        entry = cached.get(relative)
+        if entry is not None:
+            cached[relative] = [entry[0], entry[1], REASON_UNDECODABLE]
+            changed = True
+    if changed:
+        write_json_atomic(path, {"version": CACHE_VERSION, "files": cached})
 
 
 def write_json_atomic(path: str, payload: object) -> None:
     """Write JSON to ``path`` so readers see the old file or the new one, never half of one."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
+    text = json.dumps(payload, separators=(",", ":"))  # one C-encoder call, unlike json.dump
     handle = tempfile.NamedTemporaryFile(
         "w", encoding="utf-8", dir=folder, prefix=".discovery-", suffix=".tmp", delete=False
     )
     try:
         with handle:
-            json.dump(payload, handle, separators=(",", ":"))
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(handle.name, path)

@@ -1,21 +1,28 @@
 """From multidatabackend.json to planned, bucket-checked training samples.
 
 This is the one place the data stages are chained: load the dataset config,
-discover each dataset's images, plan each image's geometry (bucket, resize,
-crop) and count what the sampler will be able to batch.
+discover each dataset's images, find faces where ``crop_style`` is ``face``,
+plan each image's geometry (bucket, resize, crop), note setting changes since
+the last run, and count what the sampler will be able to batch under the
+sampling policy.  :class:`PreparedData` holds the result; its
+:meth:`~PreparedData.table` is the start-up summary and
+:meth:`~PreparedData.sampler` builds the matching sampler.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Mapping, Optional
 
 from simpletuner.data.buckets import plan_dataset
-from simpletuner.data.discovery import DiscoveryResult, discover
+from simpletuner.data.discovery import REASON_UNDECODABLE, DiscoveryResult, discover, mark_undecodable, shown
+from simpletuner.data.drift import describe_changes, record_settings
 from simpletuner.data.records import TrainingSample
-from simpletuner.data.sampler import BucketReport, check_buckets
-from simpletuner.data.schema import DataBackendConfig, load_data_backend_config
+from simpletuner.data.report import group_by_bucket
+from simpletuner.data.sampler import BucketBatchSampler, BucketReport, check_buckets
+from simpletuner.data.schedule import SamplingPolicy
+from simpletuner.data.schema import DataBackendConfig, DatasetConfig, load_data_backend_config
 from simpletuner.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -27,16 +34,27 @@ INHERITED_OPTIONS = (
     "crop",
     "crop_style",
     "crop_aspect",
+    "crop_aspect_buckets",
     "caption_strategy",
     "minimum_image_size",
     "aspect_bucket_alignment",
+    "aspect_bucket_rounding",
+    "preserve_data_backend_cache",
 )
+
+
+class SampleSets(dict):
+    """dataset id -> planned samples, carrying the sampling ``policy`` the sampler must follow."""
+
+    def __init__(self, samples: Mapping[str, list], policy: SamplingPolicy) -> None:
+        super().__init__(samples)
+        self.policy = policy
 
 
 @dataclass
 class PreparedData:
     backends: DataBackendConfig
-    samples: dict[str, list[TrainingSample]]  # dataset id -> samples
+    samples: SampleSets  # dataset id -> samples (a dict carrying .policy)
     discovery: dict[str, DiscoveryResult]
     skipped_by_planning: dict[str, dict[str, list[str]]]
     report: BucketReport
@@ -44,11 +62,56 @@ class PreparedData:
     def all_samples(self) -> list[TrainingSample]:
         return [s for samples in self.samples.values() for s in samples]
 
+    @property
+    def policy(self) -> SamplingPolicy:
+        return self.samples.policy
+
+    def table(self) -> str:
+        """The start-up summary: per dataset, files found and filtered by reason, then buckets and steps."""
+        lines = [found.summary() for found in self.discovery.values()]
+        lines.append(self.report.table())
+        return "\n".join(lines)
+
+    def sampler(self, seed: int, rank: int = 0, world_size: int = 1) -> BucketBatchSampler:
+        """The sampler that yields exactly what :attr:`report` counted."""
+        return BucketBatchSampler(self.samples, self.report.batch_size, seed=seed, repeats=self.report.repeats,
+                                  rank=rank, world_size=world_size, policy=self.policy)
+
+    def exclude(self, failed: Mapping[str, Iterable[str]], reason: str = REASON_UNDECODABLE) -> BucketReport:
+        """Drop images that failed later (e.g. could not be decoded while caching) and recount.
+
+        ``failed`` maps dataset id to relative paths.  The images move to the
+        dataset's skip summary under ``reason``, are marked in discovery.json
+        so the next run skips them at discovery (until the file changes), and
+        :attr:`report` is recomputed; DataError if no batch can be formed any more.
+        """
+        for dataset_id, paths in failed.items():
+            paths = set(paths)
+            if not paths:
+                continue
+            self.samples[dataset_id] = [s for s in self.samples[dataset_id] if s.record.relative_path not in paths]
+            self.discovery[dataset_id].filter_out({reason: paths})
+            logger.warning("dataset %r: %d image(s) left out (%s): %s", dataset_id, len(paths), reason,
+                           ", ".join(shown(p) for p in sorted(paths)[:5]) + (", ..." if len(paths) > 5 else ""))
+            if reason == REASON_UNDECODABLE:
+                mark_undecodable(self.backends.dataset(dataset_id), paths)
+        self.report = check_buckets(self.samples, self.report.batch_size, self.report.repeats,
+                                    self.report.world_size, self.policy)
+        return self.report
+
 
 def load_backends(config: Any) -> DataBackendConfig:
     """Read and validate multidatabackend.json (no scanning, nothing written)."""
-    defaults = {name: getattr(config, name) for name in INHERITED_OPTIONS}
+    defaults = {name: getattr(config, name, None) for name in INHERITED_OPTIONS}
     return load_data_backend_config(config.data_backend_config, defaults)
+
+
+def sampling_policy(config: Any, backends: DataBackendConfig) -> SamplingPolicy:
+    return SamplingPolicy(
+        mode=getattr(config, "data_backend_sampling", None) or "auto-weighting",
+        probability={d.id: d.probability for d in backends.image_datasets},
+        ignore_epochs=frozenset(d.id for d in backends.image_datasets if d.ignore_epochs),
+    )
 
 
 def prepare_training_data(
@@ -59,19 +122,49 @@ def prepare_training_data(
     planning_skips: dict[str, dict[str, list[str]]] = {}
     for dataset in backends.image_datasets:
         found = discover(dataset, progress=show_progress)
-        if not found.records:
-            raise DataError(
-                f"dataset '{dataset.id}': no usable images in {dataset.instance_data_dir} "
-                f"({found.summary()}); add .jpg/.png/.webp images or fix instance_data_dir"
-            )
-        planned, skipped = plan_dataset(found.records, dataset, seed)
+        planned, skipped = plan_dataset(found.records, dataset, seed, _focus(dataset, found, show_progress))
+        found.filter_out(skipped)
         discovery[dataset.id] = found
         samples[dataset.id] = planned
         planning_skips[dataset.id] = skipped
-        for reason, paths in skipped.items():
-            logger.info("dataset '%s': %d images skipped (%s)", dataset.id, len(paths), reason)
+        _note_drift(dataset, planned)
+    _check_not_empty(backends, discovery)
+    policy = sampling_policy(config, backends)
     repeats = {d.id: d.repeats for d in backends.image_datasets}
-    report = check_buckets(samples, config.train_batch_size, repeats, world_size)
+    sets = SampleSets(samples, policy)
+    report = check_buckets(sets, config.train_batch_size, repeats, world_size, policy)
     for warning in report.warnings:
         logger.warning(warning)
-    return PreparedData(backends, samples, discovery, planning_skips, report)
+    return PreparedData(backends, sets, discovery, planning_skips, report)
+
+
+def _focus(dataset: DatasetConfig, found: DiscoveryResult, show_progress: bool) -> Optional[dict]:
+    if not (dataset.crop and dataset.crop_style == "face"):
+        return None
+    from simpletuner.data.faces import face_focus  # imports OpenCV only when a dataset needs it
+
+    return face_focus(found.records, dataset, progress=show_progress)
+
+
+def _note_drift(dataset: DatasetConfig, planned: list[TrainingSample]) -> None:
+    buckets = {bucket: len(members) for bucket, members in group_by_bucket(planned).items()}
+    changes = record_settings(dataset, buckets)
+    if changes:
+        logger.warning(describe_changes(dataset, changes))
+
+
+def _check_not_empty(backends: DataBackendConfig, discovery: Mapping[str, DiscoveryResult]) -> None:
+    """An empty dataset stops the run only when every dataset is empty; otherwise it is a warning."""
+    empty = [d for d in backends.image_datasets if not discovery[d.id].records]
+    for dataset in empty:
+        found = discovery[dataset.id]
+        message = (
+            f"dataset {dataset.id!r}: no usable images in {dataset.instance_data_dir} "
+            f"({found.summary().splitlines()[0].split(': ', 1)[1]}); add .jpg/.png/.webp images, fix "
+            "instance_data_dir, or see the skip reasons above"
+        )
+        if len(empty) == len(backends.image_datasets):
+            for line in found.summary().splitlines():
+                logger.error(line)
+            raise DataError(message)
+        logger.warning(message + "; it is left out of this run")

@@ -48,6 +48,7 @@ class TrainingSample:
     intermediate_size: Size  # (h, w) after resizing, before cropping
     crop_top_left: Tuple[int, int]  # (top, left) in intermediate pixels
     target_size: Size  # (h, w) fed to the VAE; equals the bucket
+    is_regularisation: bool = False  # from the dataset's is_regularisation_data
 
     @property
     def bucket(self) -> Tuple[int, int]:

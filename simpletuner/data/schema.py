@@ -2,19 +2,22 @@
 
 A data backend config is a JSON list of dataset objects.  Each key a dataset
 object may carry is one :class:`~simpletuner.config.option.Option` in
-:data:`DATASET_KEYS`, the same record the main option table uses, so type
-coercion (``"true"``, ``"1024"``), choices, bounds, aliases (``centre``) and
-"not implemented yet" work exactly like they do for command-line options.
-Documentation can be generated from the table.
+:data:`DATASET_KEYS` (declared in :mod:`simpletuner.data.keys`), the same
+record the main option table uses, so type coercion (``"true"``, ``"1024"``),
+choices, bounds, aliases (``centre``) and "not implemented yet" work exactly
+like they do for command-line options.  Documentation is generated from the
+table.
 
 Values a dataset does not set fall back to the global options handed to
 :func:`load_data_backend_config` (``resolution``, ``crop``...), then to the
-defaults declared here, mirroring SimpleTuner.
+declared defaults, mirroring SimpleTuner.
 
 Everything wrong with the file is found here, before any image is opened:
 bad JSON, unknown keys, wrong types, missing directories, dangling
-``text_embeds`` references.  Messages are one line naming the dataset id and
-the key, and say what to do.
+``text_embeds`` references, rules across keys
+(:mod:`simpletuner.data.dataset_checks`), unreadable caption filter lists
+and parquet tables that are not there.  Messages are one line naming the
+dataset id and the key, and say what to do.
 """
 
 from __future__ import annotations
@@ -26,157 +29,25 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from simpletuner.config.coerce import coerce_value, unknown_key_message
 from simpletuner.config.option import Option
+from simpletuner.data.caption_filters import CaptionFilter, load_filter_list
+from simpletuner.data.dataset_checks import (
+    aspect_buckets,
+    check_captions,
+    check_sizes,
+    filter_source,
+    parquet_spec,
+)
+from simpletuner.data.keys import DATASET_KEYS, GLOBAL_DEFAULT_KEYS, KEYS_BY_NAME
+from simpletuner.data.tables import ParquetSpec
 from simpletuner.errors import ConfigError, DataError
 
-GROUP_IDENTITY = "identity"
-GROUP_WHERE = "location"
-GROUP_SIZE = "size and shape"
-GROUP_CROP = "cropping"
-GROUP_CAPTIONS = "captions"
-GROUP_SAMPLING = "sampling"
-GROUP_DISCOVERY = "discovery and caches"
+__all__ = [
+    "DATASET_KEYS", "GLOBAL_DEFAULT_KEYS", "KEYS_BY_NAME", "DataBackendConfig", "DatasetConfig",
+    "TextEmbedConfig", "load_data_backend_config", "parse_data_backend_config",
+]
 
-_NOT_YET = "Not implemented yet."
-
-
-def _key(name: str, kind: str, default: Any, help: str, group: str, **extra: Any) -> Option:
-    return Option(name=name, kind=kind, default=default, help=help, group=group, **extra)
-
-
-def _later(name: str, kind: str, default: Any, help: str, group: str, **extra: Any) -> Option:
-    """A SimpleTuner key we recognise but cannot honour yet: only its default passes."""
-    return _key(name, kind, default, f"{help} {_NOT_YET}", group, implemented=False, **extra)
-
-
-DATASET_KEYS: Tuple[Option, ...] = (
-    # --- identity and kind -------------------------------------------------
-    _key("id", "str", None, "Unique name of the dataset; used in logs, reports and cache keys.",
-         GROUP_IDENTITY),
-    _key("type", "str", "local", "Where the files live: `local` folder, `aws` (S3) bucket or `csv` URL list.",
-         GROUP_IDENTITY, choices=("local", "aws", "csv"), implemented=("local",)),
-    _key("dataset_type", "str", "image",
-         "`image` for training images, `text_embeds` for a text-embedding cache, "
-         "`image_embeds` for an image-embedding cache.",
-         GROUP_IDENTITY, choices=("image", "text_embeds", "image_embeds"),
-         implemented=("image", "text_embeds")),
-    _key("default", "bool", False,
-         "On a text_embeds dataset: image datasets without `text_embeds` use this one.", GROUP_IDENTITY),
-    _key("disabled", "bool", False, "Leave the dataset out of the run without deleting its entry.",
-         GROUP_IDENTITY),
-    _key("text_embeds", "str", None,
-         "Id of the text_embeds dataset whose cache this image dataset uses; default: the default one.",
-         GROUP_IDENTITY),
-    _later("image_embeds", "str", None, "Id of the image_embeds dataset this image dataset uses.",
-           GROUP_IDENTITY),
-    # --- where ---------------------------------------------------------------
-    _key("instance_data_dir", "path", None,
-         "Folder holding the images (searched recursively); relative paths start at the working directory.",
-         GROUP_WHERE),
-    _key("cache_dir_vae", "path", None,
-         "Folder for this dataset's latent cache and discovery metadata; one per dataset.", GROUP_WHERE),
-    _key("cache_dir", "path", None, "On a text_embeds dataset: folder for the text-embedding cache.",
-         GROUP_WHERE),
-    _later("aws_bucket_name", "str", None, "S3 bucket holding the images.", GROUP_WHERE),
-    _later("aws_region_name", "str", None, "S3 region.", GROUP_WHERE),
-    _later("aws_endpoint_url", "str", None, "S3-compatible endpoint URL.", GROUP_WHERE),
-    _later("aws_access_key_id", "str", None, "S3 access key id.", GROUP_WHERE, secret=True),
-    _later("aws_secret_access_key", "str", None, "S3 secret key.", GROUP_WHERE, secret=True),
-    _later("aws_data_prefix", "str", None, "Key prefix of the images inside the bucket.", GROUP_WHERE),
-    _later("csv_file", "path", None, "CSV file listing image URLs.", GROUP_WHERE),
-    _later("csv_caption_column", "str", None, "CSV column holding captions.", GROUP_WHERE),
-    _later("csv_cache_dir", "path", None, "Where downloaded CSV images are kept.", GROUP_WHERE),
-    # --- size and shape --------------------------------------------------------
-    _key("resolution", "int", 1024,
-         "Training size in pixels: the square edge for `pixel_area`, the shorter edge for `pixel`.",
-         GROUP_SIZE, minimum=8),
-    _key("resolution_type", "str", "pixel_area",
-         "`pixel_area`: images keep their aspect at about resolution² pixels; `pixel`: the shorter "
-         "edge becomes resolution; `area`: resolution in megapixels (deprecated).",
-         GROUP_SIZE, choices=("pixel", "pixel_area", "area"), implemented=("pixel", "pixel_area")),
-    _key("minimum_image_size", "int", None,
-         "Skip smaller images: shorter edge for `pixel`, sqrt(width·height) for `pixel_area`.",
-         GROUP_SIZE, minimum=0),
-    _later("maximum_image_size", "int", None, "Downsample images larger than this first.", GROUP_SIZE),
-    _later("target_downsample_size", "int", None, "Size large images are downsampled to.", GROUP_SIZE),
-    _later("minimum_aspect_ratio", "float", None, "Skip images narrower than this aspect.", GROUP_SIZE),
-    _later("maximum_aspect_ratio", "float", None, "Skip images wider than this aspect.", GROUP_SIZE),
-    _key("aspect_bucket_alignment", "int", 64,
-         "Bucket edges are multiples of this many pixels (64 suits most VAEs and patch sizes).",
-         GROUP_SIZE, minimum=1),
-    # --- cropping --------------------------------------------------------------
-    _key("crop", "bool", False,
-         "Crop images to the bucket instead of resizing them to cover it and trimming the centre.",
-         GROUP_CROP),
-    _key("crop_style", "str", "random",
-         "Where the crop window goes: `center` (or `centre`), `corner` (lowest-right), `random` "
-         "(fixed per image and seed), `face`.",
-         GROUP_CROP, choices=("center", "corner", "random", "face"),
-         implemented=("center", "corner", "random"), aliases={"centre": "center"}),
-    _key("crop_aspect", "str", "square",
-         "Shape of the crop: `square`, `preserve` (the image's own aspect bucket), `closest`/`random` "
-         "(from crop_aspect_buckets).",
-         GROUP_CROP, choices=("square", "preserve", "closest", "random"),
-         implemented=("square", "preserve")),
-    _later("crop_aspect_buckets", "list", None, "Aspect ratios crop_aspect closest/random choose from.",
-           GROUP_CROP),
-    # --- captions ----------------------------------------------------------------
-    _key("caption_strategy", "str", "filename",
-         "Where captions come from: `textfile` (image.txt beside the image), `filename` (cleaned-up "
-         "file name), `instanceprompt` (instance_prompt for every image), `parquet`.",
-         GROUP_CAPTIONS, choices=("textfile", "filename", "parquet", "instanceprompt"),
-         implemented=("textfile", "filename", "instanceprompt")),
-    _key("instance_prompt", "str", None, "Caption used by caption_strategy=instanceprompt.",
-         GROUP_CAPTIONS),
-    _later("prepend_instance_prompt", "bool", False, "Put instance_prompt before every caption.",
-           GROUP_CAPTIONS),
-    _later("only_instance_prompt", "bool", False, "Use instance_prompt instead of every caption.",
-           GROUP_CAPTIONS),
-    _later("parquet", "str", None, "Block naming the parquet/JSONL file and its columns.",
-           GROUP_CAPTIONS),
-    _later("caption_filter_list", "path", None,
-           "File of strings, regexes and s/x/y/ replacements applied to captions.", GROUP_CAPTIONS),
-    # --- sampling -------------------------------------------------------------------
-    _key("repeats", "int", 0,
-         "Extra passes per epoch: each image is seen 1 + repeats times an epoch.", GROUP_SAMPLING,
-         minimum=0),
-    _key("probability", "float", 1.0,
-         "Relative weight of this dataset when datasets are mixed.", GROUP_SAMPLING, minimum=0.0),
-    _later("is_regularisation_data", "bool", False, "Mark the dataset as regularisation images.",
-           GROUP_SAMPLING),
-    _later("ignore_epochs", "bool", False, "Do not let this dataset end an epoch.", GROUP_SAMPLING),
-    # --- discovery and caches -----------------------------------------------------
-    _later("skip_file_discovery", "str", None, "Skip discovery steps: vae, aspect, text, metadata.",
-           GROUP_DISCOVERY),
-    _later("preserve_data_backend_cache", "bool", False, "Never rebuild the dataset's metadata.",
-           GROUP_DISCOVERY),
-    _later("hash_filenames", "bool", False, "Name cache files by a hash of the image path.",
-           GROUP_DISCOVERY),
-    _later("metadata_backend", "str", "discovery", "Read image sizes by discovery or from parquet.",
-           GROUP_DISCOVERY, choices=("discovery", "parquet")),
-    _later("scan_for_errors", "bool", False, "Check every cache entry against its image at start.",
-           GROUP_DISCOVERY),
-    _later("vae_cache_clear_each_epoch", "bool", False, "Delete and rebuild latents every epoch.",
-           GROUP_DISCOVERY),
-    _later("cache_file_suffix", "str", None, "Suffix added to cache file names.", GROUP_DISCOVERY),
-    _key("write_batch_size", "int", 128,
-         "Accepted for SimpleTuner compatibility; cache writes are batched automatically, so it has "
-         "no effect.", GROUP_DISCOVERY, minimum=1),
-)
-
-KEYS_BY_NAME: Dict[str, Option] = {option.name: option for option in DATASET_KEYS}
-
-# Global options whose values are the defaults of same-named dataset keys.
-GLOBAL_DEFAULT_KEYS: Tuple[str, ...] = (
-    "resolution",
-    "resolution_type",
-    "crop",
-    "crop_style",
-    "crop_aspect",
-    "caption_strategy",
-    "minimum_image_size",
-    "aspect_bucket_alignment",
-)
-
+# Global options that shape every dataset but have no dataset key of their own.
+GLOBAL_ONLY_KEYS: Tuple[str, ...] = ("aspect_bucket_rounding",)
 
 @dataclass(frozen=True)
 class DatasetConfig:
@@ -198,6 +69,22 @@ class DatasetConfig:
     probability: float
     aspect_bucket_alignment: int
     type: str = "local"
+    maximum_image_size: Optional[int] = None
+    target_downsample_size: Optional[int] = None
+    minimum_aspect_ratio: Optional[float] = None
+    maximum_aspect_ratio: Optional[float] = None
+    aspect_bucket_rounding: Optional[int] = None
+    crop_aspect_buckets: Tuple[float, ...] = ()
+    prepend_instance_prompt: bool = False
+    only_instance_prompt: bool = False
+    caption_filters: Tuple[CaptionFilter, ...] = ()  # this dataset's, then its text_embeds dataset's
+    remove_common_llm_caption_prefixes: bool = False
+    parquet: Optional[ParquetSpec] = None
+    metadata_backend: str = "discovery"
+    is_regularisation_data: bool = False
+    ignore_epochs: bool = False
+    preserve_data_backend_cache: bool = False
+    scan_for_errors: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,6 +95,7 @@ class TextEmbedConfig:
     cache_dir: str
     default: bool
     type: str = "local"
+    caption_filters: Tuple[CaptionFilter, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -316,6 +204,8 @@ def _global_defaults(defaults: Mapping[str, Any]) -> Dict[str, Any]:
                 + _implemented_hint(option)
             )
         resolved[name] = converted
+    for name in GLOBAL_ONLY_KEYS:
+        resolved[name] = defaults.get(name)
     return resolved
 
 
@@ -347,8 +237,9 @@ def _validate_entry(entry: Any, index: int, file_name: str) -> Dict[str, Any]:
         if option is None:
             message = unknown_key_message(key, KEYS_BY_NAME, where, prefix="")
             raise ConfigError(message.replace(": unknown option ", ": unknown key ", 1))
-        if key == "parquet" and isinstance(value, dict):
-            value = json.dumps(value)  # a block; only its presence matters until parquet lands
+        if key in _BLOCK_KEYS and isinstance(value, (dict, list)):
+            values[key] = value  # a block or inline list; checked with the whole dataset
+            continue
         converted = _coerce(option, value, where)
         if converted is not None and not option.is_value_implemented(converted):
             shown = "a hidden value" if option.secret else repr(value)
@@ -357,7 +248,13 @@ def _validate_entry(entry: Any, index: int, file_name: str) -> Dict[str, Any]:
             )
         values[key] = converted
     values["id"] = str(raw_id)
+    if "is_regularization_data" in values:  # one flag, two spellings
+        spelled = values.pop("is_regularization_data")
+        values["is_regularisation_data"] = values.get("is_regularisation_data") or spelled
     return values
+
+
+_BLOCK_KEYS = ("parquet", "caption_filter_list")
 
 
 def _implemented_hint(option: Option) -> str:
@@ -386,8 +283,7 @@ def _build(path: str, raw: List[Dict[str, Any]], defaults: Dict[str, Any]) -> Da
             '{"id": "text-embeds", "dataset_type": "text_embeds", "default": true, "cache_dir": "cache/text"}'
         )
     _check_default_text_embeds(name, text_sets)
-    text_ids = {t.id for t in text_sets}
-    image_sets = tuple(_image_config(v, defaults, text_ids) for v in image_raw)
+    image_sets = tuple(_image_config(v, defaults, text_sets) for v in image_raw)
     _check_unique_cache_dirs(image_sets)
     return DataBackendConfig(
         path=os.path.abspath(path),
@@ -418,15 +314,19 @@ def _text_embed_config(values: Dict[str, Any]) -> TextEmbedConfig:
             f"{where}: key 'cache_dir' is required for dataset_type text_embeds; set it to a folder "
             "for the text-embedding cache"
         )
+    filters = values.get("caption_filter_list")
     return TextEmbedConfig(
         id=values["id"],
         cache_dir=os.path.abspath(os.path.expanduser(values["cache_dir"])),
         default=bool(values.get("default", False)),
         type=values.get("type", "local"),
+        caption_filters=load_filter_list(filter_source(filters), where) if filters else (),
     )
 
 
-def _image_config(values: Dict[str, Any], defaults: Dict[str, Any], text_ids: set) -> DatasetConfig:
+def _image_config(
+    values: Dict[str, Any], defaults: Dict[str, Any], text_sets: Tuple[TextEmbedConfig, ...]
+) -> DatasetConfig:
     where = f"dataset {values['id']!r}"
     merged = dict(defaults)
     merged.update({k: v for k, v in values.items() if v is not None})
@@ -439,16 +339,18 @@ def _image_config(values: Dict[str, Any], defaults: Dict[str, Any], text_ids: se
             f"{where}: key 'instance_data_dir' = {merged['instance_data_dir']!r} is not a folder "
             f"(resolved to {data_dir}); fix the path (relative paths start at {os.getcwd()})"
         )
-    if merged["caption_strategy"] == "instanceprompt" and not merged.get("instance_prompt"):
-        raise ConfigError(
-            f"{where}: key 'instance_prompt' is required with caption_strategy 'instanceprompt'; "
-            "set it to the caption every image should get"
-        )
+    text_ids = {t.id: t for t in text_sets}
     if merged.get("text_embeds") is not None and merged["text_embeds"] not in text_ids:
         raise ConfigError(
             f"{where}: key 'text_embeds' = {merged['text_embeds']!r} names no enabled text_embeds "
             f"dataset; use one of: {', '.join(sorted(text_ids))}"
         )
+    check_captions(merged, where)
+    check_sizes(merged, where)
+    parquet = parquet_spec(merged, where, data_dir)
+    filters = load_filter_list(filter_source(merged["caption_filter_list"]), where) \
+        if merged.get("caption_filter_list") else ()
+    text_set = text_ids.get(merged.get("text_embeds")) if merged.get("text_embeds") else _default_text(text_sets)
     return DatasetConfig(
         id=values["id"],
         instance_data_dir=data_dir,
@@ -466,7 +368,28 @@ def _image_config(values: Dict[str, Any], defaults: Dict[str, Any], text_ids: se
         probability=merged["probability"],
         aspect_bucket_alignment=merged["aspect_bucket_alignment"],
         type=merged["type"],
+        maximum_image_size=merged.get("maximum_image_size"),
+        target_downsample_size=merged.get("target_downsample_size"),
+        minimum_aspect_ratio=merged.get("minimum_aspect_ratio"),
+        maximum_aspect_ratio=merged.get("maximum_aspect_ratio"),
+        aspect_bucket_rounding=merged.get("aspect_bucket_rounding"),
+        crop_aspect_buckets=aspect_buckets(merged, where),
+        prepend_instance_prompt=merged["prepend_instance_prompt"],
+        only_instance_prompt=merged["only_instance_prompt"],
+        caption_filters=tuple(filters) + (text_set.caption_filters if text_set else ()),
+        remove_common_llm_caption_prefixes=merged["remove_common_llm_caption_prefixes"],
+        parquet=parquet,
+        metadata_backend=merged["metadata_backend"],
+        is_regularisation_data=bool(merged.get("is_regularisation_data")),
+        ignore_epochs=merged["ignore_epochs"],
+        preserve_data_backend_cache=merged["preserve_data_backend_cache"],
+        scan_for_errors=merged["scan_for_errors"],
     )
+
+
+def _default_text(text_sets: Tuple[TextEmbedConfig, ...]) -> Optional[TextEmbedConfig]:
+    marked = [t for t in text_sets if t.default]
+    return marked[0] if marked else (text_sets[0] if len(text_sets) == 1 else None)
 
 
 def _check_unique_cache_dirs(image_sets: Tuple[DatasetConfig, ...]) -> None:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from simpletuner.errors import ModelError
+from simpletuner.errors import ConfigError, ModelError
 
 
 @dataclass
@@ -36,12 +36,31 @@ class ModelSource:
     overrides: dict[str, tuple[str, Optional[str]]] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: Any) -> "ModelSource":
-        return cls(
+    def from_config(cls, config: Any, family: Optional["ModelFamily"] = None) -> "ModelSource":
+        source = cls(
             base=config.pretrained_model_name_or_path,
             revision=config.revision,
             variant=config.variant,
         )
+        # A separate component folder holds that component at its root unless
+        # its --pretrained_*_subfolder says otherwise (e.g. a whole pipeline).
+        for component in ("vae", "unet", "transformer"):
+            path = getattr(config, f"pretrained_{component}_model_name_or_path", None)
+            subfolder = getattr(config, f"pretrained_{component}_subfolder", None)
+            if path:
+                source.overrides[component] = (path, subfolder)
+            elif subfolder:
+                source.overrides[component] = (config.pretrained_model_name_or_path, subfolder)
+        t5 = getattr(config, "pretrained_t5_model_name_or_path", None)
+        if t5 and family is not None:
+            if not family.t5_components:
+                raise ConfigError(
+                    f"--pretrained_t5_model_name_or_path: --model_family={family.name} has no T5 text encoder"
+                )
+            # The T5 folder is laid out like the base model: same subfolder names.
+            for component in family.t5_components:
+                source.overrides[component] = (t5, component)
+        return source
 
     def check(self) -> None:
         """Fail early, in words, for a local folder that is not a diffusers model."""
@@ -109,9 +128,23 @@ class ModelFamily:
     default_resolution: ClassVar[int]
     # Folders whose contents shape the text embeddings (enter the cache key).
     text_components: ClassVar[tuple[str, ...]]
+    # The T5 encoder's and tokenizer's folders, which
+    # --pretrained_t5_model_name_or_path replaces; empty for families without T5.
+    t5_components: ClassVar[tuple[str, ...]] = ()
     # The cache stores latents already scaled, so a change of scaling means a
     # different cache; this string enters the latent cache key.
     latent_normalisation: ClassVar[str]
+    # Pixels per latent cell along each side (every family here uses an 8x VAE).
+    vae_scale_factor: ClassVar[int] = 8
+
+    def __init__(self, config: Any = None) -> None:
+        # The run's options, for families whose inputs depend on them (Flux's
+        # guidance value, SD3's T5 skipping); None gives the family defaults.
+        self.config = config
+
+    def option(self, name: str, default: Any) -> Any:
+        """The run's value of option ``name``, or ``default`` without a config."""
+        return default if self.config is None else getattr(self.config, name)
 
     def pipeline_class(self) -> Any:
         import diffusers
@@ -171,7 +204,26 @@ class ModelFamily:
     def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
         raise NotImplementedError
 
+    def load_lora(self, pipeline: Any, folder: Path) -> None:
+        """Load a LoRA that ``save_lora`` wrote into ``folder`` into ``pipeline``."""
+        pipeline.load_lora_weights(str(folder))
+
+    def overridden_components(self, source: ModelSource) -> dict[str, Any]:
+        """Pipeline components the run took from elsewhere than the base model
+        (e.g. --pretrained_t5_model_name_or_path), so a saved pipeline keeps them."""
+        return {}
+
     def save_full_pipeline(self, output_dir: Path, denoiser: Any, source: ModelSource) -> None:
         """Save the base pipeline with ``denoiser`` swapped in, as a diffusers folder."""
-        pipeline = source.load_pipeline(self.pipeline_class(), **{self.denoiser_component: denoiser})
+        from simpletuner.training.noise_schedule import inference_scheduler
+
+        components = {**self.overridden_components(source), self.denoiser_component: denoiser}
+        if "vae" in source.overrides:  # the saved pipeline keeps the VAE the latents came from
+            components["vae"] = self.load_vae(source)
+        pipeline = source.load_pipeline(self.pipeline_class(), **components)
+        # A pipeline trained with another prediction type or zero terminal SNR
+        # must sample that way too, so its scheduler follows the run's options.
+        pipeline.scheduler = inference_scheduler(
+            pipeline.scheduler, self.option("prediction_type", None), self.option("rescale_betas_zero_snr", False)
+        )
         pipeline.save_pretrained(str(output_dir), safe_serialization=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from simpletuner.errors import ConfigError
 
@@ -30,10 +30,10 @@ def available_families() -> tuple[str, ...]:
     return tuple(name for name in FAMILY_NAMES if importlib.util.find_spec(_module_name(name)) is not None)
 
 
-def get_family(name: str) -> "ModelFamily":
-    """Import and instantiate the family called ``name``."""
+def get_family(name: str, config: Any = None) -> "ModelFamily":
+    """Import and instantiate the family called ``name`` (for the run ``config``)."""
     if name not in available_families():
         raise ConfigError(
             f"--model_family={name!r} has no implementation; available: " + ", ".join(available_families())
         )
-    return importlib.import_module(_module_name(name)).FAMILY_CLASS()
+    return importlib.import_module(_module_name(name)).FAMILY_CLASS(config)

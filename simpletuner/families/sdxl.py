@@ -8,9 +8,12 @@ from typing import Any
 import torch
 
 from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
+from simpletuner.families.micro_conditioning import TextTimeConditioning
 
 
-class SDXLFamily(ModelFamily):
+class SDXLFamily(TextTimeConditioning, ModelFamily):
+    # sample_conditioning (time_ids from each sample's real crop/size) and
+    # model_inputs come from TextTimeConditioning, shared with Kolors.
     name = "sdxl"
     pipeline_class_name = "StableDiffusionXLPipeline"
     denoiser_component = "unet"
@@ -77,26 +80,6 @@ class SDXLFamily(ModelFamily):
             distribution = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
             latents = distribution.sample(generator=generators)
         return latents * vae.config.scaling_factor
-
-    def sample_conditioning(self, samples: list) -> dict[str, torch.Tensor]:
-        # time_ids = original (h, w) + crop top-left (top, left) + target (h, w),
-        # the micro-conditioning of the SDXL paper, from each sample's real geometry.
-        rows = [
-            list(sample.original_size) + list(sample.crop_top_left) + list(sample.target_size)
-            for sample in samples
-        ]
-        return {"time_ids": torch.tensor(rows, dtype=torch.float32)}
-
-    def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
-        return {
-            "sample": noisy_latents,
-            "timestep": timesteps,
-            "encoder_hidden_states": batch["prompt_embeds"],
-            "added_cond_kwargs": {
-                "text_embeds": batch["pooled_prompt_embeds"],
-                "time_ids": batch["time_ids"],
-            },
-        }
 
     def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
         self.pipeline_class().save_lora_weights(

@@ -57,7 +57,8 @@ def show_effect(folder: Path, model: Path, model_family: str) -> float:
     from simpletuner.logs import quiet_libraries
 
     quiet_libraries()
-    pipeline = get_family(model_family).pipeline_class().from_pretrained(model)
+    family = get_family(model_family)
+    pipeline = family.pipeline_class().from_pretrained(model)
     pipeline.set_progress_bar_config(disable=True)
 
     def generate() -> torch.Tensor:
@@ -67,7 +68,7 @@ def show_effect(folder: Path, model: Path, model_family: str) -> float:
         ).images
 
     before = generate()
-    pipeline.load_lora_weights(folder / "output")
+    family.load_lora(pipeline, folder / "output")
     return (generate() - before).abs().mean().item()
 
 

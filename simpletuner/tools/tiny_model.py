@@ -34,8 +34,10 @@ def available_builders() -> list[str]:
     return [f for f in _FAMILIES if importlib.util.find_spec(f"simpletuner.tools.tiny.{f}") is not None]
 
 
-def make_tiny_model(model_family: str, output_dir: str | Path, seed: int = 0) -> Path:
+def make_tiny_model(model_family: str, output_dir: str | Path, seed: int = 0, **options: str) -> Path:
     """Write a tiny random *model_family* model to *output_dir* and return the path.
+
+    *options* go to the family's builder (e.g. ``flavour="sd2"`` for legacy).
 
     Raises :class:`~simpletuner.errors.ConfigError` for an unknown family.
     """
@@ -51,7 +53,7 @@ def make_tiny_model(model_family: str, output_dir: str | Path, seed: int = 0) ->
 
     build = importlib.import_module(f"simpletuner.tools.tiny.{model_family}").build
     with quiet_build(), torch.random.fork_rng(devices=[]):
-        build(output_dir, seed)
+        build(output_dir, seed, **options)
     return output_dir
 
 

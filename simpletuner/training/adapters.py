@@ -24,7 +24,14 @@ def add_lora(denoiser: torch.nn.Module, config: Any, target_modules: tuple[str, 
         init_lora_weights=_INIT[config.lora_init_type],
         target_modules=list(target_modules),
     )
-    denoiser.add_adapter(lora_config, adapter_name=ADAPTER_NAME)
+    if hasattr(denoiser, "add_adapter"):
+        denoiser.add_adapter(lora_config, adapter_name=ADAPTER_NAME)
+    else:
+        # Denoisers without diffusers' PeftAdapterMixin (PixArt's transformer):
+        # PEFT's injection, which is what add_adapter does underneath.
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(lora_config, denoiser, adapter_name=ADAPTER_NAME)
     for parameter in denoiser.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()

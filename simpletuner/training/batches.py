@@ -8,7 +8,7 @@ preparation or a file deleted mid-run, so it raises with the file named.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,7 +19,12 @@ from simpletuner.data.records import TrainingSample
 from simpletuner.errors import DataError
 
 
-@dataclass(frozen=True)
+# Decoded entries are kept in memory up to this many bytes, so epochs after the
+# first read nothing from disk; beyond it entries are read per step as before.
+MEMORY_BUDGET_BYTES = 2 * 1024**3
+
+
+@dataclass
 class CacheLookup:
     """How to find a sample's cache entries: stores plus key ingredients."""
 
@@ -28,8 +33,20 @@ class CacheLookup:
     vae_identity: str
     text_identity: str
     normalisation: str
+    memory_budget: int = MEMORY_BUDGET_BYTES
+    _memory: dict = field(default_factory=dict, repr=False)
+    _memory_bytes: int = 0
+
+    def _remember(self, key: Any, tensors: dict[str, torch.Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        if self._memory_bytes + size <= self.memory_budget:
+            self._memory[key] = tensors
+            self._memory_bytes += size
 
     def latents(self, sample: TrainingSample) -> torch.Tensor:
+        remembered = self._memory.get(("latent", sample))
+        if remembered is not None:
+            return remembered["latent"]
         store = self.latent_stores[sample.dataset_id]
         key = latent_key(sample, self.vae_identity, self.normalisation)
         entry = store.load(key)
@@ -38,9 +55,13 @@ class CacheLookup:
                 f"dataset '{sample.dataset_id}': latent cache entry for {sample.record.relative_path} "
                 f"is missing or unreadable ({store.path_for(key)}); restart to re-encode it"
             )
+        self._remember(("latent", sample), entry)
         return entry["latent"]
 
     def text(self, sample: TrainingSample) -> dict[str, torch.Tensor]:
+        remembered = self._memory.get(("text", sample.dataset_id, sample.caption))
+        if remembered is not None:
+            return remembered
         store = self.text_stores[sample.dataset_id]
         key = text_key(sample.caption, self.text_identity)
         entry = store.load(key)
@@ -49,6 +70,7 @@ class CacheLookup:
                 f"dataset '{sample.dataset_id}': text-embed cache entry for caption "
                 f"{sample.caption[:40]!r} is missing or unreadable; restart to re-encode it"
             )
+        self._remember(("text", sample.dataset_id, sample.caption), entry)
         return entry
 
 

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from simpletuner.caching.latents import build_latent_cache, latent_keys
+from simpletuner.caching.latents import build_latent_cache, latent_keys, scan_latents
 from simpletuner.caching.store import TensorStore
 from simpletuner.caching.text_embeds import build_text_cache
 from simpletuner.data.pipeline import PreparedData
@@ -33,16 +33,27 @@ def prepare_caches(
     shard = (accelerator.process_index, accelerator.num_processes)
     vae_identity = source.identity("vae")
     text_identity = text_encoder_identity(source, family)
-    latent_stores = {d.id: TensorStore(Path(d.cache_dir_vae) / "latents") for d in data.backends.image_datasets}
+    compress = config.compress_disk_cache
+    latent_stores = {
+        d.id: TensorStore(Path(d.cache_dir_vae) / "latents", compress) for d in data.backends.image_datasets
+    }
     text_stores = {
-        d.id: TensorStore(Path(data.backends.text_embeds_for(d).cache_dir)) for d in data.backends.image_datasets
+        d.id: TensorStore(Path(data.backends.text_embeds_for(d).cache_dir), compress)
+        for d in data.backends.image_datasets
     }
     device = accelerator.device
 
+    failed: dict[str, list[str]] = {}
     for dataset_id, samples in data.samples.items():
+        keys = latent_keys(samples, vae_identity, family.latent_normalisation)
+        if data.backends.dataset(dataset_id).scan_for_errors:
+            removed = scan_latents(samples, keys, latent_stores[dataset_id], family.vae_scale_factor, shard)
+            logger.info("dataset '%s' cache scan: %d bad latent entries removed to be encoded again",
+                        dataset_id, removed)
+            accelerator.wait_for_everyone()
         report = build_latent_cache(
             samples,
-            latent_keys(samples, vae_identity, family.latent_normalisation),
+            keys,
             latent_stores[dataset_id],
             load_vae=lambda: family.load_vae(source).to(device),
             encode=family.encode_images,
@@ -51,8 +62,10 @@ def prepare_caches(
             shard=shard,
             show_progress=show_progress,
         )
+        failed[dataset_id] = report.failed
         logger.info("dataset '%s' latent cache: %s", dataset_id, report)
     gc.collect()
+    _exclude_undecodable(data, failed, accelerator)
 
     for dataset_id, samples in data.samples.items():
         report = build_text_cache(
@@ -69,6 +82,20 @@ def prepare_caches(
     gc.collect()
     accelerator.wait_for_everyone()
     return CacheLookup(latent_stores, text_stores, vae_identity, text_identity, family.latent_normalisation)
+
+
+def _exclude_undecodable(data: PreparedData, failed: dict[str, list[str]], accelerator: Any) -> None:
+    """Images that failed to decode on any rank leave every rank's plan."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        merged: dict[str, list[str]] = {}
+        for part in gather_object([failed]):
+            for dataset_id, paths in part.items():
+                merged.setdefault(dataset_id, []).extend(paths)
+        failed = merged
+    if any(failed.values()):
+        data.exclude(failed)
 
 
 def _text_encoders_on(text: Any, device: Any) -> Any:

@@ -14,7 +14,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -65,12 +65,15 @@ def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None
 def save_checkpoint(
     output_dir: Path,
     step: int,
-    write_parts: "callable",
+    write_parts: Callable[[Path], None],
     total_limit: Optional[int],
 ) -> Path:
     """Write a checkpoint atomically and prune old ones beyond ``total_limit``.
 
-    ``write_parts(folder)`` writes the state files into ``folder``.
+    ``write_parts(folder)`` writes the state files into ``folder``.  Every
+    step that removes or replaces a folder first renames it out of the way,
+    so a kill at any instant leaves complete checkpoints plus hidden
+    leftovers that :func:`remove_partial_checkpoints` cleans up or restores.
     """
     final = output_dir / f"checkpoint-{step}"
     temporary = output_dir / f".checkpoint-{step}.partial"
@@ -78,13 +81,25 @@ def save_checkpoint(
     temporary.mkdir(parents=True)
     write_parts(temporary)
     _fsync_folder(temporary)
-    if final.exists():  # re-saving a step after a resume: replace the old copy
-        shutil.rmtree(final)
-    os.replace(temporary, final)
+    if final.exists():  # re-saving a step after a resume: keep the old copy until the new one is in place
+        replaced = output_dir / f".checkpoint-{step}.replaced"
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(final, replaced)
+        os.replace(temporary, final)
+        shutil.rmtree(replaced, ignore_errors=True)
+    else:
+        os.replace(temporary, final)
     if total_limit:
         for old in list_checkpoints(output_dir)[:-total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            _delete_folder(old)
     return final
+
+
+def _delete_folder(folder: Path) -> None:
+    """Rename first, then delete: a half-deleted checkpoint never looks complete."""
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -95,10 +110,49 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def remove_partial_checkpoints(output_dir: Path) -> None:
-    """Delete leftovers of saves that were interrupted."""
-    if output_dir.is_dir():
-        for leftover in output_dir.glob(".checkpoint-*.partial"):
+    """Clean up after saves or prunes that were interrupted.
+
+    A ``.replaced`` copy whose successor never landed is put back; partial
+    writes and half-deleted folders are removed.
+    """
+    if not output_dir.is_dir():
+        return
+    for replaced in output_dir.glob(".checkpoint-*.replaced"):
+        final = output_dir / replaced.name[1:-len(".replaced")]
+        if final.exists():
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            os.replace(replaced, final)
+    for pattern in (".checkpoint-*.partial", ".checkpoint-*.deleting"):
+        for leftover in output_dir.glob(pattern):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def publish(staging: Path, output_dir: Path) -> None:
+    """Move everything in ``staging`` into ``output_dir``, entry by entry.
+
+    Each entry is complete before it is moved, and an existing entry is
+    renamed aside before its replacement lands, so a kill never leaves a
+    truncated weights file where a user (or diffusers) would load it.
+    """
+    for entry in sorted(staging.iterdir()):
+        target = output_dir / entry.name
+        if target.exists():
+            aside = output_dir / f".{entry.name}.old"
+            _remove(aside)
+            os.replace(target, aside)
+            os.replace(entry, target)
+            _remove(aside)
+        else:
+            os.replace(entry, target)
+    staging.rmdir()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

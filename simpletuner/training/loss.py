@@ -40,9 +40,10 @@ def min_snr_weights(
 
     snr = compute_snr(noise_scheduler, timesteps)
     clipped = torch.clamp(snr, max=snr_gamma)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    return clipped / snr
+    divisor = snr + 1 if noise_scheduler.config.prediction_type == "v_prediction" else snr
+    # With zero terminal SNR (--rescale_betas_zero_snr) the last timestep has
+    # SNR 0, where min(SNR, gamma) / SNR is 0/0; its limit there is 1.
+    return torch.where(divisor == 0, torch.ones_like(snr), clipped / divisor)
 
 
 def weighted_mse(

@@ -26,6 +26,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "lr_scheduler.pt"
 RNG_FILE = "rng_state.pt"
 SAMPLER_FILE = "sampler.json"
+EMA_FILE = "ema.pt"
 
 
 def resolve_resume_path(config: Any, output_dir: Path) -> Optional[Path]:
@@ -63,6 +64,8 @@ def save_training_state(trainer: Any) -> Optional[Path]:
         torch.save(trainer.lr_scheduler.state_dict(), folder / SCHEDULER_FILE)
         torch.save(capture_rng_state(trainer.generator), folder / RNG_FILE)
         write_json(folder / SAMPLER_FILE, trainer.sampler.state_dict())
+        if trainer.ema is not None:
+            torch.save(trainer.ema.state_dict(), folder / EMA_FILE)
         write_json(folder / TRAINER_STATE_FILE, trainer.state.state_dict())
 
     path = save_checkpoint(
@@ -78,6 +81,10 @@ def load_training_state(trainer: Any, path: Path) -> None:
     trainer.optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=False))
     trainer.lr_scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=False))
     trainer.sampler.load_state_dict(read_json(path / SAMPLER_FILE))
+    if trainer.ema is not None:
+        if not (path / EMA_FILE).is_file():
+            raise ConfigError(f"{path} has no EMA weights; it was saved without --use_ema")
+        trainer.ema.load_state_dict(torch.load(path / EMA_FILE, weights_only=False))
     trainer.state.load_state_dict(read_json(path / TRAINER_STATE_FILE))
     restore_rng_state(torch.load(path / RNG_FILE, weights_only=False), trainer.generator)
     logger.info("resumed from %s at step %d", path, trainer.state.global_step)

@@ -35,13 +35,37 @@ def build_accelerator(config: Any, output_dir: Path) -> Any:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(logging_dir)),
     )
     if tracker_names(config):
-        init_kwargs = {}
-        if config.tracker_run_name:
-            init_kwargs = {name: {"name": config.tracker_run_name} for name in ("wandb", "comet_ml")}
         accelerator.init_trackers(
-            config.tracker_project_name, config=tracker_hparams(config), init_kwargs=init_kwargs
+            config.tracker_project_name,
+            config=tracker_hparams(config),
+            init_kwargs=tracker_init_kwargs(config, logging_dir),
         )
     return accelerator
+
+
+def tracker_init_kwargs(config: Any, logging_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per-tracker start-up arguments: run names, and where local files go.
+
+    comet_ml is told not to parse the command line or upload source code:
+    either could carry a secret given as a flag, and the logged options are
+    already the redacted ones.  Its automatic metric logging is off because it
+    would also copy every TensorBoard scalar, logging each metric twice.
+    """
+    kwargs: dict[str, dict[str, Any]] = {}
+    names = tracker_names(config)
+    if "wandb" in names:
+        logging_dir.mkdir(parents=True, exist_ok=True)
+        kwargs["wandb"] = {"dir": str(logging_dir), "name": config.tracker_run_name}
+    if "comet_ml" in names:
+        import comet_ml
+
+        kwargs["comet_ml"] = {
+            "experiment_config": comet_ml.ExperimentConfig(
+                name=config.tracker_run_name, parse_args=False, log_code=False, log_git_metadata=False,
+                log_git_patch=False, auto_metric_logging=False,
+            )
+        }
+    return kwargs
 
 
 def tracker_hparams(config: Any) -> dict[str, Any]:

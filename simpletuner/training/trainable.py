@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from simpletuner.training import adapters
 
 WEIGHTS_FILE = "trainable.safetensors"
+EMA_FOLDER = "ema"
 
 
 class LoraTraining:
@@ -44,6 +45,10 @@ class LoraTraining:
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
         self.family.save_lora(output_dir, adapters.diffusers_lora_state(denoiser))
 
+    def save_ema(self, denoiser: torch.nn.Module, output_dir: Path) -> None:
+        """The averaged adapter, loadable with load_lora_weights(output_dir / "ema")."""
+        self.family.save_lora(output_dir / EMA_FOLDER, adapters.diffusers_lora_state(denoiser))
+
 
 class FullTraining:
     def __init__(self, config: Any, family: Any) -> None:
@@ -69,6 +74,10 @@ class FullTraining:
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
         """A complete diffusers model folder: the base pipeline with the trained denoiser."""
         self.family.save_full_pipeline(output_dir, denoiser, source)
+
+    def save_ema(self, denoiser: torch.nn.Module, output_dir: Path) -> None:
+        """The averaged denoiser beside the pipeline, as unet_ema/ or transformer_ema/."""
+        denoiser.save_pretrained(str(output_dir / f"{self.family.denoiser_component}_ema"), safe_serialization=True)
 
 
 def trainable_for(config: Any, family: Any) -> Any:

@@ -8,7 +8,9 @@ random generators); a checkpoint is those, written atomically.
 from __future__ import annotations
 
 import logging
+import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -17,17 +19,19 @@ import torch
 from tqdm.auto import tqdm
 
 from simpletuner.data.pipeline import PreparedData, load_backends, prepare_training_data
-from simpletuner.data.sampler import BucketBatchSampler
 from simpletuner.errors import DataError, UserError
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.families.registry import get_family
 from simpletuner.logs import attach_log_file
 from simpletuner.training.batches import collate, to_device
 from simpletuner.training.caches import prepare_caches
+from simpletuner.training.checkpoint import publish
+from simpletuner.training.ema import build_ema
 from simpletuner.training.loss import weighted_mse
-from simpletuner.training.optimizers import build_optimizer
+from simpletuner.training.noise_schedule import training_noise_scheduler
+from simpletuner.training.optimizers import build_optimizer, set_optimizer_mode
 from simpletuner.training.resume import load_training_state, resolve_resume_path, save_training_state
-from simpletuner.training.schedulers import build_lr_scheduler
+from simpletuner.training.schedulers import build_lr_scheduler, scaled_learning_rate
 from simpletuner.training.setup import build_accelerator, training_dtype, write_run_config
 from simpletuner.training.state import TrainState
 from simpletuner.training.trainable import trainable_for
@@ -57,8 +61,8 @@ class Trainer:
     def __init__(self, config: Any, show_progress: bool = True) -> None:
         self.config = config
         self.show_progress = show_progress
-        self.family: ModelFamily = get_family(config.model_family)
-        self.source = ModelSource.from_config(config)
+        self.family: ModelFamily = get_family(config.model_family, config)
+        self.source = ModelSource.from_config(config, self.family)
         self.output_dir = Path(config.output_dir)
         self.trainable = trainable_for(config, self.family)
 
@@ -85,25 +89,25 @@ class Trainer:
         data = prepare_training_data(
             config, backends, self.state.seed, self.accelerator.num_processes, self._progress_enabled()
         )
-        total_steps = total_training_steps(config, data.report.batches_per_epoch)
-        self._log_summary(data, total_steps, resume_path)
-        # 4. Caches: encode what is missing, then free the encoders.
+        self._log_summary(data, total_training_steps(config, data.report.batches_per_epoch), resume_path)
+        # 4. Caches: encode what is missing, then free the encoders.  Images that
+        #    cannot be decoded are left out here, which can change the step count.
         self.lookup = prepare_caches(self.family, self.source, data, config, self.accelerator, self._progress_enabled())
+        total_steps = total_training_steps(config, data.report.batches_per_epoch)
+        if config.cache_only:
+            logger.info("caches are complete; --cache_only set, so not training")
+            self.accelerator.end_training()
+            return self.output_dir
         # 5. The denoiser with its trainable adapter.
         denoiser = self._load_trainable_denoiser()
         self.objective = self.family.make_objective(self._load_noise_scheduler(), config)
         # 6. Optimizer, learning-rate schedule, sampler.
-        sampler = BucketBatchSampler(
-            data.samples,
-            config.train_batch_size,
-            seed=self.state.seed,
-            repeats=data.report.repeats,
-            rank=self.accelerator.process_index,
-            world_size=self.accelerator.num_processes,
-        )
+        sampler = data.sampler(self.state.seed, self.accelerator.process_index, self.accelerator.num_processes)
         self.trained_parameters = self.trainable.parameters(denoiser)
-        optimizer = build_optimizer(self.trained_parameters, config)
+        learning_rate = scaled_learning_rate(config, self.accelerator.num_processes)
+        optimizer = build_optimizer(self.trained_parameters, config, learning_rate)
         lr_scheduler = build_lr_scheduler(optimizer, config, total_steps)
+        self.ema = build_ema(self.trained_parameters, config, self.device)
         self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, optimizer)
         self.lr_scheduler, self.sampler = lr_scheduler, sampler
         self.generator = torch.Generator().manual_seed(self.state.seed + self.accelerator.process_index)
@@ -111,6 +115,7 @@ class Trainer:
         if resume_path is not None:
             load_training_state(self, resume_path)
         # 8. The loop.
+        set_optimizer_mode(self.optimizer, training=True)
         self._train_until(total_steps)
         # 9. Final weights.
         return self._save_final()
@@ -141,10 +146,7 @@ class Trainer:
         return denoiser
 
     def _load_noise_scheduler(self) -> Any:
-        scheduler = self.family.load_noise_scheduler(self.source)
-        if self.config.prediction_type:
-            scheduler.register_to_config(prediction_type=self.config.prediction_type)
-        return scheduler
+        return training_noise_scheduler(self.family.load_noise_scheduler(self.source), self.config)
 
     def _train_until(self, total_steps: int) -> None:
         progress = tqdm(
@@ -165,10 +167,19 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach().item())
+            if not math.isfinite(losses[-1]):
+                # Checked on the value read for logging, so the step has no extra
+                # device sync; raising here keeps the last checkpoint the last good one.
+                raise TrainingDiverged(
+                    f"loss became {losses[-1]} at step {self.state.global_step + 1}; lower --learning_rate "
+                    "and resume from the last checkpoint (--resume_from_checkpoint latest)"
+                )
             if not self.accelerator.sync_gradients:
                 continue
             self.lr_scheduler.step()
             self.state.global_step += 1
+            if self.ema is not None:
+                self.ema.after_optimizer_step(self.state.global_step)
             self.state.epoch = self.sampler.state_dict()["epoch"]
             step_loss = sum(losses) / len(losses)
             losses.clear()
@@ -181,17 +192,14 @@ class Trainer:
         noised = self.objective.noise(batch["latents"], self.generator)
         output = self.denoiser(**self.family.model_inputs(batch, noised.noisy, noised.timesteps))
         prediction = self.family.prediction(output, noised.noisy)
-        loss = weighted_mse(prediction, noised.target, noised.weights)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at step {self.state.global_step + 1}; lower --learning_rate "
-                "and resume from the last checkpoint (--resume_from_checkpoint latest)"
-            )
-        return loss
+        return weighted_mse(prediction, noised.target, noised.weights)
 
     def _after_step(self, loss: float, grad_norm: Any, started: float, progress: Any, total_steps: int) -> None:
         lr = self.lr_scheduler.get_last_lr()[0]
-        logs = {"loss": loss, "lr": lr, "epoch": self.state.epoch, "step_time": time.perf_counter() - started}
+        step_time = time.perf_counter() - started
+        samples = self.config.train_batch_size * self.config.gradient_accumulation_steps * self.accelerator.num_processes
+        logs = {"loss": loss, "lr": lr, "epoch": self.state.epoch, "step_time": step_time,
+                "samples_per_second": samples / step_time}
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
         self.accelerator.log(logs, step=self.state.global_step)
@@ -199,13 +207,28 @@ class Trainer:
         progress.update(1)
         step = self.state.global_step
         if step % self.config.checkpointing_steps == 0:
+            # A finite loss can still come with an update that overflowed the
+            # weights; never let such weights become the newest checkpoint.
+            if not all(torch.isfinite(p).all() for p in self.trained_parameters):
+                raise TrainingDiverged(
+                    f"weights became non-finite at step {step}; lower --learning_rate and resume from "
+                    "the last checkpoint (--resume_from_checkpoint latest)"
+                )
             save_training_state(self)
 
     def _save_final(self) -> Path:
         self.accelerator.wait_for_everyone()
+        set_optimizer_mode(self.optimizer, training=False)  # schedule-free: save the averaged weights
         if self.accelerator.is_main_process:
             denoiser = self.accelerator.unwrap_model(self.denoiser)
-            self.trainable.save_final(denoiser, self.output_dir, self.source)
+            staging = self.output_dir / ".final.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            self.trainable.save_final(denoiser, staging, self.source)
+            if self.ema is not None:
+                with self.ema.swapped_in():
+                    self.trainable.save_ema(denoiser, staging)
+            publish(staging, self.output_dir)
             logger.info("saved %s weights to %s", self.config.model_type, self.output_dir)
         self.accelerator.end_training()
         return self.output_dir
@@ -215,11 +238,9 @@ class Trainer:
         per_epoch = data.report.batches_per_epoch / config.gradient_accumulation_steps
         lines = [
             f"model: {config.pretrained_model_name_or_path} ({self.family.name}, {config.model_type}"
-            f" rank {config.lora_rank})",
+            + (f" rank {config.lora_rank})" if config.model_type == "lora" else ")"),
         ]
-        for dataset_id, found in data.discovery.items():
-            lines.append(found.summary())
-        lines.append(data.report.table())
+        lines.append(data.table())
         lines.append(
             f"{per_epoch:g} optimizer steps per epoch (batch {config.train_batch_size} x "
             f"accumulation {config.gradient_accumulation_steps} x {self.accelerator.num_processes} "

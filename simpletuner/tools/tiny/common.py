@@ -273,3 +273,28 @@ def tiny_vae(seed: int, *, scaling_factor: float, latent_channels: int = 4, **ex
     )
 
 
+
+
+def trained_like_posterior(vae, seed: int) -> None:
+    """Give a random tiny VAE the latent statistics of a trained one, in place.
+
+    A randomly initialised encoder predicts a posterior standard deviation of
+    about 1 around means of about 0.3, so sampled latents are mostly noise and
+    two clearly different images get nearly the same latents.  A trained VAE
+    is nearly deterministic and, after ``scaling_factor``, has latents of
+    about unit standard deviation.  This sets the log-variance half of
+    ``quant_conv`` to a constant (std ~0.0025) and scales the mean half so
+    that scaled latents of random images have unit standard deviation.
+    """
+    import torch
+
+    channels = vae.config.latent_channels
+    generator = torch.Generator().manual_seed(seed)
+    probe = torch.rand(4, 3, 64, 64, generator=generator) * 2 - 1
+    with torch.no_grad():
+        weight, bias = vae.quant_conv.weight, vae.quant_conv.bias
+        weight[channels:] = 0
+        bias[channels:] = -12.0
+        spread = vae.encode(probe).latent_dist.mean.std() * vae.config.scaling_factor
+        weight[:channels] /= spread
+        bias[:channels] /= spread

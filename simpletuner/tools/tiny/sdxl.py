@@ -11,6 +11,7 @@ from simpletuner.tools.tiny.common import (
     load_clip_tokenizer,
     seed_everything,
     tiny_vae,
+    trained_like_posterior,
 )
 
 
@@ -50,6 +51,7 @@ def build(output_dir: Path, seed: int) -> Path:
         freq_shift=0,
     )
     vae = tiny_vae(seed, scaling_factor=0.13025, force_upcast=True)
+    trained_like_posterior(vae, seed)
     seed_everything(seed)
     text_encoder = CLIPTextModel(te1_config)
     seed_everything(seed + 1)  # distinct init from encoder 1 although the configs match

@@ -1,0 +1,187 @@
+"""Every key a multidatabackend.json dataset object may carry, declared once.
+
+Each key is one :class:`~simpletuner.config.option.Option`, the record the
+main option table uses, so coercion (``"true"``, ``"1024"``), choices,
+bounds, aliases (``centre``) and "not implemented yet" behave exactly as they
+do for command-line options, and ``documentation/DATALOADER_KEYS.md`` is
+generated from this table (``python -m simpletuner.config.docgen``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+from simpletuner.config.option import Option
+
+GROUP_IDENTITY = "identity"
+GROUP_WHERE = "location"
+GROUP_SIZE = "size and shape"
+GROUP_CROP = "cropping"
+GROUP_CAPTIONS = "captions"
+GROUP_SAMPLING = "sampling"
+GROUP_DISCOVERY = "discovery and caches"
+
+_NOT_YET = "Not implemented yet."
+
+
+def _key(name: str, kind: str, default: Any, help: str, group: str, **extra: Any) -> Option:
+    return Option(name=name, kind=kind, default=default, help=help, group=group, **extra)
+
+
+def _later(name: str, kind: str, default: Any, help: str, group: str, **extra: Any) -> Option:
+    """A SimpleTuner key we recognise but cannot honour yet: only its default passes."""
+    return _key(name, kind, default, f"{help} {_NOT_YET}", group, implemented=False, **extra)
+
+
+DATASET_KEYS: Tuple[Option, ...] = (
+    # --- identity and kind -------------------------------------------------
+    _key("id", "str", None, "Unique name of the dataset; used in logs, reports and cache keys.",
+         GROUP_IDENTITY),
+    _key("type", "str", "local", "Where the files live: `local` folder, `aws` (S3) bucket or `csv` URL list.",
+         GROUP_IDENTITY, choices=("local", "aws", "csv"), implemented=("local",)),
+    _key("dataset_type", "str", "image",
+         "`image` for training images, `text_embeds` for a text-embedding cache, "
+         "`image_embeds` for an image-embedding cache.",
+         GROUP_IDENTITY, choices=("image", "text_embeds", "image_embeds"),
+         implemented=("image", "text_embeds")),
+    _key("default", "bool", False,
+         "On a text_embeds dataset: image datasets without `text_embeds` use this one.", GROUP_IDENTITY),
+    _key("disabled", "bool", False, "Leave the dataset out of the run without deleting its entry.",
+         GROUP_IDENTITY),
+    _key("text_embeds", "str", None,
+         "Id of the text_embeds dataset whose cache this image dataset uses; default: the default one.",
+         GROUP_IDENTITY),
+    _later("image_embeds", "str", None, "Id of the image_embeds dataset this image dataset uses.",
+           GROUP_IDENTITY),
+    # --- where ---------------------------------------------------------------
+    _key("instance_data_dir", "path", None,
+         "Folder holding the images (searched recursively); relative paths start at the working directory.",
+         GROUP_WHERE),
+    _key("cache_dir_vae", "path", None,
+         "Folder for this dataset's latent cache and discovery metadata; one per dataset.", GROUP_WHERE),
+    _key("cache_dir", "path", None, "On a text_embeds dataset: folder for the text-embedding cache.",
+         GROUP_WHERE),
+    _later("aws_bucket_name", "str", None, "S3 bucket holding the images.", GROUP_WHERE),
+    _later("aws_region_name", "str", None, "S3 region.", GROUP_WHERE),
+    _later("aws_endpoint_url", "str", None, "S3-compatible endpoint URL.", GROUP_WHERE),
+    _later("aws_access_key_id", "str", None, "S3 access key id.", GROUP_WHERE, secret=True),
+    _later("aws_secret_access_key", "str", None, "S3 secret key.", GROUP_WHERE, secret=True),
+    _later("aws_data_prefix", "str", None, "Key prefix of the images inside the bucket.", GROUP_WHERE),
+    _later("csv_file", "path", None, "CSV file listing image URLs.", GROUP_WHERE),
+    _later("csv_caption_column", "str", None, "CSV column holding captions.", GROUP_WHERE),
+    _later("csv_cache_dir", "path", None, "Where downloaded CSV images are kept.", GROUP_WHERE),
+    # --- size and shape --------------------------------------------------------
+    _key("resolution", "int", 1024,
+         "Training size in pixels: the square edge for `pixel_area`, the shorter edge for `pixel`.",
+         GROUP_SIZE, minimum=8),
+    _key("resolution_type", "str", "pixel_area",
+         "`pixel_area`: images keep their aspect at about resolution² pixels; `pixel`: the shorter "
+         "edge becomes resolution; `area`: resolution in megapixels (deprecated).",
+         GROUP_SIZE, choices=("pixel", "pixel_area", "area"), implemented=("pixel", "pixel_area")),
+    _key("minimum_image_size", "int", None,
+         "Skip smaller images: shorter edge for `pixel`, sqrt(width·height) for `pixel_area`.",
+         GROUP_SIZE, minimum=0),
+    _key("maximum_image_size", "int", None,
+         "With crop: images larger than this (same measure as minimum_image_size) are first "
+         "downsampled to target_downsample_size, so the crop keeps more of the scene.",
+         GROUP_SIZE, minimum=8),
+    _key("target_downsample_size", "int", None,
+         "The size (same measure) images above maximum_image_size are downsampled to before cropping.",
+         GROUP_SIZE, minimum=8),
+    _key("minimum_aspect_ratio", "float", None, "Skip images whose width / height is below this.",
+         GROUP_SIZE, minimum=0.0),
+    _key("maximum_aspect_ratio", "float", None, "Skip images whose width / height is above this.",
+         GROUP_SIZE, minimum=0.0),
+    _key("aspect_bucket_alignment", "int", 64,
+         "Bucket edges are multiples of this many pixels (64 suits most VAEs and patch sizes).",
+         GROUP_SIZE, minimum=1),
+    # --- cropping --------------------------------------------------------------
+    _key("crop", "bool", False,
+         "Crop images to the bucket instead of resizing them to cover it and trimming the centre.",
+         GROUP_CROP),
+    _key("crop_style", "str", "random",
+         "Where the crop window goes: `center` (or `centre`), `corner` (lowest-right), `random` "
+         "(fixed per image and seed), `face` (centred on the largest detected face).",
+         GROUP_CROP, choices=("center", "corner", "random", "face"), aliases={"centre": "center"}),
+    _key("crop_aspect", "str", "square",
+         "Shape of the crop: `square`, `preserve` (the image's own aspect bucket), `closest` (the "
+         "crop_aspect_buckets ratio nearest the image's) or `random` (one of them, per image).",
+         GROUP_CROP, choices=("square", "preserve", "closest", "random")),
+    _key("crop_aspect_buckets", "list", None,
+         "Aspect ratios (width / height) that crop_aspect closest and random choose from.", GROUP_CROP),
+    # --- captions ----------------------------------------------------------------
+    _key("caption_strategy", "str", "filename",
+         "Where captions come from: `textfile` (image.txt beside the image), `filename` (cleaned-up "
+         "file name), `instanceprompt` (instance_prompt for every image), `parquet` (a table).",
+         GROUP_CAPTIONS, choices=("textfile", "filename", "parquet", "instanceprompt")),
+    _key("instance_prompt", "str", None,
+         "Caption used by caption_strategy instanceprompt, only_instance_prompt and "
+         "prepend_instance_prompt.", GROUP_CAPTIONS),
+    _key("prepend_instance_prompt", "bool", False, "Put instance_prompt before every caption.",
+         GROUP_CAPTIONS),
+    _key("only_instance_prompt", "bool", False, "Use instance_prompt instead of every caption.",
+         GROUP_CAPTIONS),
+    _key("parquet", "str", None,
+         "Block naming the parquet or JSON Lines table and its columns: path, filename_column, "
+         "caption_column, fallback_caption_column, width_column, height_column, "
+         "identifier_includes_extension.", GROUP_CAPTIONS),
+    _key("caption_filter_list", "path", None,
+         "File (or inline list) of literal strings, regexes and s/x/y/ replacements applied to "
+         "captions; on a text_embeds dataset it applies to every image dataset using that cache.",
+         GROUP_CAPTIONS),
+    _key("remove_common_llm_caption_prefixes", "bool", False,
+         "Drop openings captioning models add, such as \"The image shows\" or \"This image depicts\".",
+         GROUP_CAPTIONS),
+    # --- sampling -------------------------------------------------------------------
+    _key("repeats", "int", 0,
+         "Extra passes per epoch: each image is seen 1 + repeats times an epoch.", GROUP_SAMPLING,
+         minimum=0),
+    _key("probability", "float", 1.0,
+         "Relative weight of this dataset when datasets are mixed; 0 leaves it out of sampling.",
+         GROUP_SAMPLING, minimum=0.0),
+    _key("is_regularisation_data", "bool", False,
+         "Mark the dataset as regularisation images; every sample carries the flag (also spelt "
+         "is_regularization_data).", GROUP_SAMPLING),
+    _key("is_regularization_data", "bool", False, "American spelling of is_regularisation_data.",
+         GROUP_SAMPLING),
+    _key("ignore_epochs", "bool", False,
+         "The dataset does not decide when an epoch ends; it is sampled by weight until the others "
+         "are done, continuing where it stopped next epoch.", GROUP_SAMPLING),
+    # --- discovery and caches -----------------------------------------------------
+    _later("skip_file_discovery", "str", None, "Skip discovery steps: vae, aspect, text, metadata.",
+           GROUP_DISCOVERY),
+    _key("preserve_data_backend_cache", "bool", False,
+         "Trust the saved file list: do not re-list the folder at start-up (new files are not seen).",
+         GROUP_DISCOVERY),
+    _key("hash_filenames", "bool", False,
+         "Accepted for SimpleTuner compatibility; cache files are always named by a hash, so it has "
+         "no effect.", GROUP_DISCOVERY),
+    _key("metadata_backend", "str", "discovery",
+         "`discovery` reads image sizes from the files; `parquet` takes them from the parquet "
+         "block's width_column and height_column.", GROUP_DISCOVERY, choices=("discovery", "parquet")),
+    _key("scan_for_errors", "bool", False,
+         "Load and check every latent cache entry at start (readable, finite, the shape its image's "
+         "bucket needs); --vae_cache_scan_behaviour decides what happens to bad ones.", GROUP_DISCOVERY),
+    _later("vae_cache_clear_each_epoch", "bool", False, "Delete and rebuild latents every epoch.",
+           GROUP_DISCOVERY),
+    _later("cache_file_suffix", "str", None, "Suffix added to cache file names.", GROUP_DISCOVERY),
+    _key("write_batch_size", "int", 128,
+         "Accepted for SimpleTuner compatibility; cache writes are batched automatically, so it has "
+         "no effect.", GROUP_DISCOVERY, minimum=1),
+)
+
+KEYS_BY_NAME: Dict[str, Option] = {option.name: option for option in DATASET_KEYS}
+
+# Global options whose values are the defaults of same-named dataset keys.
+GLOBAL_DEFAULT_KEYS: Tuple[str, ...] = (
+    "resolution",
+    "resolution_type",
+    "crop",
+    "crop_style",
+    "crop_aspect",
+    "crop_aspect_buckets",
+    "caption_strategy",
+    "minimum_image_size",
+    "aspect_bucket_alignment",
+    "preserve_data_backend_cache",
+)

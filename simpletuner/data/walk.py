@@ -1,0 +1,130 @@
+"""Listing a dataset folder: image files with their size and mtime, and what was passed over.
+
+The walk is recursive and never fails on what it meets:
+
+* hidden entries (name starting with ``.``) are not used: a hidden image file
+  is reported as skipped, a hidden folder (``.git``, ``.thumbnails``) is
+  named in the summary without being entered;
+* a folder whose name looks like an image (``album.jpg/``) is a folder and is
+  entered like any other;
+* symbolic links are followed, to files and to folders; a broken link, a
+  link loop, or a folder link that leads back to a folder already being
+  walked is reported instead of followed forever;
+* a folder that cannot be listed is reported, and the rest goes on.
+
+``os.scandir`` supplies each entry's type without a system call, so the only
+per-file cost is the ``stat`` whose size and mtime identify the file's
+version for the caches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Set, Tuple
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+REASON_HIDDEN = "hidden file"
+REASON_BROKEN_LINK = "broken or looping link"
+REASON_FOLDER_LOOP = "folder link loop"
+REASON_UNLISTABLE = "folder cannot be listed"
+REASON_UNSTATABLE = "unreadable"
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    relative_path: str  # "/"-separated, relative to the dataset folder
+    path: str
+    size_bytes: int
+    mtime_ns: int
+
+
+@dataclass
+class Listing:
+    files: List[FoundFile] = field(default_factory=list)  # sorted by relative_path
+    skipped: Dict[str, List[str]] = field(default_factory=dict)  # reason -> relative paths
+    hidden_folders: List[str] = field(default_factory=list)
+    folders_skipped: Dict[str, List[str]] = field(default_factory=dict)  # reason -> "folder/" paths
+
+    def skip(self, reason: str, relative_path: str) -> None:
+        self.skipped.setdefault(reason, []).append(relative_path)
+
+    def skip_folder(self, reason: str, relative_path: str) -> None:
+        self.folders_skipped.setdefault(reason, []).append(relative_path)
+
+
+def is_image_name(name: str) -> bool:
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS
+
+
+def list_images(root: str, excluded: Set[str]) -> Listing:
+    """Image files under ``root``; folders whose absolute path is in ``excluded`` are not entered."""
+    listing = Listing()
+    try:
+        root_stat = os.stat(root)
+    except OSError:
+        listing.skip_folder(REASON_UNLISTABLE, "./")
+        return listing
+    _walk(root, "", excluded, {(root_stat.st_dev, root_stat.st_ino)}, listing)
+    listing.files.sort(key=lambda found: found.relative_path)
+    return listing
+
+
+def _walk(folder: str, prefix: str, excluded: Set[str], active: Set[Tuple[int, int]], listing: Listing) -> None:
+    try:
+        with os.scandir(folder) as iterator:
+            entries = list(iterator)
+    except OSError:
+        listing.skip_folder(REASON_UNLISTABLE, prefix or "./")
+        return
+    append = listing.files.append
+    for entry in entries:
+        name = entry.name
+        relative = prefix + name
+        try:
+            is_link = entry.is_symlink()
+            is_dir = entry.is_dir()  # follows links; False for broken ones
+        except OSError:
+            is_link, is_dir = True, False
+        if name.startswith("."):
+            if is_dir:
+                listing.hidden_folders.append(relative + "/")
+            elif is_image_name(name):
+                listing.skip(REASON_HIDDEN, relative)
+            continue
+        if is_dir:
+            _enter(entry, relative, excluded, active, listing)
+            continue
+        dot = name.rfind(".")
+        if dot <= 0 or name[dot:].lower() not in IMAGE_EXTENSIONS:
+            continue
+        try:
+            stat = entry.stat()  # follows links
+        except OSError:
+            listing.skip(REASON_BROKEN_LINK if is_link else REASON_UNSTATABLE, relative)
+            continue
+        if not entry.is_file():  # a socket, fifo or device named like an image
+            continue
+        append(FoundFile(relative, entry.path, stat.st_size, stat.st_mtime_ns))
+
+
+def _enter(entry: os.DirEntry, relative: str, excluded: Set[str], active: Set[Tuple[int, int]],
+           listing: Listing) -> None:
+    if os.path.normcase(os.path.abspath(entry.path)) in excluded:
+        return
+    try:
+        stat = entry.stat()
+    except OSError:
+        listing.skip_folder(REASON_BROKEN_LINK, relative + "/")
+        return
+    identity = (stat.st_dev, stat.st_ino)
+    if identity in active:  # a link back to a folder we are inside: following it never ends
+        listing.skip_folder(REASON_FOLDER_LOOP, relative + "/")
+        return
+    active.add(identity)
+    try:
+        _walk(entry.path, relative + "/", excluded, active, listing)
+    finally:
+        active.discard(identity)

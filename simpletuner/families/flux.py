@@ -1,0 +1,140 @@
+"""FLUX.1 [dev]/[schnell]: CLIP-L pooled + T5, a transformer on 2x2-packed latents, flow matching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
+from simpletuner.families.sd3 import transformer_lora_metadata
+
+
+class FluxFamily(ModelFamily):
+    name = "flux"
+    pipeline_class_name = "FluxPipeline"
+    denoiser_component = "transformer"
+    # The attention projections of the double-stream blocks (image and text)
+    # and the single-stream blocks' q/k/v, as diffusers' Flux LoRA scripts
+    # train them and its loader maps them.
+    default_lora_targets = (
+        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+    )
+    default_resolution = 1024
+    text_components = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+    t5_components = ("text_encoder_2", "tokenizer_2")
+    latent_normalisation = "flux:shift_factor,scaling_factor"
+    # encode_prompt's default, what the pipeline uses at inference.
+    max_sequence_length = 512
+
+    def load_text_encoders(self, source: ModelSource) -> TextEncoders:
+        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+        tokenizers = [source.load(CLIPTokenizer, "tokenizer"), source.load(T5TokenizerFast, "tokenizer_2")]
+        encoders = [source.load(CLIPTextModel, "text_encoder"), source.load(T5EncoderModel, "text_encoder_2")]
+        for encoder in encoders:
+            encoder.requires_grad_(False).eval()
+        return TextEncoders(tokenizers=tokenizers, encoders=encoders)
+
+    def load_vae(self, source: ModelSource) -> Any:
+        from diffusers import AutoencoderKL
+
+        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
+        return vae.requires_grad_(False).eval()
+
+    def load_denoiser(self, source: ModelSource) -> Any:
+        from diffusers import FluxTransformer2DModel
+
+        transformer = source.load(FluxTransformer2DModel, "transformer")
+        # dev embeds the guidance value; schnell has no guidance embedder.
+        self.guidance_embeds = bool(transformer.config.guidance_embeds)
+        return transformer
+
+    def load_noise_scheduler(self, source: ModelSource) -> Any:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return source.load(FlowMatchEulerDiscreteScheduler, "scheduler")
+
+    def make_objective(self, noise_scheduler: Any, config: Any) -> Any:
+        from simpletuner.training.flow_matching import FlowMatchingObjective
+
+        # 2x2 packing: one image token per four latent pixels.
+        return FlowMatchingObjective(noise_scheduler, config, tokens_per_latent_pixel=0.25)
+
+    def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        # The pipeline's encode_prompt: T5's hidden states and CLIP's pooled
+        # output.  Its text ids are all zeros and are rebuilt per batch.
+        pipeline = self.pipeline_class()(
+            scheduler=None, vae=None, transformer=None,
+            text_encoder=text.encoders[0], tokenizer=text.tokenizers[0],
+            text_encoder_2=text.encoders[1], tokenizer_2=text.tokenizers[1],
+        )
+        device = text.encoders[0].device
+        with torch.no_grad():
+            embeds, pooled, _ = pipeline.encode_prompt(
+                prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1,
+                max_sequence_length=self.max_sequence_length,
+            )
+        return [{"prompt_embeds": embeds[i].cpu(), "pooled_prompt_embeds": pooled[i].cpu()} for i in range(len(prompts))]
+
+    def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        with torch.no_grad():
+            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(generator=generators)
+        # The inverse of the pipeline's decode: latents / scaling_factor + shift_factor.
+        return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+
+    def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
+        from diffusers import FluxPipeline
+
+        batch_size, channels, height, width = noisy_latents.shape
+        embeds = batch["prompt_embeds"]
+        inputs = {
+            "hidden_states": FluxPipeline._pack_latents(noisy_latents, batch_size, channels, height, width),
+            # The pipeline passes t / 1000, i.e. sigma; the model scales it back.
+            "timestep": timesteps / 1000,
+            "pooled_projections": batch["pooled_prompt_embeds"],
+            "encoder_hidden_states": embeds,
+            "txt_ids": torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=embeds.dtype),
+            "img_ids": FluxPipeline._prepare_latent_image_ids(
+                batch_size, height // 2, width // 2, noisy_latents.device, noisy_latents.dtype
+            ),
+        }
+        if getattr(self, "guidance_embeds", True):
+            inputs["guidance"] = torch.full(
+                (batch_size,), float(self.option("flux_guidance_value", 1.0)),
+                device=noisy_latents.device, dtype=torch.float32,
+            )
+        return inputs
+
+    def prediction(self, output: Any, noisy_latents: torch.Tensor) -> torch.Tensor:
+        from diffusers import FluxPipeline
+
+        packed = output.sample if hasattr(output, "sample") else output[0]
+        height, width = noisy_latents.shape[-2:]
+        return FluxPipeline._unpack_latents(
+            packed, height * self.vae_scale_factor, width * self.vae_scale_factor, self.vae_scale_factor
+        )
+
+    def overridden_components(self, source: ModelSource) -> dict[str, Any]:
+        if not any(component in source.overrides for component in self.t5_components):
+            return {}
+        # T5 came from --pretrained_t5_model_name_or_path: a saved pipeline keeps it.
+        text = self.load_text_encoders(source)
+        return {"tokenizer_2": text.tokenizers[1], "text_encoder_2": text.encoders[1]}
+
+    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
+        from diffusers.utils import convert_unet_state_dict_to_peft
+
+        # Transformer LoRAs are stored with PEFT's names (lora_A/lora_B), as
+        # diffusers' own scripts save them; the UNet-style lora.down/up names
+        # would be dropped for to_q/k/v/out by the transformer loader.
+        state = convert_unet_state_dict_to_peft(dict(denoiser_lora_state))
+        self.pipeline_class().save_lora_weights(
+            save_directory=str(output_dir), transformer_lora_layers=state, safe_serialization=True,
+            transformer_lora_adapter_metadata=transformer_lora_metadata(self.config, state),
+        )
+
+
+FAMILY_CLASS = FluxFamily

@@ -1,0 +1,89 @@
+"""Kolors: the ChatGLM3 text encoder and an SDXL-style UNet with a text projection.
+
+ChatGLM's penultimate hidden states are the token embeddings (the UNet's
+``encoder_hid_proj`` maps them to its cross-attention width) and the last
+token's final hidden state is the pooled vector; with the six size/crop
+numbers it forms SDXL's ``text_time`` added embedding.  Text encoder and
+tokenizer are the classes diffusers ships in ``diffusers.pipelines.kolors``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
+from simpletuner.families.micro_conditioning import TextTimeConditioning
+
+
+class KolorsFamily(TextTimeConditioning, ModelFamily):
+    # sample_conditioning (time_ids) and model_inputs come from TextTimeConditioning.
+    name = "kolors"
+    pipeline_class_name = "KolorsPipeline"
+    denoiser_component = "unet"
+    # The attention projections; KolorsPipeline.load_lora_weights
+    # (StableDiffusionLoraLoaderMixin) maps them onto the UNet.
+    default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    default_resolution = 1024
+    text_components = ("text_encoder", "tokenizer")
+    latent_normalisation = "kolors:scaling_factor"
+    # KolorsPipeline's default and maximum prompt length.
+    max_sequence_length = 256
+
+    def load_text_encoders(self, source: ModelSource) -> TextEncoders:
+        from diffusers.pipelines.kolors import ChatGLMModel, ChatGLMTokenizer
+
+        encoder = source.load(ChatGLMModel, "text_encoder")
+        encoder.requires_grad_(False).eval()
+        return TextEncoders(tokenizers=[source.load(ChatGLMTokenizer, "tokenizer")], encoders=[encoder])
+
+    def load_vae(self, source: ModelSource) -> Any:
+        from diffusers import AutoencoderKL
+
+        # Kolors uses SDXL's VAE, which overflows in fp16: it always encodes in fp32.
+        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
+        return vae.requires_grad_(False).eval()
+
+    def load_denoiser(self, source: ModelSource) -> Any:
+        from diffusers import UNet2DConditionModel
+
+        return source.load(UNet2DConditionModel, "unet")
+
+    def load_noise_scheduler(self, source: ModelSource) -> Any:
+        from diffusers import DDPMScheduler
+
+        # Kolors ships Euler with 1100 training timesteps; DDPMScheduler reads
+        # the same betas and timestep count from that config.
+        return source.load(DDPMScheduler, "scheduler")
+
+    def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        # The pipeline's own encode_prompt: left-padded to 256 tokens,
+        # penultimate hidden states as embeds, last token's final state pooled.
+        pipeline = self.pipeline_class()(
+            vae=None, text_encoder=text.encoders[0], tokenizer=text.tokenizers[0], unet=None, scheduler=None
+        )
+        with torch.no_grad():
+            embeds, _, pooled, _ = pipeline.encode_prompt(
+                prompt=prompts, device=text.encoders[0].device, num_images_per_prompt=1,
+                do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
+            )
+        return [
+            {"prompt_embeds": embeds[i].cpu(), "pooled_prompt_embeds": pooled[i].cpu()}
+            for i in range(len(prompts))
+        ]
+
+    def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        with torch.no_grad():
+            distribution = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+            latents = distribution.sample(generator=generators)
+        return latents * vae.config.scaling_factor
+
+    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
+        self.pipeline_class().save_lora_weights(
+            save_directory=str(output_dir), unet_lora_layers=denoiser_lora_state, safe_serialization=True
+        )
+
+
+FAMILY_CLASS = KolorsFamily

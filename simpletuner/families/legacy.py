@@ -1,0 +1,88 @@
+"""Stable Diffusion 1.x and 2.x: one CLIP text encoder and a UNet, no micro-conditioning.
+
+SD 1.x (CLIP ViT-L, epsilon, 512px) and SD 2.x (OpenCLIP ViT-H converted to
+``CLIPTextModel``, 768-v: v-prediction at 768px) load and train identically;
+what differs is in the checkpoint's configs, above all the scheduler's
+``prediction_type``, which the objective reads (``--prediction_type``
+overrides it; ``--rescale_betas_zero_snr`` rescales its betas, see
+``simpletuner.training.noise_schedule``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
+
+
+class LegacyFamily(ModelFamily):
+    name = "legacy"
+    pipeline_class_name = "StableDiffusionPipeline"
+    denoiser_component = "unet"
+    # The attention projections, the set diffusers' SD LoRA training script
+    # uses and StableDiffusionPipeline.load_lora_weights maps onto the UNet.
+    default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    # SD 1.x trains at 512px; SD 2.x's v-prediction models at 768px.
+    default_resolution = 512
+    resolution_by_prediction_type = {"epsilon": 512, "v_prediction": 768}
+    text_components = ("text_encoder", "tokenizer")
+    latent_normalisation = "legacy:scaling_factor"
+
+    def load_text_encoders(self, source: ModelSource) -> TextEncoders:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        encoder = source.load(CLIPTextModel, "text_encoder")
+        encoder.requires_grad_(False).eval()
+        return TextEncoders(tokenizers=[source.load(CLIPTokenizer, "tokenizer")], encoders=[encoder])
+
+    def load_vae(self, source: ModelSource) -> Any:
+        from diffusers import AutoencoderKL
+
+        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
+        return vae.requires_grad_(False).eval()
+
+    def load_denoiser(self, source: ModelSource) -> Any:
+        from diffusers import UNet2DConditionModel
+
+        return source.load(UNet2DConditionModel, "unet")
+
+    def load_noise_scheduler(self, source: ModelSource) -> Any:
+        from diffusers import DDPMScheduler
+
+        # The pipeline ships PNDM (SD 1.x) or DDIM (SD 2.x); training needs only
+        # its betas and prediction type, which DDPMScheduler reads from the same config.
+        return source.load(DDPMScheduler, "scheduler")
+
+    def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        # The pipeline's own encode_prompt (last hidden state after the final
+        # layer norm, 77 tokens), so training sees what inference produces.
+        pipeline = self.pipeline_class()(
+            vae=None, text_encoder=text.encoders[0], tokenizer=text.tokenizers[0], unet=None,
+            scheduler=None, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        with torch.no_grad():
+            embeds, _ = pipeline.encode_prompt(
+                prompt=prompts, device=text.encoders[0].device, num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+            )
+        return [{"prompt_embeds": embeds[i].cpu()} for i in range(len(prompts))]
+
+    def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        with torch.no_grad():
+            distribution = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+            latents = distribution.sample(generator=generators)
+        return latents * vae.config.scaling_factor
+
+    def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
+        return {"sample": noisy_latents, "timestep": timesteps, "encoder_hidden_states": batch["prompt_embeds"]}
+
+    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
+        self.pipeline_class().save_lora_weights(
+            save_directory=str(output_dir), unet_lora_layers=denoiser_lora_state, safe_serialization=True
+        )
+
+
+FAMILY_CLASS = LegacyFamily

@@ -1,0 +1,44 @@
+"""SDXL-style UNet conditioning, shared by the families whose UNet has it (SDXL, Kolors).
+
+Such a UNet takes the token embeddings as ``encoder_hidden_states`` plus an
+"added" embedding of a pooled text vector and six numbers per image, the
+micro-conditioning of the SDXL paper (Podell et al., 2023, section 2.2):
+original (height, width), crop top-left (top, left), target (height, width).
+The pipelines compute the same six numbers in ``_get_add_time_ids``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def size_and_crop_time_ids(samples: list) -> torch.Tensor:
+    """One row per sample: original size + crop top-left + target size, from its real geometry."""
+    rows = [
+        list(sample.original_size) + list(sample.crop_top_left) + list(sample.target_size)
+        for sample in samples
+    ]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+class TextTimeConditioning:
+    """Mixin for a ``ModelFamily`` whose UNet uses ``addition_embed_type="text_time"``.
+
+    The text cache must store ``prompt_embeds`` and ``pooled_prompt_embeds``.
+    """
+
+    def sample_conditioning(self, samples: list) -> dict[str, torch.Tensor]:
+        return {"time_ids": size_and_crop_time_ids(samples)}
+
+    def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
+        return {
+            "sample": noisy_latents,
+            "timestep": timesteps,
+            "encoder_hidden_states": batch["prompt_embeds"],
+            "added_cond_kwargs": {
+                "text_embeds": batch["pooled_prompt_embeds"],
+                "time_ids": batch["time_ids"],
+            },
+        }

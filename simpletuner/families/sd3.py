@@ -1,0 +1,149 @@
+"""Stable Diffusion 3 / 3.5: CLIP-L, CLIP-G and T5 encoders, an MMDiT, flow matching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
+
+
+class SD3Family(ModelFamily):
+    name = "sd3"
+    pipeline_class_name = "StableDiffusion3Pipeline"
+    denoiser_component = "transformer"
+    # The joint-attention projections of every MMDiT block (image and text
+    # streams), the set diffusers' SD3 LoRA scripts train and its loader maps.
+    default_lora_targets = (
+        "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+        "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+    )
+    default_resolution = 1024
+    text_components = (
+        "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3",
+    )
+    t5_components = ("text_encoder_3", "tokenizer_3")
+    latent_normalisation = "sd3:shift_factor,scaling_factor"
+    # encode_prompt's default, what the pipeline uses at inference.
+    max_sequence_length = 256
+
+    def load_text_encoders(self, source: ModelSource) -> TextEncoders:
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+
+        tokenizers = [
+            source.load(CLIPTokenizer, "tokenizer"),
+            source.load(CLIPTokenizer, "tokenizer_2"),
+            source.load(T5TokenizerFast, "tokenizer_3"),
+        ]
+        encoders = [
+            source.load(CLIPTextModelWithProjection, "text_encoder"),
+            source.load(CLIPTextModelWithProjection, "text_encoder_2"),
+            source.load(T5EncoderModel, "text_encoder_3"),
+        ]
+        for encoder in encoders:
+            encoder.requires_grad_(False).eval()
+        return TextEncoders(tokenizers=tokenizers, encoders=encoders)
+
+    def load_vae(self, source: ModelSource) -> Any:
+        from diffusers import AutoencoderKL
+
+        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
+        return vae.requires_grad_(False).eval()
+
+    def load_denoiser(self, source: ModelSource) -> Any:
+        from diffusers import SD3Transformer2DModel
+
+        return source.load(SD3Transformer2DModel, "transformer")
+
+    def load_noise_scheduler(self, source: ModelSource) -> Any:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return source.load(FlowMatchEulerDiscreteScheduler, "scheduler")
+
+    def make_objective(self, noise_scheduler: Any, config: Any) -> Any:
+        from simpletuner.training.flow_matching import FlowMatchingObjective
+
+        # 2x2 patches: one image token per four latent pixels.
+        return FlowMatchingObjective(noise_scheduler, config, tokens_per_latent_pixel=0.25)
+
+    def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        # The pipeline's encode_prompt: penultimate hidden states of both CLIP
+        # encoders (concatenated, zero-padded to T5's width) followed by T5's
+        # tokens; pooled = both CLIP projections.  The CLIP and T5 parts are
+        # cached apart so --sd3_skip_t5 can zero the T5 part while training.
+        pipeline = self.pipeline_class()(
+            transformer=None, scheduler=None, vae=None,
+            text_encoder=text.encoders[0], tokenizer=text.tokenizers[0],
+            text_encoder_2=text.encoders[1], tokenizer_2=text.tokenizers[1],
+            text_encoder_3=text.encoders[2], tokenizer_3=text.tokenizers[2],
+        )
+        device = text.encoders[0].device
+        with torch.no_grad():
+            embeds, _, pooled, _ = pipeline.encode_prompt(
+                prompt=prompts, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1,
+                do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
+            )
+        clip_tokens = embeds.shape[1] - self.max_sequence_length
+        return [
+            {
+                "clip_prompt_embeds": embeds[i, :clip_tokens].cpu(),
+                "t5_prompt_embeds": embeds[i, clip_tokens:].cpu(),
+                "pooled_prompt_embeds": pooled[i].cpu(),
+            }
+            for i in range(len(prompts))
+        ]
+
+    def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        with torch.no_grad():
+            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(generator=generators)
+        # The inverse of the pipeline's decode: latents / scaling_factor + shift_factor.
+        return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+
+    def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
+        t5 = batch["t5_prompt_embeds"]
+        if self.option("sd3_skip_t5", False):
+            # What encode_prompt produces without a T5 encoder.
+            t5 = torch.zeros_like(t5)
+        return {
+            "hidden_states": noisy_latents,
+            "timestep": timesteps,
+            "encoder_hidden_states": torch.cat([batch["clip_prompt_embeds"], t5], dim=1),
+            "pooled_projections": batch["pooled_prompt_embeds"],
+        }
+
+    def overridden_components(self, source: ModelSource) -> dict[str, Any]:
+        if not any(component in source.overrides for component in self.t5_components):
+            return {}
+        # T5 came from --pretrained_t5_model_name_or_path: a saved pipeline keeps it.
+        text = self.load_text_encoders(source)
+        return {"tokenizer_3": text.tokenizers[2], "text_encoder_3": text.encoders[2]}
+
+    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
+        from diffusers.utils import convert_unet_state_dict_to_peft
+
+        # Transformer LoRAs are stored with PEFT's names (lora_A/lora_B), as
+        # diffusers' own scripts save them; the UNet-style lora.down/up names
+        # would be dropped for to_q/k/v/out by the transformer loader.
+        state = convert_unet_state_dict_to_peft(dict(denoiser_lora_state))
+        self.pipeline_class().save_lora_weights(
+            save_directory=str(output_dir), transformer_lora_layers=state, safe_serialization=True,
+            transformer_lora_adapter_metadata=transformer_lora_metadata(self.config, state),
+        )
+
+
+def transformer_lora_metadata(config: Any, state: dict[str, torch.Tensor]) -> Any:
+    """The adapter's settings, stored in the file so ``load_lora_weights`` uses
+    the trained alpha (without them it assumes alpha = rank)."""
+    if config is None:
+        return None
+    rank = config.lora_rank
+    return {
+        "r": rank,
+        "lora_alpha": config.lora_alpha if config.lora_alpha is not None else rank,
+        "target_modules": sorted({key.split(".lora")[0] for key in state}),
+    }
+
+
+FAMILY_CLASS = SD3Family

@@ -1,0 +1,123 @@
+"""Flow-matching training (rectified flow), as SD3 and Flux are trained.
+
+The noisy input is the straight line between data and noise,
+``x_sigma = (1 - sigma) * x0 + sigma * noise``, and the denoiser predicts the
+velocity along it, ``noise - x0`` (diffusers' convention, the negative of
+the SD3 paper's).  Sigmas are drawn with diffusers'
+``compute_density_for_timestep_sampling`` and weighted with
+``compute_loss_weighting_for_sd3`` (Esser et al. 2024, "Scaling Rectified
+Flow Transformers for High-Resolution Image Synthesis", arXiv:2403.03206,
+section 3.1), then optionally shifted toward noise, by a fixed factor or by
+one chosen from the image's token count as Flux does
+(``diffusers.pipelines.flux.pipeline_flux.calculate_shift``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from simpletuner.training.objectives import NoisedBatch
+
+
+def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """``shift * s / (1 + (shift - 1) * s)``: the SD3 paper's timestep shift (eq. 23).
+
+    Equals ``FlowMatchEulerDiscreteScheduler``'s static shift and, for
+    ``shift = exp(mu)``, its exponential ``time_shift(mu, 1, s)``.
+    """
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def resolution_shift_mu(
+    image_seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float
+) -> float:
+    """mu, linear in the image's token count (FluxPipeline's ``calculate_shift``)."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return base_shift + slope * (image_seq_len - base_seq_len)
+
+
+def resolution_shift(
+    image_seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float
+) -> float:
+    """The shift factor ``exp(mu)`` for an image of ``image_seq_len`` tokens."""
+    return math.exp(resolution_shift_mu(image_seq_len, base_seq_len, max_seq_len, base_shift, max_shift))
+
+
+def flow_noisy(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """``(1 - sigma) * x0 + sigma * noise`` (``FlowMatchEulerDiscreteScheduler.scale_noise``)."""
+    sigmas = sigmas.view(-1, *([1] * (latents.ndim - 1)))
+    return (1 - sigmas) * latents + sigmas * noise
+
+
+def flow_target(latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The velocity ``d x_sigma / d sigma = noise - x0`` that the denoiser predicts."""
+    return noise - latents
+
+
+def sample_sigmas(
+    weighting_scheme: str,
+    batch_size: int,
+    generator: torch.Generator,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+) -> torch.Tensor:
+    """Sigmas in [0, 1] drawn as the weighting scheme says (uniform for most schemes)."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    return compute_density_for_timestep_sampling(
+        weighting_scheme=weighting_scheme,
+        batch_size=batch_size,
+        logit_mean=logit_mean,
+        logit_std=logit_std,
+        mode_scale=mode_scale,
+        generator=generator,
+    )
+
+
+def loss_weights(weighting_scheme: str, sigmas: torch.Tensor) -> torch.Tensor:
+    """Per-sample loss weights (ones except for ``sigma_sqrt`` and ``cosmap``)."""
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    return compute_loss_weighting_for_sd3(weighting_scheme=weighting_scheme, sigmas=sigmas)
+
+
+class FlowMatchingObjective:
+    """Draws noise and sigmas from the trainer's generator; velocity target.
+
+    ``tokens_per_latent_pixel`` converts a latent's height x width into the
+    denoiser's image sequence length (1/4 for 2x2 patches or packing), which
+    resolution-dependent shifting needs.
+    """
+
+    def __init__(self, noise_scheduler: Any, config: Any, tokens_per_latent_pixel: float = 0.25) -> None:
+        self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
+        self.config = config
+        self.tokens_per_latent_pixel = tokens_per_latent_pixel
+
+    def shift_for(self, latents: torch.Tensor) -> float:
+        config = self.config
+        if not config.flow_resolution_shifting:
+            return config.flow_shift
+        seq_len = int(latents.shape[-2] * latents.shape[-1] * self.tokens_per_latent_pixel)
+        return resolution_shift(
+            seq_len, config.flow_base_seq_len, config.flow_max_seq_len, config.flow_base_shift, config.flow_max_shift
+        )
+
+    def noise(self, latents: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
+        config = self.config
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+        sigmas = sample_sigmas(
+            config.flow_weighting_scheme, latents.shape[0], generator,
+            config.flow_logit_mean, config.flow_logit_std, config.flow_mode_scale,
+        )
+        sigmas = shift_sigmas(sigmas, self.shift_for(latents)).to(latents.device)
+        return NoisedBatch(
+            noisy=flow_noisy(latents, noise, sigmas.to(latents.dtype)),
+            timesteps=sigmas * self.num_train_timesteps,
+            target=flow_target(latents, noise),
+            weights=loss_weights(config.flow_weighting_scheme, sigmas),
+        )

@@ -1,0 +1,75 @@
+"""Metrics reach every tracker in --report_to; wandb and comet_ml run offline and are read back."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from family_harness import train_in_process, write_two_class_project
+from wandb_offline import read_offline_run
+
+pytestmark = pytest.mark.slow
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory: pytest.TempPathFactory, tiny_sdxl: Path):
+    root = write_two_class_project(tmp_path_factory.mktemp("trackers"), per_class=4)
+    comet_dir = root / "comet"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("WANDB_MODE", "offline")
+    patch.setenv("WANDB_SILENT", "true")
+    patch.setenv("COMET_START_ONLINE", "false")
+    patch.setenv("COMET_OFFLINE_DIRECTORY", str(comet_dir))
+    try:
+        output = train_in_process(
+            root, tiny_sdxl, "sdxl", "--report_to", "tensorboard,wandb,comet_ml", "--tracker_project_name",
+            "tiny-project", "--tracker_run_name", "first-run", "--max_train_steps", str(STEPS),
+            "--train_batch_size", "2",
+        )
+    finally:
+        patch.undo()
+    return output, comet_dir
+
+
+def test_wandb_offline_run_has_every_step(tracked_run) -> None:
+    output, _ = tracked_run
+    run_files = list((output / "logs").rglob("run-*.wandb"))
+    assert len(run_files) == 1, "wandb wrote no offline run under the logging dir"
+    run = read_offline_run(run_files[0])
+    assert run["run"] == {"name": "first-run", "project": "tiny-project"}
+    losses = [h for h in run["history"] if "loss" in h]
+    assert [h["_step"] for h in losses] == list(range(1, STEPS + 1))
+    for metric in ("lr", "grad_norm", "epoch", "step_time", "samples_per_second"):
+        assert all(metric in h for h in losses), metric
+    assert run["config"]["learning_rate"] == pytest.approx(1e-4)
+    assert run["config"]["model_family"] == "sdxl"
+
+
+def test_comet_offline_archive_has_every_step(tracked_run) -> None:
+    _, comet_dir = tracked_run
+    archives = list(comet_dir.glob("*.zip"))
+    assert len(archives) == 1, "comet_ml wrote no offline archive"
+    with zipfile.ZipFile(archives[0]) as archive:
+        messages = [json.loads(line) for line in archive.read("messages.json").decode().splitlines()]
+        experiment = json.loads(archive.read("experiment.json"))
+    metrics = [m["payload"]["metric"] for m in messages if m.get("type") == "metric_msg"]
+    loss_steps = sorted(m["step"] for m in metrics if m["metricName"] == "loss")
+    assert loss_steps == list(range(1, STEPS + 1))
+    parameters = {m["payload"]["param"]["paramName"]: m["payload"]["param"]["paramValue"]
+                  for m in messages if m.get("type") == "parameter_msg" and "param" in m["payload"]}
+    assert float(parameters["learning_rate"]) == pytest.approx(1e-4)
+    assert experiment.get("project_name") == "tiny-project"
+
+
+def test_tensorboard_still_receives_metrics_alongside(tracked_run) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output, _ = tracked_run
+    events = next((output / "logs").rglob("events.out.tfevents*"))
+    accumulator = EventAccumulator(str(events.parent))
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Scalars("samples_per_second")] == list(range(1, STEPS + 1))
