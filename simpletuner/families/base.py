@@ -124,6 +124,8 @@ class ModelFamily:
     name: ClassVar[str]
     pipeline_class_name: ClassVar[str]
     denoiser_component: ClassVar[str]  # "unet" or "transformer"
+    denoiser_class_name: ClassVar[str]  # the diffusers class, e.g. "UNet2DConditionModel"
+    noise_scheduler_class_name: ClassVar[str] = "DDPMScheduler"
     default_lora_targets: ClassVar[tuple[str, ...]]
     default_resolution: ClassVar[int]
     # Folders whose contents shape the text embeddings (enter the cache key).
@@ -156,13 +158,29 @@ class ModelFamily:
         raise NotImplementedError
 
     def load_vae(self, source: ModelSource) -> Any:
-        raise NotImplementedError
+        from diffusers import AutoencoderKL
+
+        # Encoding runs once per cache entry, so it always runs in fp32: the
+        # SD/SDXL VAEs overflow in fp16 and the cache stores fp32 latents anyway.
+        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
+        return vae.requires_grad_(False).eval()
 
     def load_denoiser(self, source: ModelSource) -> Any:
-        raise NotImplementedError
+        import diffusers
+
+        return source.load(getattr(diffusers, self.denoiser_class_name), self.denoiser_component)
 
     def load_noise_scheduler(self, source: ModelSource) -> Any:
-        raise NotImplementedError
+        """The training scheduler, read from the pipeline's scheduler config.
+
+        Pipelines ship an inference sampler (PNDM, DDIM, Euler, DPM-Solver);
+        training needs only its betas, timestep count and prediction type,
+        which DDPMScheduler (or the flow-matching scheduler) reads from the
+        same config.
+        """
+        import diffusers
+
+        return source.load(getattr(diffusers, self.noise_scheduler_class_name), "scheduler")
 
     def lora_targets(self, config: Any) -> tuple[str, ...]:
         """Module names the LoRA wraps: the user's list, else the family's default."""
@@ -227,3 +245,16 @@ class ModelFamily:
             pipeline.scheduler, self.option("prediction_type", None), self.option("rescale_betas_zero_snr", False)
         )
         pipeline.save_pretrained(str(output_dir), safe_serialization=True)
+
+
+class FlowMatchingFamily(ModelFamily):
+    """A family trained by flow matching (rectified flow) on 2x2-patched latents."""
+
+    noise_scheduler_class_name = "FlowMatchEulerDiscreteScheduler"
+    # 2x2 patches: one image token per four latent pixels (resolution-dependent shift).
+    tokens_per_latent_pixel: ClassVar[float] = 0.25
+
+    def make_objective(self, noise_scheduler: Any, config: Any) -> Any:
+        from simpletuner.training.flow_matching import FlowMatchingObjective
+
+        return FlowMatchingObjective(noise_scheduler, config, tokens_per_latent_pixel=self.tokens_per_latent_pixel)

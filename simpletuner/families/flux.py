@@ -7,14 +7,15 @@ from typing import Any
 
 import torch
 
-from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
+from simpletuner.families.base import FlowMatchingFamily, ModelSource, TextEncoders
 from simpletuner.families.sd3 import transformer_lora_metadata
 
 
-class FluxFamily(ModelFamily):
+class FluxFamily(FlowMatchingFamily):
     name = "flux"
     pipeline_class_name = "FluxPipeline"
     denoiser_component = "transformer"
+    denoiser_class_name = "FluxTransformer2DModel"
     # The attention projections of the double-stream blocks (image and text)
     # and the single-stream blocks' q/k/v, as diffusers' Flux LoRA scripts
     # train them and its loader maps them.
@@ -38,12 +39,6 @@ class FluxFamily(ModelFamily):
             encoder.requires_grad_(False).eval()
         return TextEncoders(tokenizers=tokenizers, encoders=encoders)
 
-    def load_vae(self, source: ModelSource) -> Any:
-        from diffusers import AutoencoderKL
-
-        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
-        return vae.requires_grad_(False).eval()
-
     def load_denoiser(self, source: ModelSource) -> Any:
         from diffusers import FluxTransformer2DModel
 
@@ -51,17 +46,6 @@ class FluxFamily(ModelFamily):
         # dev embeds the guidance value; schnell has no guidance embedder.
         self.guidance_embeds = bool(transformer.config.guidance_embeds)
         return transformer
-
-    def load_noise_scheduler(self, source: ModelSource) -> Any:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return source.load(FlowMatchEulerDiscreteScheduler, "scheduler")
-
-    def make_objective(self, noise_scheduler: Any, config: Any) -> Any:
-        from simpletuner.training.flow_matching import FlowMatchingObjective
-
-        # 2x2 packing: one image token per four latent pixels.
-        return FlowMatchingObjective(noise_scheduler, config, tokens_per_latent_pixel=0.25)
 
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
         # The pipeline's encode_prompt: T5's hidden states and CLIP's pooled

@@ -23,6 +23,7 @@ class KolorsFamily(TextTimeConditioning, ModelFamily):
     name = "kolors"
     pipeline_class_name = "KolorsPipeline"
     denoiser_component = "unet"
+    denoiser_class_name = "UNet2DConditionModel"
     # The attention projections; KolorsPipeline.load_lora_weights
     # (StableDiffusionLoraLoaderMixin) maps them onto the UNet.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
@@ -38,25 +39,6 @@ class KolorsFamily(TextTimeConditioning, ModelFamily):
         encoder = source.load(ChatGLMModel, "text_encoder")
         encoder.requires_grad_(False).eval()
         return TextEncoders(tokenizers=[source.load(ChatGLMTokenizer, "tokenizer")], encoders=[encoder])
-
-    def load_vae(self, source: ModelSource) -> Any:
-        from diffusers import AutoencoderKL
-
-        # Kolors uses SDXL's VAE, which overflows in fp16: it always encodes in fp32.
-        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
-        return vae.requires_grad_(False).eval()
-
-    def load_denoiser(self, source: ModelSource) -> Any:
-        from diffusers import UNet2DConditionModel
-
-        return source.load(UNet2DConditionModel, "unet")
-
-    def load_noise_scheduler(self, source: ModelSource) -> Any:
-        from diffusers import DDPMScheduler
-
-        # Kolors ships Euler with 1100 training timesteps; DDPMScheduler reads
-        # the same betas and timestep count from that config.
-        return source.load(DDPMScheduler, "scheduler")
 
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
         # The pipeline's own encode_prompt: left-padded to 256 tokens,

@@ -22,6 +22,7 @@ class LegacyFamily(ModelFamily):
     name = "legacy"
     pipeline_class_name = "StableDiffusionPipeline"
     denoiser_component = "unet"
+    denoiser_class_name = "UNet2DConditionModel"
     # The attention projections, the set diffusers' SD LoRA training script
     # uses and StableDiffusionPipeline.load_lora_weights maps onto the UNet.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
@@ -37,24 +38,6 @@ class LegacyFamily(ModelFamily):
         encoder = source.load(CLIPTextModel, "text_encoder")
         encoder.requires_grad_(False).eval()
         return TextEncoders(tokenizers=[source.load(CLIPTokenizer, "tokenizer")], encoders=[encoder])
-
-    def load_vae(self, source: ModelSource) -> Any:
-        from diffusers import AutoencoderKL
-
-        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
-        return vae.requires_grad_(False).eval()
-
-    def load_denoiser(self, source: ModelSource) -> Any:
-        from diffusers import UNet2DConditionModel
-
-        return source.load(UNet2DConditionModel, "unet")
-
-    def load_noise_scheduler(self, source: ModelSource) -> Any:
-        from diffusers import DDPMScheduler
-
-        # The pipeline ships PNDM (SD 1.x) or DDIM (SD 2.x); training needs only
-        # its betas and prediction type, which DDPMScheduler reads from the same config.
-        return source.load(DDPMScheduler, "scheduler")
 
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
         # The pipeline's own encode_prompt (last hidden state after the final

@@ -24,6 +24,7 @@ class PixArtSigmaFamily(ModelFamily):
     name = "pixart_sigma"
     pipeline_class_name = "PixArtSigmaPipeline"
     denoiser_component = "transformer"
+    denoiser_class_name = "PixArtTransformer2DModel"
     # Self- and cross-attention projections of every block (SimpleTuner's default).
     default_lora_targets = ("to_k", "to_q", "to_v", "to_out.0")
     default_resolution = 1024
@@ -40,25 +41,6 @@ class PixArtSigmaFamily(ModelFamily):
         tokenizer = source.load(T5Tokenizer, "tokenizer")
         encoder = source.load(T5EncoderModel, "text_encoder").requires_grad_(False).eval()
         return TextEncoders(tokenizers=[tokenizer], encoders=[encoder])
-
-    def load_vae(self, source: ModelSource) -> Any:
-        from diffusers import AutoencoderKL
-
-        # Sigma ships SDXL's VAE, which overflows in fp16: encode in fp32.
-        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
-        return vae.requires_grad_(False).eval()
-
-    def load_denoiser(self, source: ModelSource) -> Any:
-        from diffusers import PixArtTransformer2DModel
-
-        return source.load(PixArtTransformer2DModel, "transformer")
-
-    def load_noise_scheduler(self, source: ModelSource) -> Any:
-        from diffusers import DDPMScheduler
-
-        # The repository ships DPM-Solver++ for inference; training uses the
-        # same betas and prediction type through DDPM's noising.
-        return source.load(DDPMScheduler, "scheduler")
 
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
         # encode_prompt lower-cases captions and returns T5's last hidden state

@@ -7,13 +7,14 @@ from typing import Any
 
 import torch
 
-from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
+from simpletuner.families.base import FlowMatchingFamily, ModelSource, TextEncoders
 
 
-class SD3Family(ModelFamily):
+class SD3Family(FlowMatchingFamily):
     name = "sd3"
     pipeline_class_name = "StableDiffusion3Pipeline"
     denoiser_component = "transformer"
+    denoiser_class_name = "SD3Transformer2DModel"
     # The joint-attention projections of every MMDiT block (image and text
     # streams), the set diffusers' SD3 LoRA scripts train and its loader maps.
     default_lora_targets = (
@@ -45,28 +46,6 @@ class SD3Family(ModelFamily):
         for encoder in encoders:
             encoder.requires_grad_(False).eval()
         return TextEncoders(tokenizers=tokenizers, encoders=encoders)
-
-    def load_vae(self, source: ModelSource) -> Any:
-        from diffusers import AutoencoderKL
-
-        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
-        return vae.requires_grad_(False).eval()
-
-    def load_denoiser(self, source: ModelSource) -> Any:
-        from diffusers import SD3Transformer2DModel
-
-        return source.load(SD3Transformer2DModel, "transformer")
-
-    def load_noise_scheduler(self, source: ModelSource) -> Any:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return source.load(FlowMatchEulerDiscreteScheduler, "scheduler")
-
-    def make_objective(self, noise_scheduler: Any, config: Any) -> Any:
-        from simpletuner.training.flow_matching import FlowMatchingObjective
-
-        # 2x2 patches: one image token per four latent pixels.
-        return FlowMatchingObjective(noise_scheduler, config, tokens_per_latent_pixel=0.25)
 
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
         # The pipeline's encode_prompt: penultimate hidden states of both CLIP

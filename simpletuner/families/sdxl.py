@@ -17,6 +17,7 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     name = "sdxl"
     pipeline_class_name = "StableDiffusionXLPipeline"
     denoiser_component = "unet"
+    denoiser_class_name = "UNet2DConditionModel"
     # The attention projections, as diffusers' SDXL LoRA loader expects them.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     default_resolution = 1024
@@ -34,23 +35,6 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
         for encoder in encoders:
             encoder.requires_grad_(False).eval()
         return TextEncoders(tokenizers=tokenizers, encoders=encoders)
-
-    def load_vae(self, source: ModelSource) -> Any:
-        from diffusers import AutoencoderKL
-
-        # SDXL's VAE overflows in fp16, so it always encodes in fp32.
-        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
-        return vae.requires_grad_(False).eval()
-
-    def load_denoiser(self, source: ModelSource) -> Any:
-        from diffusers import UNet2DConditionModel
-
-        return source.load(UNet2DConditionModel, "unet")
-
-    def load_noise_scheduler(self, source: ModelSource) -> Any:
-        from diffusers import DDPMScheduler
-
-        return source.load(DDPMScheduler, "scheduler")
 
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
         # The pipeline's own encode_prompt guarantees training sees exactly
