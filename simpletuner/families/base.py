@@ -198,12 +198,16 @@ class ModelFamily:
         raise NotImplementedError
 
     def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        """Latents ready for the denoiser (scaled/shifted), batch first.
+        """Latents ready for the denoiser, batch first: the inverse of the
+        pipeline's decode (``latents / scaling_factor + shift_factor``).
 
         ``generators`` holds one generator per image, so each latent does not
         depend on which other images shared its batch.
         """
-        raise NotImplementedError
+        with torch.no_grad():
+            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(generator=generators)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * vae.config.scaling_factor
 
     # Training ------------------------------------------------------------------
     def sample_conditioning(self, samples: list) -> dict[str, torch.Tensor]:
@@ -220,7 +224,12 @@ class ModelFamily:
 
     # Saving --------------------------------------------------------------------
     def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
+        """diffusers-format LoRA through the pipeline's own save_lora_weights."""
+        self.pipeline_class().save_lora_weights(
+            save_directory=str(output_dir),
+            safe_serialization=True,
+            **{f"{self.denoiser_component}_lora_layers": denoiser_lora_state},
+        )
 
     def load_lora(self, pipeline: Any, folder: Path) -> None:
         """Load a LoRA that ``save_lora`` wrote into ``folder`` into ``pipeline``."""

@@ -63,12 +63,6 @@ class FluxFamily(FlowMatchingFamily):
             )
         return [{"prompt_embeds": embeds[i].cpu(), "pooled_prompt_embeds": pooled[i].cpu()} for i in range(len(prompts))]
 
-    def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        with torch.no_grad():
-            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(generator=generators)
-        # The inverse of the pipeline's decode: latents / scaling_factor + shift_factor.
-        return (latents - vae.config.shift_factor) * vae.config.scaling_factor
-
     def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
         from diffusers import FluxPipeline
 

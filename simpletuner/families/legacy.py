@@ -10,7 +10,6 @@ overrides it; ``--rescale_betas_zero_snr`` rescales its betas, see
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,19 +52,9 @@ class LegacyFamily(ModelFamily):
             )
         return [{"prompt_embeds": embeds[i].cpu()} for i in range(len(prompts))]
 
-    def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        with torch.no_grad():
-            distribution = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-            latents = distribution.sample(generator=generators)
-        return latents * vae.config.scaling_factor
-
     def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
         return {"sample": noisy_latents, "timestep": timesteps, "encoder_hidden_states": batch["prompt_embeds"]}
 
-    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
-        self.pipeline_class().save_lora_weights(
-            save_directory=str(output_dir), unet_lora_layers=denoiser_lora_state, safe_serialization=True
-        )
 
 
 FAMILY_CLASS = LegacyFamily

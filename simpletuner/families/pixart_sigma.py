@@ -60,11 +60,6 @@ class PixArtSigmaFamily(ModelFamily):
             {"prompt_embeds": embeds[i].cpu(), "prompt_attention_mask": mask[i].cpu()} for i in range(len(prompts))
         ]
 
-    def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        with torch.no_grad():
-            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(generator=generators)
-        return latents * vae.config.scaling_factor
-
     def sample_conditioning(self, samples: list) -> dict[str, torch.Tensor]:
         # PixArt's micro-conditions, as its multi-scale training computes them:
         # the source image's (h, w) and the trained bucket's aspect ratio h / w.

@@ -74,12 +74,6 @@ class SD3Family(FlowMatchingFamily):
             for i in range(len(prompts))
         ]
 
-    def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        with torch.no_grad():
-            latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.sample(generator=generators)
-        # The inverse of the pipeline's decode: latents / scaling_factor + shift_factor.
-        return (latents - vae.config.shift_factor) * vae.config.scaling_factor
-
     def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
         t5 = batch["t5_prompt_embeds"]
         if self.option("sd3_skip_t5", False):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -59,16 +57,6 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
             for i in range(len(prompts))
         ]
 
-    def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        with torch.no_grad():
-            distribution = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-            latents = distribution.sample(generator=generators)
-        return latents * vae.config.scaling_factor
-
-    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
-        self.pipeline_class().save_lora_weights(
-            save_directory=str(output_dir), unet_lora_layers=denoiser_lora_state, safe_serialization=True
-        )
 
 
 FAMILY_CLASS = SDXLFamily
