@@ -22,25 +22,16 @@ from simpletuner.data.records import TrainingSample
 from simpletuner.data.report import group_by_bucket
 from simpletuner.data.sampler import BucketBatchSampler, BucketReport, check_buckets
 from simpletuner.data.schedule import SamplingPolicy
-from simpletuner.data.schema import DataBackendConfig, DatasetConfig, load_data_backend_config
+from simpletuner.data.schema import (
+    DATASET_DEFAULT_OPTIONS,
+    DataBackendConfig,
+    DatasetConfig,
+    load_data_backend_config,
+)
 from simpletuner.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-# Global options a dataset inherits when it does not set the key itself.
-INHERITED_OPTIONS = (
-    "resolution",
-    "resolution_type",
-    "crop",
-    "crop_style",
-    "crop_aspect",
-    "crop_aspect_buckets",
-    "caption_strategy",
-    "minimum_image_size",
-    "aspect_bucket_alignment",
-    "aspect_bucket_rounding",
-    "preserve_data_backend_cache",
-)
 
 
 class SampleSets(dict):
@@ -102,7 +93,7 @@ class PreparedData:
 
 def load_backends(config: Any) -> DataBackendConfig:
     """Read and validate multidatabackend.json (no scanning, nothing written)."""
-    defaults = {name: getattr(config, name, None) for name in INHERITED_OPTIONS}
+    defaults = {name: getattr(config, name, None) for name in DATASET_DEFAULT_OPTIONS}
     return load_data_backend_config(config.data_backend_config, defaults)
 
 

@@ -48,6 +48,8 @@ __all__ = [
 
 # Global options that shape every dataset but have no dataset key of their own.
 GLOBAL_ONLY_KEYS: Tuple[str, ...] = ("aspect_bucket_rounding",)
+# Every global option load_data_backend_config reads from its ``defaults``.
+DATASET_DEFAULT_OPTIONS: Tuple[str, ...] = GLOBAL_DEFAULT_KEYS + GLOBAL_ONLY_KEYS
 
 @dataclass(frozen=True)
 class DatasetConfig:
