@@ -54,6 +54,9 @@ def save_training_state(trainer: Any) -> Optional[Path]:
     """Write checkpoint-<step> (main process only) and prune old ones."""
     accelerator = trainer.accelerator
     accelerator.wait_for_everyone()
+    # Every rank draws its own noise, so every rank's random state is saved;
+    # gathering is collective, hence before the main-process-only part.
+    rng_states = _gather_from_ranks(accelerator, capture_rng_state(trainer.generator))
     if not accelerator.is_main_process:
         return None
     denoiser = accelerator.unwrap_model(trainer.denoiser)
@@ -62,7 +65,7 @@ def save_training_state(trainer: Any) -> Optional[Path]:
         trainer.trainable.save_state(denoiser, folder)
         torch.save(trainer.optimizer.state_dict(), folder / OPTIMIZER_FILE)
         torch.save(trainer.lr_scheduler.state_dict(), folder / SCHEDULER_FILE)
-        torch.save(capture_rng_state(trainer.generator), folder / RNG_FILE)
+        torch.save({"per_rank": rng_states}, folder / RNG_FILE)
         write_json(folder / SAMPLER_FILE, trainer.sampler.state_dict())
         if trainer.ema is not None:
             torch.save(trainer.ema.state_dict(), folder / EMA_FILE)
@@ -86,5 +89,29 @@ def load_training_state(trainer: Any, path: Path) -> None:
             raise ConfigError(f"{path} has no EMA weights; it was saved without --use_ema")
         trainer.ema.load_state_dict(torch.load(path / EMA_FILE, weights_only=False))
     trainer.state.load_state_dict(read_json(path / TRAINER_STATE_FILE))
-    restore_rng_state(torch.load(path / RNG_FILE, weights_only=False), trainer.generator)
+    _restore_this_ranks_rng(trainer, torch.load(path / RNG_FILE, weights_only=False)["per_rank"])
     logger.info("resumed from %s at step %d", path, trainer.state.global_step)
+
+
+def _gather_from_ranks(accelerator: Any, value: Any) -> list:
+    if accelerator.num_processes == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
+
+
+def _restore_this_ranks_rng(trainer: Any, per_rank: list) -> None:
+    rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
+    if len(per_rank) == world:
+        restore_rng_state(per_rank[rank], trainer.generator)
+        return
+    # A different process count also reshuffles the sampler's shares, so the
+    # run cannot repeat the uninterrupted one anyway; give each rank distinct
+    # draws that still depend only on the checkpoint.
+    logger.warning(
+        "checkpoint was written by %d process(es), resuming with %d: random draws will differ "
+        "from an uninterrupted run", len(per_rank), world,
+    )
+    restore_rng_state(per_rank[rank % len(per_rank)], trainer.generator)
+    trainer.generator.manual_seed(trainer.state.seed + trainer.state.global_step * world + rank)

@@ -29,6 +29,7 @@ def build_accelerator(config: Any, output_dir: Path) -> Any:
     output_dir.mkdir(parents=True, exist_ok=True)
     logging_dir = output_dir / config.logging_dir
     accelerator = Accelerator(
+        cpu=_distributed_without_accelerator(),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=tracker_names(config) or None,
@@ -41,6 +42,18 @@ def build_accelerator(config: Any, output_dir: Path) -> Any:
             init_kwargs=tracker_init_kwargs(config, logging_dir),
         )
     return accelerator
+
+
+def _distributed_without_accelerator() -> bool:
+    """Several processes on a machine with no GPU: ask accelerate for gloo.
+
+    accelerate only sets up CPU processes as one group when told ``cpu=True``;
+    otherwise each process of ``accelerate launch --multi_gpu`` would train
+    alone on the whole dataset.
+    """
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 def tracker_init_kwargs(config: Any, logging_dir: Path) -> dict[str, dict[str, Any]]:
