@@ -1,108 +1,119 @@
-"""A folder of tensor entries, one safetensors file per key, written atomically.
+"""Tensor entries, one safetensors object per key, in a folder or an S3 bucket, written atomically.
 
-Entries are written to a temporary file in the same folder and renamed into
-place, so a process killed mid-write leaves either the old entry, the new
-entry or nothing, never half a file.  Keys are content hashes (see
-``caching/keys.py``), so an entry can never describe stale inputs.
+A local entry is written to a temporary file in the same folder and renamed
+into place, so a process killed mid-write leaves either the old entry, the
+new entry or nothing, never half a file; an S3 PUT is atomic by itself.  Keys
+are content hashes (see ``caching/keys.py``), so an entry can never describe
+stale inputs.
 
 With ``compress=True`` entries are stored zlib-compressed (``.safetensors.z``);
 reading accepts both forms whatever the setting, so turning compression on or
 off never strands an existing cache.
+
+Missing and damaged entries look the same to callers wherever they live:
+:meth:`TensorStore.is_intact` is False and :meth:`TensorStore.load` returns
+None, so the entry is encoded again.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, load_file, save, save_file
+from safetensors.torch import load, save
+
+from simpletuner.storage.base import Storage
+from simpletuner.storage.local import LocalStorage
 
 PLAIN = ".safetensors"
 COMPRESSED = ".safetensors.z"
 # Level 1 keeps writes fast; the padding of T5 embeds compresses well anyway.
 COMPRESSION_LEVEL = 1
+# A latent's or embed's header is a few hundred bytes: one read of this size holds it.
+_HEAD_READ = 4096
+_DAMAGE = (SafetensorError, OSError, ValueError, zlib.error, struct.error)
 
 
 class TensorStore:
-    def __init__(self, root: Path, compress: bool = False) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Union[Path, str, Storage], compress: bool = False) -> None:
+        self.storage = root if isinstance(root, Storage) else LocalStorage(root)
         self.compress = compress
 
-    def _path(self, key: str, suffix: str) -> Path:
-        # Two-character fan-out keeps folders small for large datasets.
-        return self.root / key[:2] / f"{key}{suffix}"
+    @property
+    def root(self) -> Union[Path, str]:
+        return self.storage.location()
 
-    def path_for(self, key: str) -> Path:
-        """Where the entry is (either form), or where it would be written."""
+    @staticmethod
+    def _name(key: str, suffix: str) -> str:
+        # Two-character fan-out keeps folders small for large datasets.
+        return f"{key[:2]}/{key}{suffix}"
+
+    def path_for(self, key: str) -> Union[Path, str]:
+        """Where the entry is (either form), or where it would be written: a Path, or an s3:// URL."""
         for suffix in (PLAIN, COMPRESSED):
-            if self._path(key, suffix).is_file():
-                return self._path(key, suffix)
-        return self._path(key, COMPRESSED if self.compress else PLAIN)
+            if self.storage.exists(self._name(key, suffix)):
+                return self.storage.location(self._name(key, suffix))
+        return self.storage.location(self._name(key, COMPRESSED if self.compress else PLAIN))
 
     def has(self, key: str) -> bool:
-        return self._path(key, PLAIN).is_file() or self._path(key, COMPRESSED).is_file()
+        return self.storage.exists(self._name(key, PLAIN)) or self.storage.exists(self._name(key, COMPRESSED))
 
     def is_intact(self, key: str) -> bool:
-        """Present and complete: the header parses and the file is as long as it says.
+        """Present and complete: the header parses and the entry is as long as it says.
 
-        Reads only the header of a plain entry, so checking every entry at
-        start-up is cheap; a truncated file (a disk filled up, a copy cut
-        short) is caught here instead of crashing a training step.
+        Reads only the head of a plain entry (one request in a bucket), so
+        checking every entry at start-up is cheap; a truncated or garbled
+        entry (a disk filled up, a copy cut short, an object overwritten by
+        something else) is caught here instead of crashing a training step.
         """
-        plain = self._path(key, PLAIN)
-        if plain.is_file():
-            return _plain_entry_is_complete(plain)
-        compressed = self._path(key, COMPRESSED)
-        return compressed.is_file() and self.load(key) is not None
+        try:
+            head, size = self.storage.read_head(self._name(key, PLAIN), _HEAD_READ)
+        except FileNotFoundError:
+            return self.storage.exists(self._name(key, COMPRESSED)) and self.load(key) is not None
+        except OSError:
+            return False
+        return _plain_entry_is_complete(self.storage, self._name(key, PLAIN), head, size)
 
     def save(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        suffix = COMPRESSED if self.compress else PLAIN
-        target = self._path(key, suffix)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=suffix)
-        os.close(handle)
         contiguous = {name: t.contiguous() for name, t in tensors.items()}
-        try:
-            if self.compress:
-                Path(temp_name).write_bytes(zlib.compress(save(contiguous), COMPRESSION_LEVEL))
-            else:
-                save_file(contiguous, temp_name)
-            os.replace(temp_name, target)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        data = save(contiguous)
+        if self.compress:
+            data = zlib.compress(data, COMPRESSION_LEVEL)
+        self.storage.write(self._name(key, COMPRESSED if self.compress else PLAIN), data)
         # Only one form of an entry exists at a time.
-        self._path(key, PLAIN if self.compress else COMPRESSED).unlink(missing_ok=True)
+        self.storage.delete(self._name(key, PLAIN if self.compress else COMPRESSED))
 
     def load(self, key: str) -> Optional[dict[str, torch.Tensor]]:
         """The entry's tensors, or None when missing or unreadable (e.g. truncated)."""
         try:
-            plain = self._path(key, PLAIN)
-            if plain.is_file():
-                return load_file(plain)
-            return load(zlib.decompress(self._path(key, COMPRESSED).read_bytes()))
-        except (FileNotFoundError, SafetensorError, OSError, ValueError, zlib.error):
+            try:
+                return load(self.storage.read(self._name(key, PLAIN)))
+            except FileNotFoundError:
+                return load(zlib.decompress(self.storage.read(self._name(key, COMPRESSED))))
+        except _DAMAGE:
             return None
 
     def remove(self, key: str) -> None:
         for suffix in (PLAIN, COMPRESSED):
-            self._path(key, suffix).unlink(missing_ok=True)
+            self.storage.delete(self._name(key, suffix))
 
 
-def _plain_entry_is_complete(path: Path) -> bool:
+def _plain_entry_is_complete(storage: Storage, name: str, head: bytes, size: int) -> bool:
     try:
-        with open(path, "rb") as handle:
-            header_length = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(header_length))
-            size = os.fstat(handle.fileno()).st_size
-    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        header_length = struct.unpack("<Q", head[:8])[0]
+        if header_length > size:
+            return False
+        raw = head[8 : 8 + header_length]
+        if len(raw) < header_length:
+            raw += storage.read_range(name, len(head), 8 + header_length)
+        header = json.loads(raw)
+        data_end = max((entry["data_offsets"][1] for entry_name, entry in header.items()
+                        if entry_name != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, UnicodeDecodeError, TypeError, KeyError, IndexError, AttributeError):
         return False
-    data_end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
     return size == 8 + header_length + data_end

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from simpletuner.data.caption_filters import apply_filters, strip_llm_prefix
 from simpletuner.data.schema import DatasetConfig
 from simpletuner.data.tables import MetadataTable
+
+if TYPE_CHECKING:
+    from simpletuner.storage.base import Storage
 
 REASON_NO_CAPTION = "no caption"
 REASON_EMPTY_CAPTION = "empty caption"
@@ -49,14 +52,16 @@ def caption_for(
     dataset: DatasetConfig,
     table: Optional[MetadataTable] = None,
     relative_path: Optional[str] = None,
+    storage: Optional["Storage"] = None,
 ) -> str:
     """The finished caption of ``image_path``; raises NoCaption.
 
     ``table`` is the dataset's parquet table (``caption_strategy: parquet``)
     and ``relative_path`` the image's path inside the dataset, used to find
-    its row.
+    its row.  ``storage`` is the bucket ``image_path`` is a key in (None: a
+    local file).
     """
-    return finish_caption(raw_caption(image_path, dataset, table, relative_path), dataset)
+    return finish_caption(raw_caption(image_path, dataset, table, relative_path, storage), dataset)
 
 
 def raw_caption(
@@ -64,12 +69,13 @@ def raw_caption(
     dataset: DatasetConfig,
     table: Optional[MetadataTable] = None,
     relative_path: Optional[str] = None,
+    storage: Optional["Storage"] = None,
 ) -> str:
     strategy = dataset.caption_strategy
     if dataset.only_instance_prompt and dataset.instance_prompt:
         return dataset.instance_prompt  # the file's own caption would be thrown away anyway
     if strategy == "textfile":
-        return caption_from_textfile(image_path)
+        return caption_from_textfile(image_path, storage)
     if strategy == "filename":
         return caption_from_filename(image_path)
     if strategy == "instanceprompt":
@@ -106,15 +112,22 @@ def finish_caption(caption: str, dataset: DatasetConfig) -> str:
     return caption
 
 
-def caption_from_textfile(image_path: str) -> str:
+def caption_from_textfile(image_path: str, storage: Optional["Storage"] = None) -> str:
     """Text of the ``.txt`` file with the image's stem, UTF-8 (a BOM is allowed), stripped.
 
     A missing or unreadable file raises NoCaption("no caption"), a blank one
     NoCaption("empty caption"), and one that is not UTF-8 NoCaption("caption
     not UTF-8"), so the user learns to re-save it instead of training on
-    mojibake.
+    mojibake.  With ``storage`` the caption is the object beside the image's
+    key, read with one request.
     """
     text_path = os.path.splitext(image_path)[0] + ".txt"
+    if storage is not None:
+        try:
+            data = storage.read_head(text_path, _READ_LIMIT)[0]
+        except OSError:  # FileNotFoundError: no caption object
+            raise NoCaption(REASON_NO_CAPTION) from None
+        return _caption_text(data)
     try:
         fd = os.open(text_path, _OPEN_FLAGS)
     except OSError:
@@ -130,6 +143,10 @@ def caption_from_textfile(image_path: str) -> str:
         raise NoCaption(REASON_NO_CAPTION) from None
     finally:
         os.close(fd)
+    return _caption_text(data)
+
+
+def _caption_text(data: bytes) -> str:
     if data.startswith(_BOM):
         data = data[3:]
     try:

@@ -9,6 +9,13 @@ that file holds raw facts only (no bucket or crop settings), so changing
 resolution or crop never invalidates it.  ``preserve_data_backend_cache``
 trusts it completely: the folder is not even listed.
 
+An aws dataset is listed from its bucket (one LIST request per 1,000
+objects) and its headers are read with ranged GETs of each object's first
+bytes (:func:`~simpletuner.data.headers.read_stored_image_size`), many
+requests in flight at once; ``discovery.json`` then lives wherever
+``cache_dir_vae`` is, in the bucket or in a local folder, so a fresh
+machine sharing the cache reads no header again.
+
 Bad files never stop discovery: each is skipped with a reason (empty file,
 not an image, truncated or corrupt, too large, no caption...) that
 :meth:`DiscoveryResult.summary` lists.  Captions are re-read on every run;
@@ -17,13 +24,12 @@ they are cheap, and edits then take effect with nothing to invalidate.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from functools import partial
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -35,12 +41,16 @@ from simpletuner.data.headers import (  # noqa: F401 - re-exported for callers a
     REASON_UNREADABLE,
     UnreadableImage,
     read_image_size,
+    read_stored_image_size,
 )
 from simpletuner.data.records import ImageRecord
 from simpletuner.data.schema import DatasetConfig
 from simpletuner.data.tables import MetadataTable
-from simpletuner.data.walk import IMAGE_EXTENSIONS, FoundFile, Listing, list_images  # noqa: F401
+from simpletuner.data.walk import IMAGE_EXTENSIONS, FoundFile, Listing, list_images, list_objects  # noqa: F401
 from simpletuner.errors import DataError
+from simpletuner.storage.base import Storage, read_json, write_json
+from simpletuner.storage.datasets import cache_of, cache_prefixes_inside, data_prefix, images_of
+from simpletuner.storage.local import LocalStorage
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +63,7 @@ REASON_UNDECODABLE = "cannot be decoded"
 
 _FROM_TABLE = "table"  # marks entries sized by a parquet table: a header read must not trust them
 _CHUNK = 256  # files per task: large enough to amortise task overhead, small for a live bar
+_REMOTE_CHUNK = 1  # objects per task in a bucket: requests wait on the network; task overhead is nothing beside it
 
 HeaderReader = Callable[[str], Tuple[int, int]]
 
@@ -122,6 +133,7 @@ class _Context:
     cached: Dict[str, list]
     reader: HeaderReader
     table: Optional[MetadataTable]
+    images: Optional[Storage] = None  # the bucket of an aws dataset; None: local files
 
 
 @dataclass
@@ -139,23 +151,30 @@ def discover(
     reader: HeaderReader = read_image_size,
     workers: Optional[int] = None,
 ) -> DiscoveryResult:
-    """Scan ``dataset.instance_data_dir`` and return its usable images.
+    """Scan ``dataset.instance_data_dir`` (or an aws dataset's bucket) and return its usable images.
 
-    ``reader`` returns (width, height) for a path; it is a parameter so tests
-    can count header reads and other backends can supply their own.
+    ``reader`` returns (width, height) for a path (an object key for aws
+    datasets); it is a parameter so tests can count header reads.
     """
-    cache_path = os.path.join(dataset.cache_dir_vae, DISCOVERY_FILE)
-    cached = _load_cache(cache_path)
+    cache = cache_of(dataset)
+    images = images_of(dataset)
+    cached = _load_cache(cache)
     table = None
     if dataset.parquet is not None and "parquet" in (dataset.caption_strategy, dataset.metadata_backend):
         table = MetadataTable.load(dataset.parquet, f"dataset {dataset.id!r}")
-    if dataset.preserve_data_backend_cache and cached:
+    if trusts_saved_file_list(dataset) and cached:
         listing = _listing_from_cache(dataset, cached)
-    else:
+    elif images is None:
         excluded = {os.path.normcase(os.path.abspath(dataset.cache_dir_vae))}
         listing = list_images(dataset.instance_data_dir, excluded)
-    context = _Context(dataset=dataset, cached=cached, reader=reader, table=table)
-    outcomes = _process_all(context, listing.files, progress, workers)
+    else:
+        prefix = data_prefix(dataset)
+        listing = list_objects(images.child(prefix).list(), prefix, cache_prefixes_inside(dataset))
+    if images is not None:
+        reader = partial(read_stored_image_size, images) if reader is read_image_size else reader
+        workers = workers or images.workers
+    context = _Context(dataset=dataset, cached=cached, reader=reader, table=table, images=images)
+    outcomes = _process_all(context, listing.files, progress, workers, _CHUNK if images is None else _REMOTE_CHUNK)
     files_found = len(listing.files) + sum(len(paths) for paths in listing.skipped.values())
     skipped = {reason: list(paths) for reason, paths in listing.skipped.items()}
     records: List[ImageRecord] = []
@@ -165,13 +184,13 @@ def discover(
         if outcome.skip is not None:
             skipped.setdefault(outcome.skip, []).append(outcome.file.relative_path)
         else:
-            records.append(_record(outcome))
+            records.append(_record(outcome, images))
     try:
-        _save_cache_if_changed(cache_path, cached, outcomes)
+        _save_cache_if_changed(cache, cached, outcomes)
     except OSError as exc:
         raise DataError(
-            f"dataset {dataset.id!r}: cannot write {cache_path} ({exc.strerror or exc}); make key "
-            "'cache_dir_vae' point at a writable folder"
+            f"dataset {dataset.id!r}: cannot write {cache.location(DISCOVERY_FILE)} ({exc.strerror or exc}); "
+            "make key 'cache_dir_vae' point at a writable folder"
         ) from None
     for paths in skipped.values():
         paths.sort()
@@ -189,14 +208,24 @@ def discover(
     return result
 
 
+def trusts_saved_file_list(dataset: DatasetConfig) -> bool:
+    """Whether the folder is not listed again (``aspect`` and ``metadata`` both come from that listing)."""
+    skipped = {"aspect", "metadata"} & set(dataset.skip_file_discovery)
+    return dataset.preserve_data_backend_cache or bool(skipped)
+
+
 def _listing_from_cache(dataset: DatasetConfig, cached: Dict[str, list]) -> Listing:
+    if dataset.s3 is not None:
+        prefix = data_prefix(dataset)
+        files = [FoundFile(rel, prefix + rel, entry[0], entry[1]) for rel, entry in sorted(cached.items())]
+        return Listing(files=files)
     root = dataset.instance_data_dir
     files = [FoundFile(rel, os.path.join(root, *rel.split("/")), entry[0], entry[1])
              for rel, entry in sorted(cached.items())]
     return Listing(files=files)
 
 
-def _record(outcome: _Outcome) -> ImageRecord:
+def _record(outcome: _Outcome, images: Optional[Storage]) -> ImageRecord:
     file, entry = outcome.file, outcome.entry
     return ImageRecord(
         path=file.path,
@@ -206,6 +235,7 @@ def _record(outcome: _Outcome) -> ImageRecord:
         size_bytes=file.size_bytes,
         mtime_ns=file.mtime_ns,
         caption=outcome.caption or "",
+        storage=images,
     )
 
 
@@ -216,10 +246,10 @@ def _default_workers() -> int:
 
 
 def _process_all(
-    context: _Context, files: Sequence[FoundFile], progress: bool, workers: Optional[int]
+    context: _Context, files: Sequence[FoundFile], progress: bool, workers: Optional[int], chunk: int = _CHUNK
 ) -> List[_Outcome]:
     """Sizes (from cache, table or header) and captions for every file."""
-    chunks = [files[i : i + _CHUNK] for i in range(0, len(files), _CHUNK)]
+    chunks = [files[i : i + chunk] for i in range(0, len(files), chunk)]
     workers = workers or _default_workers()
     outcomes: List[_Outcome] = []
     bar = tqdm(total=len(files), desc=f"discovering {context.dataset.id}", unit="img",
@@ -256,7 +286,7 @@ def _process_chunk(context: _Context, chunk: Sequence[FoundFile]) -> List[_Outco
             outcome.skip = entry[2]
         else:
             try:
-                outcome.caption = caption_for(file.path, dataset, table, file.relative_path)
+                outcome.caption = caption_for(file.path, dataset, table, file.relative_path, context.images)
             except NoCaption as missing:
                 outcome.skip = missing.reason
         results.append(outcome)
@@ -287,15 +317,14 @@ def _valid_entry(entry: object) -> bool:
     return type(entry) is list and 3 <= len(entry) <= 5
 
 
-def _load_cache(path: str) -> Dict[str, list]:
+def _load_cache(storage: Storage) -> Dict[str, list]:
     """The saved per-file facts, or {} when absent, unreadable or from another version."""
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = json.loads(handle.read())
+        data = read_json(storage, DISCOVERY_FILE)
     except FileNotFoundError:
         return {}
     except (OSError, ValueError):
-        logger.warning("discovery cache %s is unreadable; rescanning every file", path)
+        logger.warning("discovery cache %s is unreadable; rescanning every file", storage.location(DISCOVERY_FILE))
         return {}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
         return {}
@@ -305,11 +334,11 @@ def _load_cache(path: str) -> Dict[str, list]:
     return {name: entry for name, entry in files.items() if _valid_entry(entry)}
 
 
-def _save_cache_if_changed(path: str, cached: Dict[str, list], outcomes: List[_Outcome]) -> None:
+def _save_cache_if_changed(storage: Storage, cached: Dict[str, list], outcomes: List[_Outcome]) -> None:
     entries = {o.file.relative_path: o.entry for o in outcomes if o.file.size_bytes}
-    if entries == cached and os.path.exists(path):
+    if entries == cached and storage.exists(DISCOVERY_FILE):
         return
-    write_json_atomic(path, {"version": CACHE_VERSION, "files": entries})
+    write_json(storage, DISCOVERY_FILE, {"version": CACHE_VERSION, "files": entries})
 
 
 def mark_undecodable(dataset: DatasetConfig, relative_paths: Iterable[str]) -> None:
@@ -317,8 +346,8 @@ def mark_undecodable(dataset: DatasetConfig, relative_paths: Iterable[str]) -> N
 
     The mark is tied to the file's size and mtime: replacing the file clears it.
     """
-    path = os.path.join(dataset.cache_dir_vae, DISCOVERY_FILE)
-    cached = _load_cache(path)
+    storage = cache_of(dataset)
+    cached = _load_cache(storage)
     changed = False
     for relative in relative_paths:
         entry = cached.get(relative)
@@ -326,26 +355,10 @@ def mark_undecodable(dataset: DatasetConfig, relative_paths: Iterable[str]) -> N
             cached[relative] = [entry[0], entry[1], REASON_UNDECODABLE]
             changed = True
     if changed:
-        write_json_atomic(path, {"version": CACHE_VERSION, "files": cached})
+        write_json(storage, DISCOVERY_FILE, {"version": CACHE_VERSION, "files": cached})
 
 
-def write_json_atomic(path: str, payload: object) -> None:
+def write_json_atomic(path: str, payload: Any) -> None:
     """Write JSON to ``path`` so readers see the old file or the new one, never half of one."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    text = json.dumps(payload, separators=(",", ":"))  # one C-encoder call, unlike json.dump
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=folder, prefix=".discovery-", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        try:
-            os.unlink(handle.name)
-        except OSError:
-            pass
-        raise
+    folder, name = os.path.split(path)
+    write_json(LocalStorage(folder or "."), name, payload)

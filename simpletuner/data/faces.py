@@ -12,13 +12,13 @@ examined again.  Images where no face is found are cropped in the centre.
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from PIL import Image
 from tqdm import tqdm
@@ -50,15 +50,22 @@ def _cascade():
     return cascade
 
 
-def detect_face(path: str) -> Optional[Focus]:
-    """Centre (x, y) of the largest face in the upright image, as fractions; None when none is found."""
+def detect_face(path: str, storage: Any = None) -> Optional[Focus]:
+    """Centre (x, y) of the largest face in the upright image, as fractions; None when none is found.
+
+    ``storage`` is the bucket ``path`` is a key in (None: a local file).
+    """
     import cv2
     import numpy as np
 
+    try:  # a storage failure (credentials, network) is not caught: it stops the run
+        source = path if storage is None else io.BytesIO(storage.read(path))
+    except FileNotFoundError:  # gone since discovery, like a deleted local file: loading reports it
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 orientation = header_orientation(image)
                 image.draft("L", (_DETECT_SIZE, _DETECT_SIZE))  # JPEG: decode at 1/2, 1/4 or 1/8 size
                 image = apply_orientation(image.convert("L"), orientation)
@@ -81,8 +88,10 @@ def face_focus(
     records: Sequence[ImageRecord], dataset: DatasetConfig, progress: bool = True, workers: Optional[int] = None
 ) -> Dict[str, Optional[Focus]]:
     """relative path -> face centre (or None) for every record, reusing saved results."""
-    path = os.path.join(dataset.cache_dir_vae, FACES_FILE)
-    saved = _load(path)
+    from simpletuner.storage.datasets import cache_of
+
+    storage = cache_of(dataset)
+    saved = _load(storage)
     result: Dict[str, Optional[Focus]] = {}
     todo: List[ImageRecord] = []
     for record in records:
@@ -96,7 +105,7 @@ def face_focus(
         bar = tqdm(total=len(todo), desc=f"finding faces in {dataset.id}", unit="img",
                    disable=not progress, leave=False)
         with bar, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="faces") as pool:
-            for record, focus in zip(todo, pool.map(lambda r: detect_face(r.path), todo)):
+            for record, focus in zip(todo, pool.map(lambda r: detect_face(r.path, r.storage), todo)):
                 result[record.relative_path] = focus
                 bar.update(1)
         found = sum(result[r.relative_path] is not None for r in todo)
@@ -107,16 +116,17 @@ def face_focus(
         focus = result[record.relative_path]
         entries[record.relative_path] = [record.size_bytes, record.mtime_ns] + (list(focus) if focus else [])
     if todo or entries != saved:
-        from simpletuner.data.discovery import write_json_atomic
+        from simpletuner.storage.base import write_json
 
-        write_json_atomic(path, {"version": _VERSION, "files": entries})
+        write_json(storage, FACES_FILE, {"version": _VERSION, "files": entries})
     return result
 
 
-def _load(path: str) -> dict:
+def _load(storage: Any) -> dict:
+    from simpletuner.storage.base import read_json
+
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = read_json(storage, FACES_FILE)
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or data.get("version") != _VERSION or not isinstance(data.get("files"), dict):

@@ -19,19 +19,28 @@ caches the verdict, so this costs one decode per odd file, once.
 Pixel loading (:mod:`simpletuner.data.transforms`) applies the same
 orientation rule (EXIF found before the image data), so planned geometry
 and pixels agree.
+
+Objects in a bucket (:func:`read_stored_image_size`) go through the same
+parsers with ranged reads: the first 64 KiB, then only what the header
+needs and the few tail bytes of the completeness check.  The whole object
+is downloaded only when PIL has to decide (the odd files above).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
 import zlib
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
 
 from PIL import Image, UnidentifiedImageError
 
 from simpletuner.data.orientation import header_orientation, upright_size
+
+if TYPE_CHECKING:
+    from simpletuner.storage.base import Storage
 
 REASON_NOT_IMAGE = "not an image"
 REASON_UNREADABLE = "unreadable"
@@ -39,6 +48,7 @@ REASON_TOO_LARGE = "too large (decompression bomb guard)"
 REASON_CORRUPT = "truncated or corrupt"
 
 _FIRST_READ = 16384  # a small image whole, and the header of most others
+_FIRST_REQUEST = 65536  # per request, 64 KiB costs about what 16 KiB does; EXIF thumbnails fit
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
@@ -82,6 +92,47 @@ class _Buffer:
 
     def file_size(self) -> int:
         return len(self.data) if self.complete else os.fstat(self.fd).st_size
+
+
+class _StoredBuffer:
+    """The same interface as :class:`_Buffer`, over ranged reads of a stored object."""
+
+    def __init__(self, storage: "Storage", name: str) -> None:
+        self.storage, self.name = storage, name
+        self.data, self.size = storage.read_head(name, _FIRST_REQUEST)
+        self.complete = len(self.data) >= self.size
+
+    def ensure(self, end: int) -> bool:
+        while len(self.data) < end and not self.complete:
+            start = len(self.data)
+            more = self.storage.read_range(self.name, start, start + max(_FIRST_REQUEST, end - start))
+            self.data += more
+            self.complete = not more or len(self.data) >= self.size
+        return len(self.data) >= end
+
+    def tail(self, count: int) -> bytes:
+        if self.complete:
+            return self.data[-count:]
+        return self.storage.read_range(self.name, max(0, self.size - count), self.size)
+
+    def file_size(self) -> int:
+        return self.size
+
+
+class _WholeObject:
+    """The object's bytes, downloaded on first use, for PIL to open as often as it needs."""
+
+    def __init__(self, storage: "Storage", name: str) -> None:
+        self.storage, self.name = storage, name
+        self.data: Optional[bytes] = None
+
+    def open(self) -> io.BytesIO:
+        if self.data is None:
+            self.data = self.storage.read(self.name)
+        return io.BytesIO(self.data)
+
+
+Source = Callable[[], Union[str, io.BytesIO]]  # what PIL opens: a path, or a fresh in-memory copy
 
 
 def _tiff_orientation(block: bytes) -> int:
@@ -191,12 +242,12 @@ def _looks_complete(kind: str, buffer: _Buffer, file_size: int) -> bool:
     return False  # other formats: decode to be sure
 
 
-def _decodes(path: str) -> bool:
+def _decodes(target: Union[str, io.BytesIO]) -> bool:
     """Whether the whole image decodes (the slow, certain check)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+            with Image.open(target) as image:
                 image.load()
         return True
     except Exception:  # PIL raises OSError, SyntaxError, ValueError... for damaged data
@@ -219,12 +270,12 @@ def _check_pixels_limit(width: int, height: int) -> None:
         raise UnreadableImage(REASON_TOO_LARGE)
 
 
-def _pil_header(path: str) -> Tuple[int, int, int, str]:
+def _pil_header(target: Union[str, io.BytesIO]) -> Tuple[int, int, int, str]:
     """(width, height, orientation, format) from PIL's header parser."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(target) as image:
                 width, height = image.size
                 return width, height, header_orientation(image), image.format or ""
     except Image.DecompressionBombError:
@@ -245,33 +296,57 @@ def read_image_size(path: str) -> Tuple[int, int]:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError:
         raise UnreadableImage(REASON_UNREADABLE) from None
+    source = lambda: path  # noqa: E731 - PIL opens the file itself
     try:
-        buffer = _Buffer(fd)
-        parsed, kind = None, ""
-        if buffer.data.startswith(_PNG_SIGNATURE):
-            parsed, kind = _png_header(buffer), "PNG"
-        elif buffer.data.startswith(b"\xff\xd8\xff"):
-            parsed, kind = _jpeg_header(buffer), "JPEG"
-        if parsed is None:  # not JPEG/PNG, or one our parsers were unsure of: PIL decides
-            signed = kind or _signature(buffer.data)
-            try:
-                width, height, orientation, kind = _pil_header(path)
-            except UnreadableImage as bad:
-                if signed and bad.reason == REASON_NOT_IMAGE:  # looks like an image, yet PIL gives up
-                    raise UnreadableImage(REASON_CORRUPT) from None
-                raise
-            trusted = kind in ("WEBP", "BMP")  # odd JPEGs and PNGs are decoded to be sure
-        else:
-            width, height, orientation = parsed
-            _check_pixels_limit(width, height)
-            trusted = True
-        complete = trusted and _looks_complete(kind, buffer, buffer.file_size())
+        width, height, orientation, complete = _parse(_Buffer(fd), source)
     except OSError:
         raise UnreadableImage(REASON_UNREADABLE) from None
     finally:
         os.close(fd)
+    return _checked(width, height, orientation, complete, source)
+
+
+def read_stored_image_size(storage: "Storage", name: str) -> Tuple[int, int]:
+    """:func:`read_image_size` for an object in ``storage`` (an S3 bucket), by ranged reads.
+
+    A missing object is unreadable; failures the user must fix (credentials,
+    network) raise the storage's own error and stop discovery.
+    """
+    whole = _WholeObject(storage, name)
+    try:
+        width, height, orientation, complete = _parse(_StoredBuffer(storage, name), whole.open)
+        return _checked(width, height, orientation, complete, whole.open)
+    except OSError:  # FileNotFoundError: the object went away since it was listed
+        raise UnreadableImage(REASON_UNREADABLE) from None
+
+
+def _parse(buffer: "Union[_Buffer, _StoredBuffer]", source: Source) -> Tuple[int, int, int, bool]:
+    """(width, height, orientation, looks complete) from the leading bytes, PIL deciding odd files."""
+    parsed, kind = None, ""
+    if buffer.data.startswith(_PNG_SIGNATURE):
+        parsed, kind = _png_header(buffer), "PNG"
+    elif buffer.data.startswith(b"\xff\xd8\xff"):
+        parsed, kind = _jpeg_header(buffer), "JPEG"
+    if parsed is None:  # not JPEG/PNG, or one our parsers were unsure of: PIL decides
+        signed = kind or _signature(buffer.data)
+        try:
+            # source() runs first: a failed download must not read as a corrupt image
+            width, height, orientation, kind = _pil_header(source())
+        except UnreadableImage as bad:
+            if signed and bad.reason == REASON_NOT_IMAGE:  # looks like an image, yet PIL gives up
+                raise UnreadableImage(REASON_CORRUPT) from None
+            raise
+        trusted = kind in ("WEBP", "BMP")  # odd JPEGs and PNGs are decoded to be sure
+    else:
+        width, height, orientation = parsed
+        _check_pixels_limit(width, height)
+        trusted = True
+    return width, height, orientation, trusted and _looks_complete(kind, buffer, buffer.file_size())
+
+
+def _checked(width: int, height: int, orientation: int, complete: bool, source: Source) -> Tuple[int, int]:
     if width <= 0 or height <= 0:
         raise UnreadableImage(REASON_UNREADABLE)
-    if not complete and not _decodes(path):
+    if not complete and not _decodes(source()):
         raise UnreadableImage(REASON_CORRUPT)
     return upright_size(width, height, orientation)

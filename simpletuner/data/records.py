@@ -8,8 +8,8 @@ is how users read resolutions ("1216x832").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Tuple
+from dataclasses import dataclass, field
+from typing import Any, Tuple
 
 Size = Tuple[int, int]  # (height, width)
 
@@ -30,6 +30,9 @@ class ImageRecord:
     size_bytes: int
     mtime_ns: int
     caption: str
+    # Where ``path`` is read from when it is not a local file (an S3 bucket's Storage); not part of
+    # the record's identity.
+    storage: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ scaled to 8 bits (PIL's plain conversion clips it to white).
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import numpy as np
@@ -61,12 +62,18 @@ def _wide_grey_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(sample: TrainingSample) -> Image.Image:
-    """The sample's image resized and cropped to ``target_size``, as 8-bit RGB."""
-    path = sample.record.path
+    """The sample's image resized and cropped to ``target_size``, as 8-bit RGB.
+
+    An image in a bucket (the record's ``storage``) is downloaded whole into
+    memory first; a missing object is handled like a missing file, while a
+    storage failure the user must fix (credentials, network) stops the run.
+    """
+    record = sample.record
     try:
+        source = record.path if record.storage is None else io.BytesIO(record.storage.read(record.path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(source) as opened:
                 orientation = header_orientation(opened)
                 opened.load()
                 image = apply_orientation(opened, orientation)

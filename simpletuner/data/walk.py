@@ -15,13 +15,21 @@ The walk is recursive and never fails on what it meets:
 ``os.scandir`` supplies each entry's type without a system call, so the only
 per-file cost is the ``stat`` whose size and mtime identify the file's
 version for the caches.
+
+A bucket has no folders, only object names with ``/`` in them; its listing
+(:func:`list_objects`) applies the same rules to the names: a hidden path
+component hides what is under it, hidden image objects are reported, and
+``folder/`` marker objects are passed over.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Set, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Set, Tuple
+
+if TYPE_CHECKING:
+    from simpletuner.storage.base import StoredObject
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
@@ -128,3 +136,33 @@ def _enter(entry: os.DirEntry, relative: str, excluded: Set[str], active: Set[Tu
         _walk(entry.path, relative + "/", excluded, active, listing)
     finally:
         active.discard(identity)
+
+
+def list_objects(objects: Iterable["StoredObject"], key_prefix: str, excluded: Set[str]) -> Listing:
+    """Image objects of a bucket listing under ``key_prefix``, less names starting with an ``excluded`` prefix.
+
+    ``objects`` are named relative to ``key_prefix``; each file's ``path`` is
+    its full object key.
+    """
+    listing = Listing()
+    hidden_folders: Set[str] = set()
+    append = listing.files.append
+    for stored in objects:
+        relative = stored.name
+        if not relative or relative.endswith("/") or any(relative.startswith(p) for p in excluded):
+            continue
+        parts = relative.split("/")
+        hidden = next((i for i, part in enumerate(parts[:-1]) if part.startswith(".")), None)
+        if hidden is not None:
+            hidden_folders.add("/".join(parts[: hidden + 1]) + "/")
+            continue
+        name = parts[-1]
+        if not is_image_name(name):
+            continue
+        if name.startswith("."):
+            listing.skip(REASON_HIDDEN, relative)
+            continue
+        append(FoundFile(relative, key_prefix + relative, stored.size, stored.mtime_ns))
+    listing.files.sort(key=lambda found: found.relative_path)
+    listing.hidden_folders = sorted(hidden_folders)
+    return listing

@@ -1,0 +1,85 @@
+"""The storages a run reads and writes for each configured dataset.
+
+An image dataset has two: where its images are (``None`` for a local folder,
+whose files discovery reads through the operating system directly, the fast
+path) and where its cache is (``cache_dir_vae``: latents, ``discovery.json``,
+``faces.json``, ``dataset_settings.json``).  A text_embeds dataset has one,
+its ``cache_dir``.  S3 clients are made once per dataset and shared.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, List, Optional, Set, Tuple
+
+from simpletuner.storage.base import Storage
+from simpletuner.storage.local import LocalStorage
+from simpletuner.storage.s3 import S3Settings, S3Storage, is_s3_url, split_s3_url
+
+if TYPE_CHECKING:  # the schema imports this package; importing it back at run time would be circular
+    from simpletuner.data.schema import DataBackendConfig, DatasetConfig, TextEmbedConfig
+
+
+def images_of(dataset: "DatasetConfig") -> Optional[S3Storage]:
+    """The bucket holding an aws dataset's images, rooted at the bucket (keys are full object keys)."""
+    if dataset.s3 is None:
+        return None
+    bucket, _prefix = split_s3_url(dataset.instance_data_dir)
+    return dataset.s3.storage(bucket, "", "aws_bucket_name")
+
+
+def data_prefix(dataset: "DatasetConfig") -> str:
+    """The key prefix of an aws dataset's images ("" or ending in "/")."""
+    return split_s3_url(dataset.instance_data_dir)[1]
+
+
+def cache_of(dataset: "DatasetConfig") -> Storage:
+    """The dataset's ``cache_dir_vae`` as a storage."""
+    return _at(dataset.cache_dir_vae, dataset.s3, "cache_dir_vae")
+
+
+def text_cache_of(dataset: "TextEmbedConfig") -> Storage:
+    """A text_embeds dataset's ``cache_dir`` as a storage."""
+    return _at(dataset.cache_dir, dataset.s3, "cache_dir")
+
+
+def _at(location: str, s3: Optional[S3Settings], key: str) -> Storage:
+    if is_s3_url(location):
+        if s3 is None:  # the schema refuses this; a hand-built config could still try
+            raise ValueError(f"{location} needs S3 settings")
+        bucket, prefix = split_s3_url(location)
+        return s3.storage(bucket, prefix, key)
+    return LocalStorage(location)
+
+
+def cache_prefixes_inside(dataset: "DatasetConfig") -> Set[str]:
+    """Key prefixes (relative to the data prefix) of the dataset's own cache, if it sits among the images."""
+    cache = cache_of(dataset)
+    images = images_of(dataset)
+    if not isinstance(cache, S3Storage) or images is None or cache.bucket != images.bucket:
+        return set()
+    prefix = data_prefix(dataset)
+    return {cache.prefix[len(prefix):]} if cache.prefix.startswith(prefix) and cache.prefix != prefix else set()
+
+
+def remote_storages(backends: "DataBackendConfig") -> List[S3Storage]:
+    """Every S3 bucket the run uses, once per dataset that reaches it."""
+    candidates: List[Storage] = []
+    for dataset in backends.image_datasets:
+        images = images_of(dataset)
+        if images is not None:
+            candidates.append(images.child(data_prefix(dataset)))
+        candidates.append(cache_of(dataset))
+    candidates.extend(text_cache_of(t) for t in backends.text_embed_datasets)
+    seen: Set[Tuple[str, str]] = set()
+    remote = []
+    for storage in candidates:
+        if isinstance(storage, S3Storage) and (storage.settings.owner, storage.bucket) not in seen:
+            seen.add((storage.settings.owner, storage.bucket))
+            remote.append(storage)
+    return remote
+
+
+def check_remote_storages(backends: "DataBackendConfig") -> None:
+    """Reach every bucket once before anything is written, so bad S3 settings stop the run at start."""
+    for storage in remote_storages(backends):
+        storage.check()
