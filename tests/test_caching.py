@@ -99,13 +99,13 @@ def test_cache_only_then_truncated_and_corrupt_entries_are_encoded_again(tmp_pat
 def test_compressed_and_plain_entries_are_both_readable(tmp_path: Path, tiny_sdxl: Path, caplog) -> None:
     root = write_two_class_project(tmp_path, per_class=4)
     train_in_process(root, tiny_sdxl, "sdxl", "--cache_only", "--compress_disk_cache", "--train_batch_size", "2")
-    assert len(list((root / "cache").rglob("*.safetensors.z"))) == 8 + 2  # latents + two captions
+    assert len(list((root / "cache").rglob("*.safetensors.z"))) == 8 + 3  # latents + two captions + the empty prompt
     assert not list((root / "cache").rglob("*.safetensors"))
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="simpletuner"):  # flag off: compressed entries still serve
         train_in_process(root, tiny_sdxl, "sdxl", "--max_train_steps", "2", "--train_batch_size", "2")
     messages = "\n".join(r.getMessage() for r in caplog.records)
-    assert "8 reused, 0 encoded" in messages and "2 reused, 0 encoded" in messages
+    assert "8 reused, 0 encoded" in messages and "3 reused, 0 encoded" in messages
 
 
 def test_compression_shrinks_padded_t5_style_embeds(tmp_path: Path) -> None:
@@ -121,3 +121,28 @@ def test_compression_shrinks_padded_t5_style_embeds(tmp_path: Path) -> None:
     saving = 1 - packed.path_for("ab" * 20).stat().st_size / plain.path_for("ab" * 20).stat().st_size
     assert saving > 0.4, f"only {saving:.0%} saved"
     assert torch.equal(packed.load("ab" * 20)["prompt_embeds"], embeds)
+
+
+def test_ranks_split_the_entries_the_same_way_whatever_the_other_has_written(tmp_path: Path) -> None:
+    """Rank 1 starting after rank 0 finished must still encode exactly its own share, not re-split
+    the entries that are missing by then (which would leave some to nobody)."""
+    import torch
+
+    from simpletuner.caching.latents import build_latent_cache
+    from simpletuner.caching.store import TensorStore
+
+    samples = [replace(_sample(), record=replace(_sample().record, relative_path=f"{i}.png")) for i in range(10)]
+    keys = [latent_key(s, "vae", "norm") for s in samples]
+    store = TensorStore(tmp_path)
+    store.save(keys[3], {"latent": torch.zeros(4, 8, 8)})  # cached by an earlier run
+
+    def encode(vae, pixels, generators):
+        return torch.zeros(len(generators), 4, 8, 8)
+
+    reports = [
+        build_latent_cache(samples, keys, store, lambda: None, encode, lambda s: torch.zeros(3, 64, 64),
+                           batch_size=3, shard=(rank, 2), show_progress=False)
+        for rank in (0, 1)  # one after the other: the worst interleaving
+    ]
+    assert [r.encoded for r in reports] == [5, 4] and [r.reused for r in reports] == [0, 1]
+    assert all(store.is_intact(k) for k in keys)

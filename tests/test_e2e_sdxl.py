@@ -163,7 +163,8 @@ def _cache_files(project: Path) -> dict[str, int]:
 def test_second_run_reencodes_nothing(project: Path) -> None:
     captions = {p.read_text(encoding="utf-8").strip() for p in (project / "data").glob("*.txt")}
     before = _cache_files(project)
-    assert len(before) == 2 * 24 + len(captions)  # a latent per image per dataset, an embed per caption
+    # a latent per image per dataset, an embed per caption, and the empty prompt's
+    assert len(before) == 2 * 24 + len(captions) + 1
     result = _run(
         project,
         [sys.executable, str(REPO / "train.py"), "--output_dir", "output_again", "--max_train_steps", "1"],
@@ -171,7 +172,7 @@ def test_second_run_reencodes_nothing(project: Path) -> None:
     assert _cache_files(project) == before, "a cache entry was rewritten"
     assert "'shapes' latent cache: 24 reused, 0 encoded" in result.stderr
     assert "'shapes-cropped' latent cache: 24 reused, 0 encoded" in result.stderr
-    assert f"'shapes' text-embed cache: {len(captions)} reused, 0 encoded" in result.stderr
+    assert f"'text' text-embed cache: {len(captions) + 1} reused, 0 encoded" in result.stderr
     assert "encoded" not in result.stderr.replace(", 0 encoded", "")
 
 

@@ -141,7 +141,7 @@ def test_pretrained_t5_is_loaded_from_its_own_folder(tmp_path: Path, tiny_pixart
     base = _text_batch(family, ModelSource(str(tiny_pixart_sigma)), captions)["prompt_embeds"]
     assert not torch.allclose(expected, base, atol=1e-3)
     cached = [load_file(str(path)) for path in (root / "cache/text").rglob("*.safetensors")]
-    assert len(cached) == 2
+    assert len(cached) == 3  # two captions and the empty prompt
     for embeds in expected:
         assert any(torch.allclose(entry["prompt_embeds"], embeds, atol=1e-6) for entry in cached)
     for embeds in base:

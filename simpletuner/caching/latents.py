@@ -1,18 +1,19 @@
-"""Encoding training images into the on-disk latent cache."""
+"""Encoding training images into the on-disk latent cache, and checking what is there."""
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from simpletuner.caching.keys import latent_key, latent_sample_seed
+from simpletuner.caching.overlap import WriteBehind, loader_threads, read_ahead
 from simpletuner.caching.store import TensorStore
-from simpletuner.data.records import TrainingSample
+from simpletuner.data.records import Size, TrainingSample
 from simpletuner.data.transforms import ImageDecodeError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,17 @@ class CacheReport:
         return text + (f", {len(self.failed)} undecodable" if self.failed else "")
 
 
+def share_of(items: Sequence, shard: tuple[int, int]) -> list:
+    """This process's share of ``items``: every world_size-th item from its rank.
+
+    Shares are taken from the full list, not from the entries found missing,
+    so every rank computes the same split whatever the others have already
+    written: no entry is encoded twice and none is left to nobody.
+    """
+    rank, world_size = shard
+    return list(items[rank::world_size])
+
+
 def build_latent_cache(
     samples: Sequence[TrainingSample],
     keys: Sequence[str],
@@ -43,50 +55,61 @@ def build_latent_cache(
     shard: tuple[int, int] = (0, 1),
     show_progress: bool = True,
 ) -> CacheReport:
-    """Encode every sample whose key is not yet stored; return what happened.
+    """Encode this process's share of the samples whose key is not yet stored.
 
-    ``shard=(rank, world_size)`` splits the missing entries between
-    processes; the caller waits for all ranks afterwards.  The VAE is only
-    loaded when at least one entry is missing.
+    ``shard=(rank, world_size)``; the caller waits for all ranks afterwards,
+    and the report counts this process's share.  The VAE is only loaded when
+    at least one entry of the share is missing.
     """
-    missing = [(s, k) for s, k in zip(samples, keys) if not store.is_intact(k)]
-    report = CacheReport(reused=len(samples) - len(missing))
+    share = share_of(list(zip(samples, keys)), shard)
+    missing = [(s, k) for s, k in share if not store.is_intact(k)]
+    report = CacheReport(reused=len(share) - len(missing))
     report.damaged = sum(store.has(k) for _, k in missing)
-    rank, world_size = shard
-    mine = missing[rank::world_size]
-    if not mine:
+    if not missing:
         return report
     vae = load_vae()
-    by_size: dict[tuple[int, int], list] = defaultdict(list)
-    for sample, key in mine:
+    by_size: dict[Size, list] = defaultdict(list)
+    for sample, key in missing:
         by_size[sample.target_size].append((sample, key))
-    progress = tqdm(total=len(mine), desc="Caching latents", disable=not show_progress, unit="img")
-    for group in by_size.values():
-        for start in range(0, len(group), batch_size):
-            chunk, pixels = _decodable(group[start : start + batch_size], load_pixels, report)
+    batches = [group[start : start + batch_size] for group in by_size.values()
+               for start in range(0, len(group), batch_size)]
+    progress = tqdm(total=len(missing), desc="Caching latents", disable=not show_progress, unit="img")
+    with WriteBehind(store) as writer:
+        loaded = read_ahead(batches, lambda batch: _decodable(batch, load_pixels), loader_threads())
+        for batch, (chunk, pixels, failed) in zip(batches, loaded):
+            report.failed.extend(failed)
             if chunk:
                 # The VAE posterior is sampled; a per-entry seed makes each cached
                 # latent reproducible whatever else shares its batch.
                 generators = [torch.Generator().manual_seed(latent_sample_seed(sample)) for sample, _ in chunk]
                 latents = encode(vae, torch.stack(pixels), generators)
                 for (_, key), latent in zip(chunk, latents):
-                    store.save(key, {"latent": latent.float().cpu()})
+                    writer.save(key, {"latent": latent.float().cpu()})
                 report.encoded += len(chunk)
-            progress.update(min(batch_size, len(group) - start))
+            progress.update(len(batch))
     progress.close()
     return report
 
 
-def _decodable(chunk: list, load_pixels: Callable, report: CacheReport) -> tuple[list, list]:
-    """The entries of ``chunk`` whose pixels load; the others go to ``report.failed``."""
-    kept, pixels = [], []
+def _decodable(chunk: list, load_pixels: Callable) -> tuple[list, list, list[str]]:
+    """(entries whose pixels load, their pixels, relative paths of those that do not)."""
+    kept, pixels, failed = [], [], []
     for sample, key in chunk:
         try:
             pixels.append(load_pixels(sample))
             kept.append((sample, key))
         except ImageDecodeError:
-            report.failed.append(sample.record.relative_path)
-    return kept, pixels
+            failed.append(sample.record.relative_path)
+    return kept, pixels, failed
+
+
+@dataclass
+class ScanResult:
+    """What ``scan_for_errors`` did on one process's share of a dataset."""
+
+    removed: int = 0  # entries deleted, to be encoded again
+    # sync: sample index -> the target size (h, w) its kept entry was encoded at
+    resized: dict[int, Size] = field(default_factory=dict)
 
 
 def scan_latents(
@@ -95,26 +118,49 @@ def scan_latents(
     store: TensorStore,
     scale_factor: int,
     shard: tuple[int, int] = (0, 1),
-) -> int:
-    """Remove entries that do not load, hold non-finite values or have the wrong shape.
+    behaviour: str = "recreate",
+) -> ScanResult:
+    """Check this process's share of the entries: loadable, finite, the shape the bucket needs.
 
-    ``--vae_cache_scan_behaviour recreate``: removed entries are simply
-    encoded again by :func:`build_latent_cache`.  Returns how many were removed.
+    ``recreate`` removes every bad entry, so :func:`build_latent_cache`
+    encodes it again.  ``sync`` keeps an entry that is sound but holds a
+    latent of another size, and reports the target size it implies so the
+    sample can follow its entry into that bucket; unreadable or non-finite
+    entries are removed either way, since there is nothing to follow.
     """
-    rank, world_size = shard
-    removed = 0
-    for sample, key in list(zip(samples, keys))[rank::world_size]:
+    result = ScanResult()
+    indexed = share_of(list(enumerate(zip(samples, keys))), shard)
+    for index, (sample, key) in indexed:
         if not store.has(key):
             continue
         entry = store.load(key)
         latent = None if entry is None else entry.get("latent")
-        height, width = sample.target_size
-        expected = (height // scale_factor, width // scale_factor)
-        if latent is None or tuple(latent.shape[-2:]) != expected or not torch.isfinite(latent).all():
+        if latent is None or latent.dim() < 2 or not torch.isfinite(latent).all():
             store.remove(key)
-            removed += 1
-    return removed
+            result.removed += 1
+            continue
+        found = tuple(latent.shape[-2:])
+        if found == expected_latent_size(sample, scale_factor):
+            continue
+        if behaviour == "sync":
+            result.resized[index] = (found[0] * scale_factor, found[1] * scale_factor)
+        else:
+            store.remove(key)
+            result.removed += 1
+    return result
 
 
-def latent_keys(samples: Sequence[TrainingSample], vae_identity: str, normalisation: str) -> list[str]:
-    return [latent_key(sample, vae_identity, normalisation) for sample in samples]
+def expected_latent_size(sample: TrainingSample, scale_factor: int) -> tuple[int, int]:
+    height, width = sample.target_size
+    return height // scale_factor, width // scale_factor
+
+
+def latent_keys(
+    samples: Sequence[TrainingSample],
+    vae_identity: str,
+    normalisation: str,
+    overrides: Optional[dict[TrainingSample, str]] = None,
+) -> list[str]:
+    """Each sample's entry key; ``overrides`` maps samples whose entry was kept by a sync scan."""
+    overrides = overrides or {}
+    return [overrides.get(sample) or latent_key(sample, vae_identity, normalisation) for sample in samples]

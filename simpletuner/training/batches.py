@@ -9,12 +9,13 @@ preparation or a file deleted mid-run, so it raises with the file named.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import torch
 
 from simpletuner.caching.keys import latent_key, text_key
 from simpletuner.caching.store import TensorStore
+from simpletuner.caching.text_embeds import EMPTY_PROMPT
 from simpletuner.data.records import TrainingSample
 from simpletuner.errors import DataError
 
@@ -34,6 +35,11 @@ class CacheLookup:
     text_identity: str
     normalisation: str
     memory_budget: int = MEMORY_BUDGET_BYTES
+    scale_factor: int = 8  # pixels per latent cell; entries of another size are refused
+    # Samples moved by a sync scan into the bucket of an entry encoded elsewhere keep that entry.
+    key_overrides: dict[TrainingSample, str] = field(default_factory=dict)
+    # Re-encodes datasets with vae_cache_clear_each_epoch at each new epoch (training/epoch_latents.py).
+    epoch_crops: Any = None
     _memory: dict = field(default_factory=dict, repr=False)
     _memory_bytes: int = 0
 
@@ -43,40 +49,86 @@ class CacheLookup:
             self._memory[key] = tensors
             self._memory_bytes += size
 
+    def forget(self, samples: Sequence[TrainingSample]) -> None:
+        """Drop remembered latents of ``samples`` (their entries were replaced)."""
+        for sample in samples:
+            entry = self._memory.pop(("latent", sample), None)
+            if entry is not None:
+                self._memory_bytes -= sum(t.numel() * t.element_size() for t in entry.values())
+
+    def for_epoch(self, samples: list[TrainingSample], epoch: int) -> list[TrainingSample]:
+        """The samples as trained in ``epoch``: fresh crops where a dataset asks for them."""
+        if self.epoch_crops is None:
+            return samples
+        return self.epoch_crops.samples_for(samples, epoch)
+
+    def latent_key(self, sample: TrainingSample) -> str:
+        return self.key_overrides.get(sample) or latent_key(sample, self.vae_identity, self.normalisation)
+
     def latents(self, sample: TrainingSample) -> torch.Tensor:
         remembered = self._memory.get(("latent", sample))
         if remembered is not None:
             return remembered["latent"]
         store = self.latent_stores[sample.dataset_id]
-        key = latent_key(sample, self.vae_identity, self.normalisation)
+        key = self.latent_key(sample)
         entry = store.load(key)
         if entry is None:
             raise DataError(
                 f"dataset '{sample.dataset_id}': latent cache entry for {sample.record.relative_path} "
-                f"is missing or unreadable ({store.path_for(key)}); restart to re-encode it"
+                f"is missing or unreadable ({store.path_for(key)}); restart to re-encode it (without 'vae' in "
+                f"skip_file_discovery, which trusts the cache to be complete)"
+            )
+        height, width = sample.target_size
+        expected = (height // self.scale_factor, width // self.scale_factor)
+        if tuple(entry["latent"].shape[-2:]) != expected:
+            raise DataError(
+                f"dataset '{sample.dataset_id}': latent cache entry for {sample.record.relative_path} "
+                f"({store.path_for(key)}) is {tuple(entry['latent'].shape[-2:])} latent pixels but its bucket "
+                f"needs {expected}; set \"scan_for_errors\": true on the dataset to fix it at start-up"
             )
         self._remember(("latent", sample), entry)
         return entry["latent"]
 
-    def text(self, sample: TrainingSample) -> dict[str, torch.Tensor]:
-        remembered = self._memory.get(("text", sample.dataset_id, sample.caption))
+    def _text_entry(self, dataset_id: str, caption: str, what: str) -> dict[str, torch.Tensor]:
+        remembered = self._memory.get(("text", dataset_id, caption))
         if remembered is not None:
             return remembered
-        store = self.text_stores[sample.dataset_id]
-        key = text_key(sample.caption, self.text_identity)
-        entry = store.load(key)
+        entry = self.text_stores[dataset_id].load(text_key(caption, self.text_identity))
         if entry is None:
             raise DataError(
-                f"dataset '{sample.dataset_id}': text-embed cache entry for caption "
-                f"{sample.caption[:40]!r} is missing or unreadable; restart to re-encode it"
+                f"dataset '{dataset_id}': text-embed cache entry for {what} is missing or unreadable; "
+                "restart to re-encode it (without 'text' in skip_file_discovery, which trusts the cache)"
             )
-        self._remember(("text", sample.dataset_id, sample.caption), entry)
+        self._remember(("text", dataset_id, caption), entry)
         return entry
 
+    def text(self, sample: TrainingSample) -> dict[str, torch.Tensor]:
+        return self._text_entry(sample.dataset_id, sample.caption, f"caption {sample.caption[:40]!r}")
 
-def collate(samples: list[TrainingSample], lookup: CacheLookup, family: Any) -> dict[str, torch.Tensor]:
+    def empty_text(self, dataset_id: str) -> dict[str, torch.Tensor]:
+        """The empty prompt's embeds (all of them: pooled ones and masks too)."""
+        return self._text_entry(dataset_id, EMPTY_PROMPT, "the empty prompt")
+
+
+def caption_dropout(count: int, probability: float, generator: torch.Generator) -> list[bool]:
+    """Which of ``count`` samples train with the empty prompt this step.
+
+    Nothing is drawn when ``probability`` is 0, so runs without caption
+    dropout consume exactly the random numbers they always did; the draws
+    come from the trainer's generator, which checkpoints save and restore.
+    """
+    if probability <= 0:
+        return [False] * count
+    return (torch.rand(count, generator=generator) < probability).tolist()
+
+
+def collate(
+    samples: list[TrainingSample], lookup: CacheLookup, family: Any, dropped: Optional[Sequence[bool]] = None
+) -> dict[str, torch.Tensor]:
+    """The batch of ``samples``; those marked in ``dropped`` get the empty prompt's embeds."""
     batch: dict[str, Any] = {"latents": torch.stack([lookup.latents(s) for s in samples])}
-    texts = [lookup.text(s) for s in samples]
+    dropped = dropped or [False] * len(samples)
+    texts = [lookup.empty_text(s.dataset_id) if drop else lookup.text(s) for s, drop in zip(samples, dropped)]
     for name in texts[0]:
         batch[name] = torch.stack([t[name] for t in texts])
     batch.update(family.sample_conditioning(samples))

@@ -2,22 +2,34 @@
 
 Encoders are loaded only when something is missing and are released as soon
 as their cache is complete, so the denoiser trains without them in memory.
+The VAE is loaded at most once, and the text encoders only after it is
+released: the two are never in memory together (what SimpleTuner's
+``--offload_during_startup`` arranges by moving the text encoders off the
+accelerator).  The VAE stays only when a dataset re-encodes every epoch.
+
+With several processes each rank takes a fixed share of every dataset's
+entries (the same split whatever is already cached), and all ranks wait for
+each other before training.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from pathlib import Path
-from typing import Any
+import weakref
+from dataclasses import replace
+from typing import Any, Callable, Optional
 
 from simpletuner.caching.latents import build_latent_cache, latent_keys, scan_latents
 from simpletuner.caching.store import TensorStore
 from simpletuner.caching.text_embeds import build_text_cache
 from simpletuner.data.pipeline import PreparedData
+from simpletuner.data.records import TrainingSample
 from simpletuner.data.transforms import load_pixels
 from simpletuner.families.base import ModelFamily, ModelSource
+from simpletuner.storage.datasets import cache_of, text_cache_of
 from simpletuner.training.batches import CacheLookup
+from simpletuner.training.epoch_latents import EpochCrops
 
 logger = logging.getLogger(__name__)
 
@@ -27,35 +39,61 @@ def text_encoder_identity(source: ModelSource, family: ModelFamily) -> str:
     return family.name + "|" + "||".join(parts)
 
 
-def prepare_caches(
-    family: ModelFamily, source: ModelSource, data: PreparedData, config: Any, accelerator: Any, show_progress: bool
-) -> CacheLookup:
-    shard = (accelerator.process_index, accelerator.num_processes)
-    vae_identity = source.identity("vae")
-    text_identity = text_encoder_identity(source, family)
-    compress = config.compress_disk_cache
-    latent_stores = {
-        d.id: TensorStore(Path(d.cache_dir_vae) / "latents", compress) for d in data.backends.image_datasets
-    }
-    text_stores = {
-        d.id: TensorStore(Path(data.backends.text_embeds_for(d).cache_dir), compress)
-        for d in data.backends.image_datasets
-    }
-    device = accelerator.device
+class _Loaded:
+    """A model loaded on first use and dropped on :meth:`release`."""
 
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load = load
+        self._model: Optional[Any] = None
+
+    def get(self) -> Any:
+        if self._model is None:
+            self._model = self._load()
+        return self._model
+
+    def release(self) -> None:
+        if self._model is None:
+            return
+        alive = weakref.ref(self._model)
+        self._model = None
+        # Models are normally freed right here by reference counting; a full
+        # collection costs about half a second, so it runs only when a
+        # reference cycle kept the model alive, before the next model loads.
+        if alive() is not None:
+            gc.collect()
+
+
+def prepare_caches(
+    family: ModelFamily, source: ModelSource, data: PreparedData, config: Any, accelerator: Any,
+    show_progress: bool, seed: int = 0,
+) -> CacheLookup:
+    """Make every cache entry the run needs; ``seed`` draws the per-epoch crops."""
+    shard = (accelerator.process_index, accelerator.num_processes)
+    compress = config.compress_disk_cache
+    lookup = CacheLookup(
+        latent_stores={d.id: TensorStore(cache_of(d).child("latents"), compress)
+                       for d in data.backends.image_datasets},
+        text_stores={d.id: TensorStore(text_cache_of(data.backends.text_embeds_for(d)), compress)
+                     for d in data.backends.image_datasets},
+        vae_identity=source.identity("vae"),
+        text_identity=text_encoder_identity(source, family),
+        normalisation=family.latent_normalisation,
+        scale_factor=family.vae_scale_factor,
+    )
+    vae = _Loaded(lambda: family.load_vae(source).to(accelerator.device))
     failed: dict[str, list[str]] = {}
-    for dataset_id, samples in data.samples.items():
-        keys = latent_keys(samples, vae_identity, family.latent_normalisation)
+    for dataset_id in list(data.samples):
+        if "vae" in data.backends.dataset(dataset_id).skip_file_discovery:
+            logger.info("dataset '%s' latent cache: not checked (skip_file_discovery vae)", dataset_id)
+            continue
         if data.backends.dataset(dataset_id).scan_for_errors:
-            removed = scan_latents(samples, keys, latent_stores[dataset_id], family.vae_scale_factor, shard)
-            logger.info("dataset '%s' cache scan: %d bad latent entries removed to be encoded again",
-                        dataset_id, removed)
-            accelerator.wait_for_everyone()
+            _scan(dataset_id, data, lookup, config.vae_cache_scan_behaviour, accelerator)
+        samples = data.samples[dataset_id]
         report = build_latent_cache(
             samples,
-            keys,
-            latent_stores[dataset_id],
-            load_vae=lambda: family.load_vae(source).to(device),
+            latent_keys(samples, lookup.vae_identity, lookup.normalisation, lookup.key_overrides),
+            lookup.latent_stores[dataset_id],
+            load_vae=vae.get,
             encode=family.encode_images,
             load_pixels=load_pixels,
             batch_size=config.vae_batch_size,
@@ -63,39 +101,104 @@ def prepare_caches(
             show_progress=show_progress,
         )
         failed[dataset_id] = report.failed
-        logger.info("dataset '%s' latent cache: %s", dataset_id, report)
-    gc.collect()
+        logger.info("dataset '%s' latent cache%s: %s", dataset_id, _process_tag(accelerator), report)
     _exclude_undecodable(data, failed, accelerator)
+    recropped = {d.id: data.samples[d.id] for d in data.backends.image_datasets
+                 if d.vae_cache_clear_each_epoch and d.id in data.samples}
+    if recropped:
+        lookup.epoch_crops = EpochCrops(recropped, seed, lookup, vae.get, family.encode_images, load_pixels,
+                                        config.vae_batch_size, accelerator)
+    else:
+        vae.release()
 
+    _build_text_caches(family, source, data, config, accelerator, lookup.text_identity, show_progress)
+    accelerator.wait_for_everyone()
+    return lookup
+
+
+def _build_text_caches(
+    family: ModelFamily, source: ModelSource, data: PreparedData, config: Any, accelerator: Any,
+    identity: str, show_progress: bool,
+) -> None:
+    """One pass per text-embed dataset over the captions of every image dataset using it.
+
+    One pass, not one per image dataset: shares are split over the whole
+    caption list, so two passes over one store could hand a caption to two ranks.
+    """
+    captions: dict[str, list[str]] = {}
+    configs = {}
     for dataset_id, samples in data.samples.items():
+        if "text" in data.backends.dataset(dataset_id).skip_file_discovery:
+            logger.info("dataset '%s' captions: text-embed cache not checked (skip_file_discovery text)", dataset_id)
+            continue
+        text_config = data.backends.text_embeds_for(dataset_id)
+        configs[text_config.id] = text_config
+        captions.setdefault(text_config.id, []).extend(s.caption for s in samples)
+    encoders = _Loaded(lambda: _text_encoders_on(family.load_text_encoders(source), accelerator.device))
+    for text_id, texts in captions.items():
         report = build_text_cache(
-            [s.caption for s in samples],
-            text_identity,
-            text_stores[dataset_id],
-            load_encoders=lambda: _text_encoders_on(family.load_text_encoders(source), device),
+            texts,
+            identity,
+            TensorStore(text_cache_of(configs[text_id]), config.compress_disk_cache),
+            load_encoders=encoders.get,
             encode=family.encode_text,
             batch_size=config.text_encoder_batch_size,
-            shard=shard,
+            shard=(accelerator.process_index, accelerator.num_processes),
             show_progress=show_progress,
         )
-        logger.info("dataset '%s' text-embed cache: %s", dataset_id, report)
-    gc.collect()
-    accelerator.wait_for_everyone()
-    return CacheLookup(latent_stores, text_stores, vae_identity, text_identity, family.latent_normalisation)
+        logger.info("dataset '%s' text-embed cache%s: %s", text_id, _process_tag(accelerator), report)
+    encoders.release()
+
+
+def _scan(dataset_id: str, data: PreparedData, lookup: CacheLookup, behaviour: str, accelerator: Any) -> None:
+    """``scan_for_errors``: check every entry; ``sync`` moves samples to the bucket of their entry."""
+    samples = data.samples[dataset_id]
+    keys = latent_keys(samples, lookup.vae_identity, lookup.normalisation, lookup.key_overrides)
+    shard = (accelerator.process_index, accelerator.num_processes)
+    result = scan_latents(samples, keys, lookup.latent_stores[dataset_id], lookup.scale_factor, shard, behaviour)
+    removed, resized = result.removed, dict(result.resized)
+    for part in _gather(accelerator, (result.removed, result.resized))[1:]:
+        removed += part[0]
+        resized.update(part[1])
+    logger.info("dataset '%s' cache scan: %d bad latent entries removed to be encoded again", dataset_id, removed)
+    if not resized:
+        return
+    moved: list[TrainingSample] = list(samples)
+    for index, size in sorted(resized.items()):
+        moved[index] = replace(samples[index], target_size=size)
+        lookup.key_overrides[moved[index]] = keys[index]
+    data.replace_samples(dataset_id, moved)
+    shown = ", ".join(f"{moved[i].record.relative_path} -> {moved[i].bucket[0]}x{moved[i].bucket[1]}"
+                      for i in sorted(resized)[:5])
+    logger.warning("dataset '%s' cache scan (sync): %d image(s) moved to the bucket their cached latent was "
+                   "encoded for: %s%s", dataset_id, len(resized), shown, ", ..." if len(resized) > 5 else "")
+
+
+def _gather(accelerator: Any, value: Any) -> list:
+    """``value`` from every rank, this rank's first (collective with several processes)."""
+    if accelerator.num_processes == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    values = gather_object([value])
+    mine = values.pop(accelerator.process_index)
+    return [mine, *values]
 
 
 def _exclude_undecodable(data: PreparedData, failed: dict[str, list[str]], accelerator: Any) -> None:
     """Images that failed to decode on any rank leave every rank's plan."""
-    if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
+    merged: dict[str, list[str]] = {}
+    for part in _gather(accelerator, failed):
+        for dataset_id, paths in part.items():
+            merged.setdefault(dataset_id, []).extend(paths)
+    if any(merged.values()):
+        data.exclude(merged)
 
-        merged: dict[str, list[str]] = {}
-        for part in gather_object([failed]):
-            for dataset_id, paths in part.items():
-                merged.setdefault(dataset_id, []).extend(paths)
-        failed = merged
-    if any(failed.values()):
-        data.exclude(failed)
+
+def _process_tag(accelerator: Any) -> str:
+    if accelerator.num_processes == 1:
+        return ""
+    return f" (rank {accelerator.process_index} of {accelerator.num_processes})"
 
 
 def _text_encoders_on(text: Any, device: Any) -> Any:
