@@ -10,6 +10,10 @@ Flow Transformers for High-Resolution Image Synthesis", arXiv:2403.03206,
 section 3.1), then optionally shifted toward noise, by a fixed factor or by
 one chosen from the image's token count as Flux does
 (``diffusers.pipelines.flux.pipeline_flux.calculate_shift``).
+
+Offset noise and input perturbation (:mod:`noise_tricks`) carry over
+unchanged: the line starts from the offset noise and the velocity is taken
+from it, while a perturbed noise moves only the input off the line.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import torch
 
+from simpletuner.training.noise_tricks import NoiseTricks
 from simpletuner.training.objectives import NoisedBatch
 
 
@@ -97,6 +102,7 @@ class FlowMatchingObjective:
         self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
         self.config = config
         self.tokens_per_latent_pixel = tokens_per_latent_pixel
+        self.tricks = NoiseTricks.from_config(config)
 
     def shift_for(self, latents: torch.Tensor) -> float:
         config = self.config
@@ -115,9 +121,10 @@ class FlowMatchingObjective:
             config.flow_logit_mean, config.flow_logit_std, config.flow_mode_scale,
         )
         sigmas = shift_sigmas(sigmas, self.shift_for(latents)).to(latents.device)
+        drawn = self.tricks.apply(noise, generator)
         return NoisedBatch(
-            noisy=flow_noisy(latents, noise, sigmas.to(latents.dtype)),
+            noisy=flow_noisy(latents, drawn.input_noise, sigmas.to(latents.dtype)),
             timesteps=sigmas * self.num_train_timesteps,
-            target=flow_target(latents, noise),
+            target=flow_target(latents, drawn.target_noise),
             weights=loss_weights(config.flow_weighting_scheme, sigmas),
         )

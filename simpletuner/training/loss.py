@@ -32,18 +32,63 @@ def min_snr_weights(
 ) -> torch.Tensor:
     """Per-sample loss weights of Min-SNR-gamma (Hang et al., 2023, arXiv:2303.09556).
 
-    For epsilon prediction the weight is min(SNR, gamma) / SNR; for
-    v-prediction it is min(SNR, gamma) / (SNR + 1), because the v loss already
-    carries a factor of (SNR + 1) relative to the x0 loss.
+    The paper weights the x0 loss by ``min(SNR, gamma)``; see
+    :func:`x0_weight_for_prediction` for how that carries over to the loss
+    of what the model predicts.
     """
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(noise_scheduler, timesteps)
+    prediction_type = noise_scheduler.config.prediction_type
     clipped = torch.clamp(snr, max=snr_gamma)
-    divisor = snr + 1 if noise_scheduler.config.prediction_type == "v_prediction" else snr
-    # With zero terminal SNR (--rescale_betas_zero_snr) the last timestep has
-    # SNR 0, where min(SNR, gamma) / SNR is 0/0; its limit there is 1.
-    return torch.where(divisor == 0, torch.ones_like(snr), clipped / divisor)
+    if prediction_type == "epsilon":
+        # With zero terminal SNR (--rescale_betas_zero_snr) the last timestep
+        # has SNR 0, where min(SNR, gamma) / SNR is 0/0; its limit there is 1.
+        return torch.where(snr == 0, torch.ones_like(snr), clipped / snr)
+    return x0_weight_for_prediction(clipped, snr, prediction_type)
+
+
+def soft_min_snr_weights(
+    noise_scheduler: Any, timesteps: torch.Tensor, sigma_data: float
+) -> torch.Tensor:
+    """Per-sample loss weights of soft-min-SNR (Crowson et al., 2024, "Scalable
+    High-Resolution Pixel-Space Image Synthesis with Hourglass Diffusion
+    Transformers", arXiv:2401.11605; k-diffusion's ``soft-min-snr``).
+
+    k-diffusion weights its preconditioned loss by
+    ``(sigma * sigma_data)^2 / (sigma^2 + sigma_data^2)^2``; its target there is
+    the x0 error divided by ``c_out = sigma * sigma_data / sqrt(sigma^2 + sigma_data^2)``,
+    so on the x0 loss the weight is ``1 / (sigma^2 + sigma_data^2)``, a soft
+    minimum of ``SNR = 1 / sigma^2`` and ``gamma = 1 / sigma_data^2``.  Here
+    ``sigma = sqrt((1 - alpha_bar) / alpha_bar)`` is the noise level of the
+    DDPM timestep in k-diffusion's (variance-exploding) terms.
+    """
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    prediction_type = noise_scheduler.config.prediction_type
+    soft = 1 + sigma_data**2 * snr
+    if prediction_type == "epsilon":
+        # x0 weight / SNR, written so SNR 0 (zero terminal SNR) gives its limit 1.
+        return 1 / soft
+    return x0_weight_for_prediction(snr / soft, snr, prediction_type)
+
+
+def x0_weight_for_prediction(x0_weight: torch.Tensor, snr: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The weight on the predicted quantity's loss that equals ``x0_weight`` on the x0 loss.
+
+    An epsilon error e is an x0 error e / sqrt(SNR), so the epsilon loss is
+    SNR times the x0 loss; a v error e is an x0 error sqrt(1 - alpha_bar) * e,
+    so the v loss is 1 / (1 - alpha_bar) = SNR + 1 times it (Salimans & Ho,
+    2022).  The weight is divided by that factor.
+    """
+    if prediction_type == "epsilon":
+        return x0_weight / snr
+    if prediction_type == "v_prediction":
+        return x0_weight / (snr + 1)
+    if prediction_type == "sample":
+        return x0_weight
+    raise ValueError(f"unknown prediction type {prediction_type!r}")
 
 
 def weighted_mse(

@@ -14,7 +14,9 @@ from typing import Any, Optional
 
 import torch
 
-from simpletuner.training.loss import min_snr_weights, noise_prediction_target
+from simpletuner.training.loss import min_snr_weights, noise_prediction_target, soft_min_snr_weights
+from simpletuner.training.noise_tricks import NoiseTricks, run_option
+from simpletuner.training.timestep_bias import TimestepBias, sample_timesteps
 
 
 @dataclass
@@ -30,20 +32,32 @@ class DiffusionObjective:
 
     def __init__(self, noise_scheduler: Any, config: Any) -> None:
         self.scheduler = noise_scheduler
-        self.snr_gamma = config.snr_gamma
+        self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
+        self.snr_gamma = run_option(config, "snr_gamma")
+        self.soft_min_snr_sigma_data = (
+            run_option(config, "soft_min_snr_sigma_data") if run_option(config, "use_soft_min_snr") else None
+        )
+        self.tricks = NoiseTricks.from_config(config)
+        bias = TimestepBias.from_config(config)
+        # Built once, so a range past the schedule fails before the first step.
+        self.timestep_weights = bias.weights(self.num_train_timesteps) if bias.active else None
+
+    def loss_weights(self, timesteps: torch.Tensor) -> Optional[torch.Tensor]:
+        if self.soft_min_snr_sigma_data is not None:
+            return soft_min_snr_weights(self.scheduler, timesteps, self.soft_min_snr_sigma_data)
+        if self.snr_gamma:
+            return min_snr_weights(self.scheduler, timesteps, self.snr_gamma)
+        return None
 
     def noise(self, latents: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
         noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-        timesteps = torch.randint(
-            0, self.scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator
-        )
-        weights = None
-        if self.snr_gamma:
-            weights = min_snr_weights(self.scheduler, timesteps, self.snr_gamma).to(latents.device)
+        timesteps = sample_timesteps(self.num_train_timesteps, latents.shape[0], generator, self.timestep_weights)
+        drawn = self.tricks.apply(noise, generator)
+        weights = self.loss_weights(timesteps)
         timesteps = timesteps.to(latents.device)
         return NoisedBatch(
-            noisy=self.scheduler.add_noise(latents, noise, timesteps),
+            noisy=self.scheduler.add_noise(latents, drawn.input_noise, timesteps),
             timesteps=timesteps,
-            target=noise_prediction_target(self.scheduler, latents, noise, timesteps),
-            weights=weights,
+            target=noise_prediction_target(self.scheduler, latents, drawn.target_noise, timesteps),
+            weights=None if weights is None else weights.to(latents.device),
         )
