@@ -1,15 +1,19 @@
 """Which weights a run trains, how they are checkpointed, and what is saved at the end.
 
-``--model_type lora`` trains a PEFT adapter on a frozen (possibly lower
-precision) denoiser; ``--model_type full`` trains every denoiser weight in
-fp32 with autocast doing the low-precision compute.  The trainer talks to
-either through the same small interface.
+``--model_type lora`` trains an adapter on a frozen (possibly lower
+precision) denoiser: a PEFT LoRA (``--lora_type standard``) or a LyCORIS
+network (``--lora_type lycoris``).  ``--model_type full`` trains every
+denoiser weight in fp32 with autocast doing the low-precision compute.  The
+trainer talks to all three through the same small interface, including
+``base_model(denoiser)``, a context in which an adapter run's denoiser
+behaves as the untrained base model (for regularisation targets).
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,40 +21,131 @@ from safetensors.torch import load_file, save_file
 from simpletuner.training import adapters
 
 WEIGHTS_FILE = "trainable.safetensors"
+LORA_FILE = "pytorch_lora_weights.safetensors"
 EMA_FOLDER = "ema"
 
 
 class LoraTraining:
+    has_base_model = True
+
     def __init__(self, config: Any, family: Any) -> None:
         self.config = config
         self.family = family
+        # The adapter as initialised, kept when the initialisation rewrote the
+        # base weights (pissa, olora): both the base model and a LoRA for the
+        # real base weights are computed from it.
+        self.initial: Optional[dict[str, torch.Tensor]] = None
 
     def frozen_dtype(self, training_dtype: torch.dtype) -> torch.dtype:
         return training_dtype
 
+    def summary(self) -> str:
+        """What the start-up summary says after the model type."""
+        init = "" if self.config.lora_init_type == "default" else f", {self.config.lora_init_type} init"
+        return f" rank {self.config.lora_rank}{init}"
+
     def prepare(self, denoiser: torch.nn.Module) -> None:
         adapters.add_lora(denoiser, self.config, self.family.lora_targets(self.config))
+        if self.config.lora_init_type in adapters.BASE_MUTATING_INITS:
+            # Cloned: on the CPU adapter_state shares storage with the live weights.
+            self.initial = {k: v.clone() for k, v in adapters.adapter_state(denoiser).items()}
 
     def parameters(self, denoiser: torch.nn.Module) -> list[torch.nn.Parameter]:
         return adapters.trainable_parameters(denoiser)
 
+    def base_model(self, denoiser: torch.nn.Module) -> AbstractContextManager:
+        if self.initial is None:
+            return adapters.adapter_disabled(denoiser)
+        # The frozen weights are a residual here; the initial adapter completes them.
+        return adapters.adapter_weights_swapped(denoiser, self.initial)
+
     def save_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         save_file(adapters.adapter_state(denoiser), str(folder / WEIGHTS_FILE))
-        # The same weights in diffusers' layout, so a checkpoint is usable as a LoRA.
-        self.family.save_lora(folder, adapters.diffusers_lora_state(denoiser))
+        # The same weights as a LoRA file, so a checkpoint is usable as a LoRA.
+        self._save_lora(denoiser, folder)
 
     def load_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         adapters.load_adapter_state(denoiser, load_file(str(folder / WEIGHTS_FILE)))
 
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
-        self.family.save_lora(output_dir, adapters.diffusers_lora_state(denoiser))
+        self._save_lora(denoiser, output_dir)
 
     def save_ema(self, denoiser: torch.nn.Module, output_dir: Path) -> None:
         """The averaged adapter, loadable with load_lora_weights(output_dir / "ema")."""
-        self.family.save_lora(output_dir / EMA_FOLDER, adapters.diffusers_lora_state(denoiser))
+        self._save_lora(denoiser, output_dir / EMA_FOLDER)
+
+    def _save_lora(self, denoiser: torch.nn.Module, folder: Path) -> None:
+        state = adapters.adapter_state(denoiser)
+        if self.initial is None:
+            self.family.save_lora(folder, adapters.diffusers_layout(state))
+            return
+        # A LoRA that applies to the published base weights, not to the residual
+        # this run trained on: twice the rank, its scale folded into the weights.
+        from simpletuner.config.model import replace
+
+        converted = adapters.relative_to_base(state, self.initial, adapters.lora_scale(self.config))
+        rank = 2 * self.config.lora_rank
+        family = type(self.family)(replace(self.config, lora_rank=rank, lora_alpha=float(rank)))
+        family.save_lora(folder, adapters.diffusers_layout(converted))
+
+
+class LycorisTraining:
+    """A LyCORIS network described by --lycoris_config; saved in LyCORIS' own format."""
+
+    has_base_model = True
+
+    def __init__(self, config: Any, family: Any) -> None:
+        from simpletuner.training.lycoris_config import read_lycoris_config
+
+        self.config = config
+        self.family = family
+        self.spec = read_lycoris_config(config.lycoris_config)
+        self.network: Any = None
+
+    def frozen_dtype(self, training_dtype: torch.dtype) -> torch.dtype:
+        return training_dtype
+
+    def summary(self) -> str:
+        return f" LyCORIS {self.spec['algo']}"
+
+    def prepare(self, denoiser: torch.nn.Module) -> None:
+        from simpletuner.training.lycoris_adapter import attach_lycoris
+
+        self.network = attach_lycoris(denoiser, self.spec, self.config.lycoris_config)
+
+    def parameters(self, denoiser: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return [p for p in self.network.parameters() if p.requires_grad]
+
+    def base_model(self, denoiser: torch.nn.Module) -> AbstractContextManager:
+        from simpletuner.training.lycoris_adapter import lycoris_disabled
+
+        return lycoris_disabled(self.network)
+
+    def save_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
+        self._save(folder)
+
+    def load_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
+        from simpletuner.training.lycoris_adapter import load_lycoris
+
+        load_lycoris(self.network, folder / LORA_FILE)
+
+    def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
+        self._save(output_dir)
+
+    def save_ema(self, denoiser: torch.nn.Module, output_dir: Path) -> None:
+        self._save(output_dir / EMA_FOLDER)
+
+    def _save(self, folder: Path) -> None:
+        from simpletuner.training.lycoris_adapter import save_lycoris
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_lycoris(self.network, folder / LORA_FILE, self.spec)
 
 
 class FullTraining:
+    # Every weight trains, so there is no untouched base model to ask.
+    has_base_model = False
+
     def __init__(self, config: Any, family: Any) -> None:
         self.config = config
         self.family = family
@@ -58,11 +153,17 @@ class FullTraining:
     def frozen_dtype(self, training_dtype: torch.dtype) -> torch.dtype:
         return torch.float32  # master weights stay fp32; autocast handles bf16 compute
 
+    def summary(self) -> str:
+        return ""
+
     def prepare(self, denoiser: torch.nn.Module) -> None:
         denoiser.requires_grad_(True)
 
     def parameters(self, denoiser: torch.nn.Module) -> list[torch.nn.Parameter]:
         return [p for p in denoiser.parameters() if p.requires_grad]
+
+    def base_model(self, denoiser: torch.nn.Module) -> AbstractContextManager:
+        raise TypeError("a full fine-tune keeps no copy of the base model")
 
     def save_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
@@ -81,4 +182,8 @@ class FullTraining:
 
 
 def trainable_for(config: Any, family: Any) -> Any:
-    return {"lora": LoraTraining, "full": FullTraining}[config.model_type](config, family)
+    if config.model_type == "full":
+        return FullTraining(config, family)
+    if config.lora_type == "lycoris":
+        return LycorisTraining(config, family)
+    return LoraTraining(config, family)
