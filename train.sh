@@ -26,7 +26,8 @@ if [ -f "$venv/bin/activate" ]; then
 fi
 
 num_processes="${TRAINING_NUM_PROCESSES:-1}"
-dynamo_backend="${TRAINING_DYNAMO_BACKEND:-no}"
+# accelerate launch accepts backend names in lower case only (the trainer accepts both).
+dynamo_backend="$(printf '%s' "${TRAINING_DYNAMO_BACKEND:-no}" | tr '[:upper:]' '[:lower:]')"
 extra_args="${ACCELERATE_EXTRA_ARGS:-}"
 # Several processes on one machine need accelerate's multi-process launcher.
 if [ "$num_processes" -gt 1 ] && [[ "$extra_args" != *--multi_gpu* ]]; then

@@ -55,9 +55,10 @@ def _step(unet, optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def test_every_implemented_choice_has_a_spec() -> None:
-    implemented = OPTIONS_BY_NAME["optimizer"].implemented
-    assert set(implemented) == set(OPTIMIZERS)
+def test_every_choice_is_implemented_and_has_a_spec() -> None:
+    option = OPTIONS_BY_NAME["optimizer"]
+    assert option.implemented is True
+    assert set(option.choices) == set(OPTIMIZERS)
 
 
 @pytest.mark.parametrize("name", RUNNABLE_HERE)
@@ -123,3 +124,63 @@ def test_schedule_free_with_a_cosine_schedule_is_rejected(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="adamw_schedulefree replaces the learning-rate schedule"):
         load_config(["--optimizer", "adamw_schedulefree", "--lr_scheduler", "cosine", "--print_config"],
                      env={}, cwd=tmp_path)
+
+
+def test_schedule_free_variants_bring_their_settings_unless_the_user_sets_them(tmp_path: Path) -> None:
+    from simpletuner.config.loader import load_config
+
+    def kwargs(name: str, *flags: str) -> dict:
+        """The settings the built optimizer really holds."""
+        config = load_config(["--optimizer", name, "--lr_scheduler", "constant", "--print_config", *flags],
+                             env={}, cwd=tmp_path)
+        return build_optimizer([torch.nn.Parameter(torch.zeros(2))], config, 1e-3).param_groups[0]
+
+    plain = kwargs("adamw_schedulefree")
+    assert (plain["weight_decay"], plain["eps"], plain["kahan_sum"]) == (1e-2, 1e-8, True)
+    aggressive = kwargs("adamw_schedulefree+aggressive")
+    assert (aggressive["weight_decay"], aggressive["eps"], aggressive["kahan_sum"]) == (1e-3, 1e-6, True)
+    no_kahan = kwargs("adamw_schedulefree+no_kahan")
+    assert (no_kahan["weight_decay"], no_kahan["eps"], no_kahan["kahan_sum"]) == (1e-3, 1e-6, False)
+    chosen = kwargs("adamw_schedulefree+aggressive", "--adam_weight_decay", "0.05", "--adam_epsilon", "1e-7")
+    assert (chosen["weight_decay"], chosen["eps"]) == (0.05, 1e-7)
+    assert kwargs("adamw_schedulefree+aggressive", "--optimizer_config", "kahan_sum=false")["kahan_sum"] is False
+
+
+def _schedule_free_run(name: str, dtype: torch.dtype, steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, averaged weights) after ``steps`` updates too small for one bf16 step each."""
+    start = torch.rand(512, generator=torch.Generator().manual_seed(0)) + 1  # bf16 spacing here: 2**-7
+    weights = torch.nn.Parameter(start.clone().to(dtype))
+    optimizer = build_optimizer([weights], _config(optimizer=name, explicit=frozenset()), learning_rate=1e-4)
+    set_optimizer_mode(optimizer, training=True)
+    for _ in range(steps):
+        weights.grad = torch.ones_like(weights)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    set_optimizer_mode(optimizer, training=False)  # the averaged weights, the ones saved
+    return start, weights.detach().float()
+
+
+def test_kahan_summation_keeps_updates_smaller_than_a_bf16_step() -> None:
+    start, exact = _schedule_free_run("adamw_schedulefree+aggressive", torch.float32)
+    moved = (exact - start).abs().mean()
+    assert moved > 2**-7, "the fp32 run must move further than one bf16 step"
+    _, kahan = _schedule_free_run("adamw_schedulefree+aggressive", torch.bfloat16)
+    _, plain = _schedule_free_run("adamw_schedulefree+no_kahan", torch.bfloat16)
+    # Without compensation every update rounds away; with it the weights follow
+    # the fp32 run to within bf16 rounding (half a step, 2**-8).
+    assert torch.equal(plain, start.bfloat16().float())
+    assert (kahan - exact).abs().mean() < 2**-8
+    assert (kahan - start).abs().mean() > 0.5 * moved
+
+
+def test_schedule_free_kahan_state_survives_a_checkpoint_round_trip() -> None:
+    weights = torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))
+    optimizer = build_optimizer([weights], _config(optimizer="adamw_schedulefree"), learning_rate=1e-4)
+    set_optimizer_mode(optimizer, training=True)
+    for _ in range(3):
+        weights.grad = torch.ones_like(weights)
+        optimizer.step()
+    restored = build_optimizer([weights], _config(optimizer="adamw_schedulefree"), learning_rate=1e-4)
+    restored.load_state_dict(optimizer.state_dict())
+    for key, value in optimizer.state[weights].items():
+        assert torch.equal(restored.state[weights][key], value), key

@@ -138,6 +138,9 @@ class ModelFamily:
     latent_normalisation: ClassVar[str]
     # Pixels per latent cell along each side (every family here uses an 8x VAE).
     vae_scale_factor: ClassVar[int] = 8
+    # Prefix of the kohya-layout LoRA names (--lora_format comfyui) that this
+    # family's diffusers loader converts back; None where it cannot load them.
+    kohya_lora_prefix: ClassVar[Optional[str]] = None
 
     def __init__(self, config: Any = None) -> None:
         # The run's options, for families whose inputs depend on them (Flux's
@@ -224,11 +227,25 @@ class ModelFamily:
 
     # Saving --------------------------------------------------------------------
     def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
+        """The LoRA in the key layout --lora_format names."""
+        if self.option("lora_format", "diffusers") == "comfyui":
+            from simpletuner.training.lora_formats import save_kohya_lora
+
+            save_kohya_lora(output_dir, denoiser_lora_state, self.kohya_lora_prefix, self.config)
+        else:
+            self.save_diffusers_lora(output_dir, denoiser_lora_state)
+
+    def save_diffusers_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
         """diffusers-format LoRA through the pipeline's own save_lora_weights."""
+        from simpletuner.training.lora_formats import adapter_metadata
+
+        component = self.denoiser_component
         self.pipeline_class().save_lora_weights(
             save_directory=str(output_dir),
             safe_serialization=True,
-            **{f"{self.denoiser_component}_lora_layers": denoiser_lora_state},
+            **{f"{component}_lora_layers": denoiser_lora_state,
+               # Without rank and alpha in the header the loader assumes alpha = rank.
+               f"{component}_lora_adapter_metadata": adapter_metadata(self.config, denoiser_lora_state)},
         )
 
     def load_lora(self, pipeline: Any, folder: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from simpletuner.families.base import FlowMatchingFamily, ModelSource, TextEncoders
-from simpletuner.families.sd3 import transformer_lora_metadata
+from simpletuner.training.lora_formats import adapter_metadata
 
 
 class FluxFamily(FlowMatchingFamily):
@@ -24,6 +24,9 @@ class FluxFamily(FlowMatchingFamily):
         "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
     )
     default_resolution = 1024
+    # kohya names of the diffusers module paths, which FluxPipeline converts back
+    # for the attention projections (the trainer checks the targets before training).
+    kohya_lora_prefix = "lora_transformer"
     text_components = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     t5_components = ("text_encoder_2", "tokenizer_2")
     latent_normalisation = "flux:shift_factor,scaling_factor"
@@ -102,7 +105,7 @@ class FluxFamily(FlowMatchingFamily):
         text = self.load_text_encoders(source)
         return {"tokenizer_2": text.tokenizers[1], "text_encoder_2": text.encoders[1]}
 
-    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
+    def save_diffusers_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
         from diffusers.utils import convert_unet_state_dict_to_peft
 
         # Transformer LoRAs are stored with PEFT's names (lora_A/lora_B), as
@@ -111,7 +114,7 @@ class FluxFamily(FlowMatchingFamily):
         state = convert_unet_state_dict_to_peft(dict(denoiser_lora_state))
         self.pipeline_class().save_lora_weights(
             save_directory=str(output_dir), transformer_lora_layers=state, safe_serialization=True,
-            transformer_lora_adapter_metadata=transformer_lora_metadata(self.config, state),
+            transformer_lora_adapter_metadata=adapter_metadata(self.config, state),
         )
 
 

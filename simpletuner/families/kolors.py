@@ -25,6 +25,8 @@ class KolorsFamily(TextTimeConditioning, ModelFamily):
     # The attention projections; KolorsPipeline.load_lora_weights
     # (StableDiffusionLoraLoaderMixin) maps them onto the UNet.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    # kohya names of the diffusers module paths; the SD/SDXL loaders convert them back.
+    kohya_lora_prefix = "lora_unet"
     default_resolution = 1024
     text_components = ("text_encoder", "tokenizer")
     latent_normalisation = "kolors:scaling_factor"

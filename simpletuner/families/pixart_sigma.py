@@ -87,7 +87,7 @@ class PixArtSigmaFamily(ModelFamily):
             return sample[:, :channels]
         return sample
 
-    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
+    def save_diffusers_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
         # PixArtSigmaPipeline has no LoRA loader mixin, hence no save_lora_weights;
         # the file has the layout of diffusers' transformer LoRAs (SD3, Flux):
         # pytorch_lora_weights.safetensors, "transformer."-prefixed PEFT keys,

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from simpletuner.families.base import FlowMatchingFamily, ModelSource, TextEncoders
+from simpletuner.training.lora_formats import adapter_metadata
 
 
 class SD3Family(FlowMatchingFamily):
@@ -93,7 +94,7 @@ class SD3Family(FlowMatchingFamily):
         text = self.load_text_encoders(source)
         return {"tokenizer_3": text.tokenizers[2], "text_encoder_3": text.encoders[2]}
 
-    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
+    def save_diffusers_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
         from diffusers.utils import convert_unet_state_dict_to_peft
 
         # Transformer LoRAs are stored with PEFT's names (lora_A/lora_B), as
@@ -102,21 +103,8 @@ class SD3Family(FlowMatchingFamily):
         state = convert_unet_state_dict_to_peft(dict(denoiser_lora_state))
         self.pipeline_class().save_lora_weights(
             save_directory=str(output_dir), transformer_lora_layers=state, safe_serialization=True,
-            transformer_lora_adapter_metadata=transformer_lora_metadata(self.config, state),
+            transformer_lora_adapter_metadata=adapter_metadata(self.config, state),
         )
-
-
-def transformer_lora_metadata(config: Any, state: dict[str, torch.Tensor]) -> Any:
-    """The adapter's settings, stored in the file so ``load_lora_weights`` uses
-    the trained alpha (without them it assumes alpha = rank)."""
-    if config is None:
-        return None
-    rank = config.lora_rank
-    return {
-        "r": rank,
-        "lora_alpha": config.lora_alpha if config.lora_alpha is not None else rank,
-        "target_modules": sorted({key.split(".lora")[0] for key in state}),
-    }
 
 
 FAMILY_CLASS = SD3Family

@@ -18,6 +18,8 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     denoiser_class_name = "UNet2DConditionModel"
     # The attention projections, as diffusers' SDXL LoRA loader expects them.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    # kohya names of the diffusers module paths; the SD/SDXL loaders convert them back.
+    kohya_lora_prefix = "lora_unet"
     default_resolution = 1024
     text_components = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     latent_normalisation = "sdxl:scaling_factor"

@@ -32,6 +32,9 @@ class OptimizerSpec:
     schedule_free: bool = False
 
 
+_SCHEDULE_FREE = "simpletuner.training.schedulefree_kahan:AdamWScheduleFreeKahan"
+
+
 def _bnb(name: str, requires: Optional[str] = None) -> OptimizerSpec:
     return OptimizerSpec(f"bitsandbytes.optim:{name}", requires=requires)
 
@@ -52,7 +55,17 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "ao-adamw4bit": OptimizerSpec("torchao.optim:AdamW4bit"),
     "ao-adamfp8": OptimizerSpec("torchao.optim:AdamFp8", requires=CUDA_FP8),
     "ao-adamwfp8": OptimizerSpec("torchao.optim:AdamWFp8", requires=CUDA_FP8),
-    "adamw_schedulefree": OptimizerSpec("schedulefree:AdamWScheduleFree", {"warmup_steps": 0}, schedule_free=True),
+    # Schedule-free AdamW from the schedulefree package, with Kahan summation for
+    # bf16/fp16 weights.  +aggressive keeps less weight decay and a larger epsilon
+    # (the settings SimpleTuner ships); +no_kahan is that without the summation,
+    # saving two weight-sized buffers per low-precision tensor.
+    "adamw_schedulefree": OptimizerSpec(_SCHEDULE_FREE, {"warmup_steps": 0}, schedule_free=True),
+    "adamw_schedulefree+aggressive": OptimizerSpec(
+        _SCHEDULE_FREE, {"warmup_steps": 0, "weight_decay": 1e-3, "eps": 1e-6}, schedule_free=True
+    ),
+    "adamw_schedulefree+no_kahan": OptimizerSpec(
+        _SCHEDULE_FREE, {"warmup_steps": 0, "weight_decay": 1e-3, "eps": 1e-6, "kahan_sum": False}, schedule_free=True
+    ),
     "soap": OptimizerSpec("pytorch_optimizer:SOAP"),
     "prodigy": OptimizerSpec("prodigyopt:Prodigy", {"d_coef": 1.0, "safeguard_warmup": False}),
     "bnb-adagrad": _bnb("Adagrad"),
@@ -139,8 +152,14 @@ def optimizer_kwargs(name: str, config: Any, learning_rate: float) -> dict[str, 
     if OPTIMIZERS[name].schedule_free:
         # Schedule-free optimizers warm up themselves; the lr schedule stays constant.
         kwargs["warmup_steps"] = config.lr_warmup_steps
-    shared = {"weight_decay": config.adam_weight_decay, "eps": config.adam_epsilon}
-    kwargs.update({k: v for k, v in shared.items() if k in accepted})
+    shared = {"weight_decay": ("adam_weight_decay", config.adam_weight_decay),
+              "eps": ("adam_epsilon", config.adam_epsilon)}
+    # A spec's own value (a variant's preset) beats a shared option's default,
+    # never a value the user set.  Configs without the record count as set.
+    explicit = getattr(config, "explicit", None)
+    for key, (option, value) in shared.items():
+        if key in accepted and (key not in kwargs or explicit is None or option in explicit):
+            kwargs[key] = value
     if "betas" in accepted and (config.optimizer_beta1 is not None or config.optimizer_beta2 is not None):
         default_betas = kwargs.get("betas") or _signature_default(cls, "betas") or (0.9, 0.999)
         kwargs["betas"] = (
