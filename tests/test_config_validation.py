@@ -116,8 +116,10 @@ CASES = [
             "--mixed_precision=fp16 is not implemented yet", "working choices: no, bf16"),
     in_file("unknown_family", cfg(model_family="sd4"),
             "--model_family got 'sd4'", "choose one of: sdxl, legacy, sd3, flux, pixart_sigma, kolors"),
-    in_file("not_implemented_choice_of_several", cfg(vae_cache_scan_behaviour="sync"),
-            "--vae_cache_scan_behaviour=sync is not implemented yet", "working choices: recreate"),
+    in_file("not_implemented_choice_of_several", cfg(resolution_type="area"),
+            "--resolution_type=area is not implemented yet", "working choices: pixel, pixel_area"),
+    in_file("not_needed_option", cfg(ignore_final_epochs="true"),
+            "--ignore_final_epochs is not needed here", "--max_train_steps alone decides", "remove it"),
     # --- bounds
     in_file("below_minimum", cfg(lora_rank=0), "--lora_rank must be at least 1", "got 0"),
     in_file("above_maximum", cfg(lora_dropout="1.5"), "--lora_dropout must be at most 1", "got 1.5"),
@@ -126,11 +128,7 @@ CASES = [
     # --- combinations
     in_file("no_training_length", cfg(max_train_steps="0", num_train_epochs=0),
             "--max_train_steps and --num_train_epochs are both 0"),
-    # lycoris is registered but not implemented: both problems are reported,
-    # each naming --lora_type.
-    in_file("lycoris_without_config", cfg(lora_type="lycoris"),
-            "--lora_type=lycoris is not implemented yet (working choices: standard)",
-            "--lora_type=lycoris needs --lycoris_config", lines=2),
+    in_file("lycoris_without_config", cfg(lora_type="lycoris"), "--lora_type=lycoris needs --lycoris_config"),
     # validation_resolution is not implemented yet either; the format rule
     # still names the bad value.
     in_file("validation_resolution_not_wxh", cfg(validation_resolution="1024x"),

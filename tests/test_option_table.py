@@ -277,16 +277,16 @@ def test_not_implemented_options_default_to_off():
 # The first slice: what really works today.  Anything else claiming to be
 # implemented is a lie the user would find out about mid-run.
 SLICE = {
-    "vae_cache_scan_behaviour": ("recreate",),
     "model_family": ('sdxl', 'legacy', 'sd3', 'flux', 'pixart_sigma', 'kolors'),
-    "lora_type": ("standard",),
-    "lora_init_type": ("default",),
-    "optimizer": tuple(o for o in OPTIONS_BY_NAME["optimizer"].choices
-                       if o not in ("adamw_schedulefree+aggressive", "adamw_schedulefree+no_kahan")),
+    "lora_init_type": ("default", "gaussian", "olora", "pissa"),
     "mixed_precision": ("no", "bf16"),
     "resolution_type": ("pixel", "pixel_area"),
 }
 SLICE_FULLY = {
+    # adapters (issue 7)
+    "lora_type", "lycoris_config",
+    # caches (issue 6) and caption dropout
+    "vae_cache_scan_behaviour", "caption_dropout_probability", "offload_during_startup",
     "pretrained_model_name_or_path", "revision", "variant", "output_dir",
     "data_backend_config", "lora_rank", "lora_alpha", "lora_dropout", "learning_rate",
     "lr_warmup_steps", "optimizer_beta1", "optimizer_beta2", "adam_weight_decay",
@@ -304,6 +304,7 @@ SLICE_FULLY = {
     # data (issue 5)
     "crop_style", "crop_aspect", "crop_aspect_buckets", "caption_strategy",
     "data_backend_sampling", "aspect_bucket_rounding", "preserve_data_backend_cache",
+    "override_dataset_config", "skip_file_discovery",
     # legacy / kolors (issue 4)
     "prediction_type", "rescale_betas_zero_snr",
     # pixart_sigma (issue 4)
@@ -312,6 +313,12 @@ SLICE_FULLY = {
     "flow_weighting_scheme", "flow_logit_mean", "flow_logit_std", "flow_mode_scale", "flow_shift",
     "flow_resolution_shifting", "flow_base_seq_len", "flow_max_seq_len", "flow_base_shift",
     "flow_max_shift", "flux_guidance_value", "sd3_skip_t5",
+    # LoRA layout, checkpointing interval, schedule-free variants (issue 7)
+    "optimizer", "lora_format", "gradient_checkpointing_interval",
+    # loss and noise (issue 7)
+    "use_soft_min_snr", "soft_min_snr_sigma_data", "noise_offset", "noise_offset_probability",
+    "input_perturbation", "timestep_bias_strategy", "timestep_bias_multiplier", "timestep_bias_begin",
+    "timestep_bias_end", "timestep_bias_portion",
 }
 
 

@@ -99,6 +99,10 @@ def coerce_value(option: Option, value: Any, where: str) -> Any:
     """
     if value is None:
         return None
+    if option.kind == "list" and option.choices and isinstance(value, str):
+        # Choices hold no spaces, so "vae aspect" (SimpleTuner's spelling of
+        # some lists) means the same as "vae,aspect".
+        value = ",".join(value.split())
     try:
         converted = _CONVERTERS[option.kind](value)
     except (ValueError, TypeError):

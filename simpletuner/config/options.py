@@ -68,6 +68,9 @@ MODEL_FAMILIES = FAMILY_NAMES
 FLOW_FAMILIES = ("sd3", "flux")
 DIFFUSION_FAMILIES = ("sdxl", "legacy", "kolors", "pixart_sigma")
 T5_FAMILIES = ("sd3", "flux", "pixart_sigma")
+# Families whose diffusers LoRA loader reads the kohya layout (--lora_format comfyui);
+# each has a kohya_lora_prefix.
+KOHYA_LORA_FAMILIES = ("sdxl", "legacy", "kolors", "flux")
 
 OPTIMIZERS = (
     "adamw_bf16",
@@ -247,7 +250,7 @@ OPTIONS: tuple[Option, ...] = (
         "lora_type", "str", "standard",
         "Adapter library: standard is a PEFT LoRA, lycoris uses LyCORIS as "
         "described by --lycoris_config.",
-        ADAPTERS, choices=("standard", "lycoris"), implemented=("standard",),
+        ADAPTERS, choices=("standard", "lycoris"),
     ),
     Option(
         "lora_rank", "int", 16,
@@ -269,9 +272,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "lora_init_type", "str", "default",
         "How new LoRA weights start: PEFT's default, gaussian, or one of the "
-        "weight-aware schemes loftq, olora and pissa.",
+        "weight-aware schemes olora and pissa (loftq needs a 4-bit quantised base "
+        "model, which is not available).",
         ADAPTERS, choices=("default", "gaussian", "loftq", "olora", "pissa"),
-        implemented=("default",),
+        implemented=("default", "gaussian", "olora", "pissa"),
     ),
     Option(
         "lora_target_modules", "list", None,
@@ -282,14 +286,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "lora_format", "str", "diffusers",
         "Key layout of saved LoRA files: diffusers, or comfyui for the kohya-style "
-        "layout that ComfyUI, A1111 and Forge load.",
-        ADAPTERS, choices=("diffusers", "comfyui"), implemented=False,
+        "layout that ComfyUI, A1111 and Forge load (sdxl, legacy, kolors and flux).",
+        ADAPTERS, choices=("diffusers", "comfyui"),
     ),
     Option(
         "lycoris_config", "path", None,
         "JSON file describing the LyCORIS adapter (algorithm, dimensions, module "
         "presets). Required with --lora_type lycoris.",
-        ADAPTERS, implemented=False,
+        ADAPTERS,
     ),
     # ---------------------------------------------- Training length and batch
     Option(
@@ -320,6 +324,8 @@ OPTIONS: tuple[Option, ...] = (
         "Keep training until --max_train_steps even when the epoch count, "
         "recomputed after a dataset change, would end the run sooner.",
         LENGTH, implemented=False,
+        not_needed="a set --max_train_steps alone decides when training stops, so a recomputed "
+        "epoch count never ends a run early",
     ),
     Option(
         "seed", "int", None,
@@ -332,7 +338,6 @@ OPTIONS: tuple[Option, ...] = (
         "Optimizer algorithm. Several need particular hardware or libraries (fp8 "
         "and paged variants need a CUDA accelerator).",
         OPTIMIZER, choices=OPTIMIZERS,
-        implemented=tuple(o for o in OPTIMIZERS if o not in ("adamw_schedulefree+aggressive", "adamw_schedulefree+no_kahan")),
     ),
     Option(
         "optimizer_config", "str", None,
@@ -432,60 +437,69 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "use_soft_min_snr", "bool", False,
-        "Use the smoother soft-min-SNR weighting, which pixel-space models "
-        "need and latent models may find blurry.",
-        LOSS, implemented=False,
+        "Use the smoother soft-min-SNR weighting (needs --soft_min_snr_sigma_data; "
+        "not with --snr_gamma), which pixel-space models need and latent models "
+        "may find blurry.",
+        LOSS,
         families=DIFFUSION_FAMILIES,
     ),
     Option(
         "soft_min_snr_sigma_data", "float", None,
-        "Data standard deviation assumed by soft-min-SNR weighting.",
-        LOSS, minimum=0, implemented=False,
+        "Data standard deviation assumed by soft-min-SNR weighting; required "
+        "with --use_soft_min_snr (about 1.0 for scaled latents).",
+        LOSS, minimum=0,
+        families=DIFFUSION_FAMILIES,
     ),
     Option(
         "noise_offset", "float", 0.0,
         "Add a per-channel constant of this size to the noise, which helps the "
         "model reach very dark and very bright images. 0 turns it off.",
-        LOSS, minimum=0, implemented=False,
+        LOSS, minimum=0,
     ),
     Option(
         "noise_offset_probability", "float", 0.25,
-        "Chance that a given batch receives the noise offset.",
-        LOSS, minimum=0, maximum=1, implemented=False,
+        "Chance that each sample receives the noise offset.",
+        LOSS, minimum=0, maximum=1,
     ),
     Option(
         "input_perturbation", "float", 0.0,
-        "Strength of extra noise mixed into the noisy input, a regulariser against "
-        "exposure bias. 0 turns it off.",
-        LOSS, minimum=0, implemented=False,
+        "Strength of extra noise mixed into the noisy input (not the target), a "
+        "regulariser against exposure bias. 0 turns it off.",
+        LOSS, minimum=0,
     ),
     Option(
         "timestep_bias_strategy", "str", "none",
-        "Sample some timesteps more often: earlier or later ones, or a chosen "
-        "range. none samples them evenly.",
-        LOSS, choices=("none", "earlier", "later", "range"), implemented=False,
+        "Sample some timesteps more often: earlier (less noisy) or later "
+        "(noisier) ones, or a chosen range. none samples them evenly.",
+        LOSS, choices=("none", "earlier", "later", "range"),
+        families=DIFFUSION_FAMILIES,
     ),
     Option(
         "timestep_bias_multiplier", "float", 1.0,
         "Weight given to the favoured timesteps; 2.0 makes them twice as likely, "
-        "0.5 half as likely.",
-        LOSS, minimum=0, implemented=False,
+        "0.5 half as likely, 0 never draws them.",
+        LOSS, minimum=0,
+        families=DIFFUSION_FAMILIES,
     ),
     Option(
         "timestep_bias_begin", "int", 0,
         "First timestep of the favoured span when the strategy is range.",
-        LOSS, minimum=0, implemented=False,
+        LOSS, minimum=0,
+        families=DIFFUSION_FAMILIES,
     ),
     Option(
         "timestep_bias_end", "int", 1000,
-        "Last timestep of the favoured span when the strategy is range.",
-        LOSS, minimum=0, implemented=False,
+        "End of the favoured span when the strategy is range; the span stops "
+        "just before this timestep.",
+        LOSS, minimum=0,
+        families=DIFFUSION_FAMILIES,
     ),
     Option(
         "timestep_bias_portion", "float", 0.25,
         "Share of the schedule that is favoured by the earlier and later "
         "strategies.",
-        LOSS, minimum=0, maximum=1, implemented=False,
+        LOSS, minimum=0, maximum=1,
+        families=DIFFUSION_FAMILIES,
     ),
     # --------------------------------------------------------- Flow matching
     Option(
@@ -612,9 +626,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "override_dataset_config", "bool", False,
-        "Train even though a dataset's settings differ from those its saved "
-        "metadata was built with. Risky: prefer fixing the difference.",
-        DATA, implemented=False,
+        "Accept a change to a dataset's size or crop settings after its latents "
+        "were cached: rebuild its buckets and encode again, instead of stopping.",
+        DATA,
     ),
     Option(
         "preserve_data_backend_cache", "bool", False,
@@ -624,14 +638,16 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "skip_file_discovery", "list", None,
-        "Start-up scans to skip: any of vae, aspect, text and metadata.",
-        DATA, choices=("vae", "aspect", "text", "metadata"), implemented=False,
+        "Start-up checks every dataset skips unless it sets its own: aspect and "
+        "metadata trust the saved file list, vae and text assume the latent and "
+        "text-embed caches are complete.",
+        DATA, choices=("vae", "aspect", "text", "metadata"),
     ),
     Option(
         "caption_dropout_probability", "float", 0.0,
-        "Chance of training a sample with an empty caption, which teaches "
-        "unconditional generation.",
-        DATA, minimum=0, maximum=1, implemented=False,
+        "Chance of training a sample with the empty prompt's embeddings instead "
+        "of its caption's, which teaches unconditional generation (for CFG).",
+        DATA, minimum=0, maximum=1,
     ),
     Option(
         "dataloader_prefetch", "bool", False,
@@ -719,8 +735,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "vae_cache_scan_behaviour", "str", "recreate",
         "What a dataset's scan_for_errors check does with a bad latent: recreate "
-        "deletes it to be encoded again, sync corrects the bucket metadata.",
-        CACHING, choices=("recreate", "sync"), implemented=("recreate",),
+        "deletes it to be encoded again; sync keeps a sound latent of another size "
+        "and moves its image to the bucket that latent fits.",
+        CACHING, choices=("recreate", "sync"),
     ),
     Option(
         "compress_disk_cache", "bool", False,
@@ -730,9 +747,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "offload_during_startup", "bool", False,
-        "Keep the text encoders on the CPU while the latent cache is built, for "
-        "large models that would not fit otherwise. Slows start-up.",
-        CACHING, implemented=False,
+        "Keep the text encoders off the accelerator while the latent cache is "
+        "built. Always the case here: text encoders load only after the VAE is "
+        "freed, so this setting changes nothing.",
+        CACHING,
     ),
     # --------------------------------------------------------- Checkpointing
     Option(
@@ -872,8 +890,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "gradient_checkpointing_interval", "int", None,
         "Checkpoint only every n-th block (1 checkpoints them all, 2 every other "
-        "one), trading some memory back for speed.",
-        HARDWARE, minimum=1, implemented=False,
+        "one), trading some memory back for speed. Needs --gradient_checkpointing.",
+        HARDWARE, minimum=1,
     ),
     Option(
         "attention_mechanism", "str", "diffusers",

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from simpletuner.config.options import OPTIONS
+from simpletuner.config.options import OPTIONS, OPTIONS_BY_NAME
 from simpletuner.errors import ConfigError
 
 Values = Mapping[str, Any]
@@ -30,7 +30,9 @@ def not_implemented(values: Values) -> Optional[str]:
     for option in OPTIONS:
         value = values[option.name]
         if not option.is_value_implemented(value):
-            if isinstance(option.implemented, tuple):
+            if option.not_needed:
+                problems.append(f"{option.flag} is not needed here: {option.not_needed}; remove it")
+            elif isinstance(option.implemented, tuple):
                 works = ", ".join(option.implemented)
                 problems.append(
                     f"{option.flag}={_show(value)} is not implemented yet (working choices: {works})"
@@ -92,6 +94,48 @@ def training_length(values: Values) -> Optional[str]:
 def lycoris_needs_config(values: Values) -> Optional[str]:
     if values["lora_type"] == "lycoris" and not values.get("lycoris_config"):
         return "--lora_type=lycoris needs --lycoris_config (a JSON file naming the algorithm)"
+    if values.get("lycoris_config") and values["lora_type"] != "lycoris" and values["model_type"] == "lora":
+        return ("--lycoris_config is read only with --lora_type lycoris; "
+                "add --lora_type lycoris or remove --lycoris_config")
+    return None
+
+
+def lycoris_config_valid(values: Values) -> Optional[str]:
+    if values["model_type"] != "lora" or values["lora_type"] != "lycoris" or not values.get("lycoris_config"):
+        return None
+    from simpletuner.training.lycoris_config import read_lycoris_config
+
+    try:
+        read_lycoris_config(values["lycoris_config"])
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+# Options of the PEFT LoRA that a LyCORIS network takes from its own file instead.
+_PEFT_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "lora_init_type", "lora_target_modules")
+_ADAPTER_ONLY = ("lora_type", "lycoris_config", "lora_init_type")
+
+
+def adapter_options_fit(values: Values) -> Optional[str]:
+    if values["model_type"] != "lora":
+        named = [f"--{name}" for name in _ADAPTER_ONLY if _set(values, name)]
+        if named:
+            return (f"{', '.join(named)}: only adapter training (--model_type lora) uses "
+                    f"{'it' if len(named) == 1 else 'them'}; remove {'it' if len(named) == 1 else 'them'}")
+    elif values["lora_type"] == "lycoris":
+        named = [f"--{name}" for name in _PEFT_ONLY if _set(values, name)]
+        if named:
+            return (f"{', '.join(named)}: set{'s' if len(named) == 1 else ''} up the standard PEFT LoRA; with "
+                    "--lora_type lycoris the adapter comes from --lycoris_config (linear_dim, linear_alpha, "
+                    "dropout, apply_preset), so remove " + ("it" if len(named) == 1 else "them"))
+    return None
+
+
+def loftq_unavailable(values: Values) -> Optional[str]:
+    if values["lora_init_type"] == "loftq":
+        return ("--lora_init_type=loftq fits the adapter to a 4-bit quantised base model (bitsandbytes on CUDA), "
+                "which this trainer does not load; use pissa or olora for a weight-aware start")
     return None
 
 
@@ -167,6 +211,105 @@ def optimizer_config_parses(values: Values) -> Optional[str]:
     return None
 
 
+def _set(values: Values, name: str) -> bool:
+    return values[name] != OPTIONS_BY_NAME[name].default
+
+
+def _for_this_family(values: Values, name: str) -> bool:
+    """False where options_fit_the_family already reports ``name`` (one message, not two)."""
+    families = OPTIONS_BY_NAME[name].families
+    return not (families and values["model_family"] and values["model_family"] not in families)
+
+
+def soft_min_snr_settings(values: Values) -> Optional[str]:
+    if not _for_this_family(values, "use_soft_min_snr"):
+        return None
+    sigma_data = values["soft_min_snr_sigma_data"]
+    if not values["use_soft_min_snr"]:
+        if sigma_data is not None:
+            return "--soft_min_snr_sigma_data is used only by --use_soft_min_snr; set that too or remove it"
+        return None
+    if sigma_data is None:
+        return (
+            "--use_soft_min_snr needs --soft_min_snr_sigma_data, the standard deviation of the "
+            "training latents (about 1.0 for latents scaled by the VAE's scaling factor)"
+        )
+    if sigma_data <= 0:
+        return f"--soft_min_snr_sigma_data must be greater than 0, got {sigma_data}"
+    if values["snr_gamma"]:
+        return "--use_soft_min_snr and --snr_gamma are two loss weightings; keep only one of them"
+    return None
+
+
+def noise_offset_settings(values: Values) -> Optional[str]:
+    if not values["noise_offset"] and _set(values, "noise_offset_probability"):
+        return "--noise_offset_probability does nothing without --noise_offset; set --noise_offset (e.g. 0.1) or remove it"
+    if values["noise_offset"] and values["noise_offset_probability"] == 0:
+        return "--noise_offset_probability=0 never applies --noise_offset; raise it or remove --noise_offset"
+    return None
+
+
+_BIAS_USES = {
+    "none": (),
+    "earlier": ("timestep_bias_multiplier", "timestep_bias_portion"),
+    "later": ("timestep_bias_multiplier", "timestep_bias_portion"),
+    "range": ("timestep_bias_multiplier", "timestep_bias_begin", "timestep_bias_end"),
+}
+
+
+def timestep_bias_settings(values: Values) -> Optional[str]:
+    if not _for_this_family(values, "timestep_bias_strategy"):
+        return None
+    strategy = values["timestep_bias_strategy"]
+    problems = [
+        f"--{name} is not used by --timestep_bias_strategy={strategy}; remove it"
+        + (" or choose a strategy (earlier, later, range)" if strategy == "none" else "")
+        for name in ("timestep_bias_multiplier", "timestep_bias_begin", "timestep_bias_end", "timestep_bias_portion")
+        if name not in _BIAS_USES[strategy] and _set(values, name)
+    ]
+    if strategy != "none" and values["timestep_bias_multiplier"] == 1:
+        problems.append(
+            f"--timestep_bias_strategy={strategy} with --timestep_bias_multiplier=1 changes nothing; "
+            "set the multiplier (e.g. 2.0 to favour those timesteps, 0.5 to avoid them)"
+        )
+    if strategy in ("earlier", "later"):
+        portion = values["timestep_bias_portion"]
+        if portion == 0:
+            problems.append("--timestep_bias_portion must be greater than 0 (it is the share of timesteps favoured)")
+        elif portion == 1:
+            problems.append("--timestep_bias_portion=1 favours every timestep, which changes nothing; lower it")
+    if strategy == "range" and values["timestep_bias_begin"] >= values["timestep_bias_end"]:
+        problems.append(
+            f"--timestep_bias_begin={values['timestep_bias_begin']} must be below "
+            f"--timestep_bias_end={values['timestep_bias_end']} (the span runs from begin up to end)"
+        )
+    return "\n".join(problems) or None
+
+
+def lora_format_fits(values: Values) -> Optional[str]:
+    from simpletuner.config.options import KOHYA_LORA_FAMILIES
+
+    if values["lora_format"] != "comfyui":
+        return None
+    if values["model_type"] != "lora":
+        return "--lora_format applies to --model_type lora; a full fine-tune saves a diffusers pipeline, remove it"
+    if values["lora_type"] != "standard":
+        return f"--lora_format=comfyui applies to --lora_type standard; remove it for --lora_type {values['lora_type']}"
+    family = values["model_family"]
+    if family and family not in KOHYA_LORA_FAMILIES:
+        return (
+            f"--lora_format=comfyui is not available for --model_family={family}: diffusers cannot load a "
+            f"kohya-layout LoRA for it (works for {', '.join(KOHYA_LORA_FAMILIES)}); use --lora_format diffusers"
+        )
+    return None
+
+
+def checkpointing_interval_needs_checkpointing(values: Values) -> Optional[str]:
+    if values["gradient_checkpointing_interval"] is not None and not values["gradient_checkpointing"]:
+        return "--gradient_checkpointing_interval needs --gradient_checkpointing; set it too or remove the interval"
+    return None
+
+
 RULES: tuple[Rule, ...] = (
     not_implemented,
     options_fit_the_family,
@@ -183,11 +326,21 @@ RULES: tuple[Rule, ...] = (
     optimizer_hardware,
     schedule_free_needs_constant,
     optimizer_config_parses,
+    soft_min_snr_settings,
+    noise_offset_settings,
+    timestep_bias_settings,
+    lora_format_fits,
+    checkpointing_interval_needs_checkpointing,
+    lycoris_config_valid,
+    adapter_options_fit,
+    loftq_unavailable,
 )
 
 # Rules that still apply when the user only asks for information.
 _ALWAYS = (not_implemented, options_fit_the_family, training_length, lycoris_needs_config, validation_resolution_format,
-           report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses)
+           report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses,
+           soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits,
+           checkpointing_interval_needs_checkpointing, lycoris_config_valid, adapter_options_fit, loftq_unavailable)
 
 
 def validate(values: Values) -> None:

@@ -48,6 +48,13 @@ def check_sizes(merged: Dict[str, Any], where: str) -> None:
                           f"{high}; no image could pass")
 
 
+def check_epoch_recrop(merged: Dict[str, Any], where: str) -> None:
+    """vae_cache_clear_each_epoch re-draws random crop windows; any other crop would encode the same latents."""
+    if merged.get("vae_cache_clear_each_epoch") and not (merged["crop"] and merged["crop_style"] == "random"):
+        raise ConfigError(f"{where}: key 'vae_cache_clear_each_epoch' re-encodes with fresh random crops each "
+                          "epoch, so it needs 'crop': true and 'crop_style': 'random'; set those or remove the key")
+
+
 def aspect_buckets(merged: Dict[str, Any], where: str) -> Tuple[float, ...]:
     raw = merged.get("crop_aspect_buckets") or ()
     if isinstance(raw, (str, int, float)):

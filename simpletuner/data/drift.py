@@ -2,17 +2,21 @@
 
 The plan (bucket, resize and crop of every image) is pure arithmetic on the
 image sizes discovery saved and the dataset's current settings, so it is
-rebuilt from scratch on every run: changing ``resolution`` or ``crop`` can
-never leave a stale bucket list behind, and there is nothing to override.
-Caches are safe too: a latent's cache key holds its exact geometry (resize,
-crop box, target size), so entries made under the old settings are simply
-not used; they stay on disk until ``<cache_dir_vae>/latents`` is deleted.
+rebuilt from scratch on every run and can never hold a stale bucket list.
+Caches cannot go stale either: a latent's cache key holds its exact geometry,
+so entries made under other settings are simply not used.
 
-What this module adds is that the change is *said*: the settings that shaped
-the last plan are kept in ``<cache_dir_vae>/dataset_settings.json`` with the
-bucket counts they produced, and a run that finds different ones logs which
-keys changed (old -> new) and how the buckets moved, so a typo in a config
-is noticed at start-up rather than as a strangely behaving model.
+What this module adds is that a change is *said*, and that it never throws
+away work by accident.  The settings that shaped the last plan are kept in
+``<cache_dir_vae>/dataset_settings.json`` with the bucket counts they
+produced.  A run that finds different ones:
+
+- while the dataset has no cached latents yet: rebuilds the plan and logs
+  which keys changed (old -> new) and how the buckets moved;
+- when cached latents exist, which the new geometry would leave unused and
+  re-encode from scratch: stops, naming the changed keys, unless
+  ``--override_dataset_config`` says the change is intended.  A typo in a
+  config then costs a message, not an evening of re-encoding.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 from typing import Any, Dict, List, Mapping, Tuple
 
 from simpletuner.data.schema import DatasetConfig
+from simpletuner.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +65,22 @@ def _show(value: Any) -> str:
     return json.dumps(value)
 
 
-def record_settings(dataset: DatasetConfig, buckets: Mapping[Tuple[int, int], int]) -> List[str]:
+def record_settings(
+    dataset: DatasetConfig, buckets: Mapping[Tuple[int, int], int], override: bool = False
+) -> List[str]:
     """Compare with the saved settings, save the current ones; return "key: old -> new" lines.
 
     An empty list means nothing changed (or this is the first run).  The
     caller logs the changes; :func:`describe_changes` makes the message.
+    Raises :class:`DataError` (saving nothing) when settings changed while the
+    dataset has cached latents, unless ``override``.
     """
-    path = os.path.join(dataset.cache_dir_vae, SETTINGS_FILE)
+    from simpletuner.storage.datasets import cache_of
+
+    storage = cache_of(dataset)
     current = plan_settings(dataset)
     counts = {f"{w}x{h}": n for (w, h), n in sorted(buckets.items())}
-    saved = _load(path)
+    saved = _load(storage)
     changes: List[str] = []
     if saved is not None:
         before = saved.get("settings", {})
@@ -80,13 +91,19 @@ def record_settings(dataset: DatasetConfig, buckets: Mapping[Tuple[int, int], in
         if changes and old_counts != counts:
             changes.append(f"buckets: {len(old_counts)} -> {len(counts)} "
                            f"({_describe(old_counts)} -> {_describe(counts)})")
+    if changes and not override and has_cached_latents(dataset):
+        raise DataError(
+            f"dataset {dataset.id!r}: settings changed since its latents were cached "
+            f"({'; '.join(changes)}); its images would be encoded again. Restore the old values, "
+            "or pass --override_dataset_config to rebuild with the new ones"
+        )
     if saved is None or saved.get("settings") != current or saved.get("buckets") != counts:
-        from simpletuner.data.discovery import write_json_atomic
+        from simpletuner.storage.base import write_json
 
         try:
-            write_json_atomic(path, {"version": _VERSION, "settings": current, "buckets": counts})
+            write_json(storage, SETTINGS_FILE, {"version": _VERSION, "settings": current, "buckets": counts})
         except OSError as exc:  # discovery already proved the folder writable; do not fail the run here
-            logger.warning("dataset %r: could not save %s (%s)", dataset.id, path, exc)
+            logger.warning("dataset %r: could not save %s (%s)", dataset.id, storage.location(SETTINGS_FILE), exc)
     return changes
 
 
@@ -94,8 +111,21 @@ def describe_changes(dataset: DatasetConfig, changes: List[str]) -> str:
     return (
         f"dataset {dataset.id!r}: settings changed since the last run ({'; '.join(changes)}); "
         "the plan was rebuilt from the new settings. Latents cached under the old settings are not "
-        f"used; delete {os.path.join(dataset.cache_dir_vae, 'latents')} to reclaim their space"
+        f"used; delete {latents_folder(dataset)} to reclaim their space"
     )
+
+
+def latents_folder(dataset: DatasetConfig) -> str:
+    return os.path.join(dataset.cache_dir_vae, "latents")
+
+
+def has_cached_latents(dataset: DatasetConfig) -> bool:
+    from simpletuner.storage.datasets import cache_of
+
+    try:  # the first listed entry answers it, in a folder or in a bucket
+        return any(True for _ in cache_of(dataset).child("latents").list())
+    except OSError:
+        return False
 
 
 def _describe(counts: Mapping[str, int], limit: int = 4) -> str:
@@ -104,13 +134,12 @@ def _describe(counts: Mapping[str, int], limit: int = 4) -> str:
     return text + (", ..." if len(counts) > limit else "") if counts else "none"
 
 
-def _load(path: str) -> Any:
+def _load(storage: Any) -> Any:
+    from simpletuner.storage.base import read_json
+
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
+        data = read_json(storage, SETTINGS_FILE)
+    except (OSError, ValueError):  # absent or damaged: as if this were the first run
         return None
     if not isinstance(data, dict) or data.get("version") != _VERSION:
         return None

@@ -38,7 +38,7 @@ DATASET_KEYS: Tuple[Option, ...] = (
     _key("id", "str", None, "Unique name of the dataset; used in logs, reports and cache keys.",
          GROUP_IDENTITY),
     _key("type", "str", "local", "Where the files live: `local` folder, `aws` (S3) bucket or `csv` URL list.",
-         GROUP_IDENTITY, choices=("local", "aws", "csv"), implemented=("local",)),
+         GROUP_IDENTITY, choices=("local", "aws", "csv")),
     _key("dataset_type", "str", "image",
          "`image` for training images, `text_embeds` for a text-embedding cache, "
          "`image_embeds` for an image-embedding cache.",
@@ -55,21 +55,36 @@ DATASET_KEYS: Tuple[Option, ...] = (
            GROUP_IDENTITY),
     # --- where ---------------------------------------------------------------
     _key("instance_data_dir", "path", None,
-         "Folder holding the images (searched recursively); relative paths start at the working directory.",
+         "Folder holding the images (searched recursively); relative paths start at the working directory. "
+         "Local datasets only (type aws uses aws_bucket_name and aws_data_prefix).",
          GROUP_WHERE),
     _key("cache_dir_vae", "path", None,
-         "Folder for this dataset's latent cache and discovery metadata; one per dataset.", GROUP_WHERE),
-    _key("cache_dir", "path", None, "On a text_embeds dataset: folder for the text-embedding cache.",
+         "Folder for this dataset's latent cache and discovery metadata; one per dataset. With type aws it "
+         "may be an `s3://bucket/prefix` location.", GROUP_WHERE),
+    _key("cache_dir", "path", None, "On a text_embeds dataset: folder for the text-embedding cache (with "
+         "type aws: an `s3://bucket/prefix` location).", GROUP_WHERE),
+    _key("aws_bucket_name", "str", None,
+         "With type aws: the S3 bucket holding the images (required); on a text_embeds dataset, its cache.",
          GROUP_WHERE),
-    _later("aws_bucket_name", "str", None, "S3 bucket holding the images.", GROUP_WHERE),
-    _later("aws_region_name", "str", None, "S3 region.", GROUP_WHERE),
-    _later("aws_endpoint_url", "str", None, "S3-compatible endpoint URL.", GROUP_WHERE),
-    _later("aws_access_key_id", "str", None, "S3 access key id.", GROUP_WHERE, secret=True),
-    _later("aws_secret_access_key", "str", None, "S3 secret key.", GROUP_WHERE, secret=True),
-    _later("aws_data_prefix", "str", None, "Key prefix of the images inside the bucket.", GROUP_WHERE),
-    _later("csv_file", "path", None, "CSV file listing image URLs.", GROUP_WHERE),
-    _later("csv_caption_column", "str", None, "CSV column holding captions.", GROUP_WHERE),
-    _later("csv_cache_dir", "path", None, "Where downloaded CSV images are kept.", GROUP_WHERE),
+    _key("aws_region_name", "str", None, "With type aws: the bucket's region; default: boto3's (AWS_DEFAULT_REGION, "
+         "profile).", GROUP_WHERE),
+    _key("aws_endpoint_url", "str", None,
+         "With type aws: URL of an S3-compatible server (MinIO, R2, ...); default: AWS.", GROUP_WHERE),
+    _key("aws_access_key_id", "str", None,
+         "With type aws: access key id; without it (and the secret) boto3's environment/profile chain is used.",
+         GROUP_WHERE, secret=True),
+    _key("aws_secret_access_key", "str", None, "With type aws: secret access key, set together with "
+         "aws_access_key_id.", GROUP_WHERE, secret=True),
+    _key("aws_data_prefix", "str", None,
+         "With type aws: key prefix of the images inside the bucket (empty: the whole bucket); on a "
+         "text_embeds dataset without cache_dir, where its cache goes.", GROUP_WHERE),
+    _key("csv_file", "path", None, "With type csv: the CSV file listing image URLs (http, https or file), "
+         "one per row, with a header row.", GROUP_WHERE),
+    _key("csv_url_column", "str", "url", "With type csv: the column holding the URLs.", GROUP_WHERE),
+    _key("csv_caption_column", "str", None, "With type csv: a column of captions, saved as .txt files "
+         "beside the downloads (use caption_strategy textfile).", GROUP_WHERE),
+    _key("csv_cache_dir", "path", None, "With type csv: the folder images are downloaded to once; it then "
+         "serves as the dataset's folder.", GROUP_WHERE),
     # --- size and shape --------------------------------------------------------
     _key("resolution", "int", 1024,
          "Training size in pixels: the square edge for `pixel_area`, the shorter edge for `pixel`.",
@@ -148,8 +163,11 @@ DATASET_KEYS: Tuple[Option, ...] = (
          "The dataset does not decide when an epoch ends; it is sampled by weight until the others "
          "are done, continuing where it stopped next epoch.", GROUP_SAMPLING),
     # --- discovery and caches -----------------------------------------------------
-    _later("skip_file_discovery", "str", None, "Skip discovery steps: vae, aspect, text, metadata.",
-           GROUP_DISCOVERY),
+    _key("skip_file_discovery", "list", None,
+         "Start-up checks to skip when you know nothing changed: `aspect` or `metadata` trust the saved "
+         "file list (like preserve_data_backend_cache), `vae` and `text` assume every latent / text-embed "
+         "cache entry exists. Comma- or space-separated.", GROUP_DISCOVERY,
+         choices=("vae", "aspect", "text", "metadata")),
     _key("preserve_data_backend_cache", "bool", False,
          "Trust the saved file list: do not re-list the folder at start-up (new files are not seen).",
          GROUP_DISCOVERY),
@@ -162,8 +180,10 @@ DATASET_KEYS: Tuple[Option, ...] = (
     _key("scan_for_errors", "bool", False,
          "Load and check every latent cache entry at start (readable, finite, the shape its image's "
          "bucket needs); --vae_cache_scan_behaviour decides what happens to bad ones.", GROUP_DISCOVERY),
-    _later("vae_cache_clear_each_epoch", "bool", False, "Delete and rebuild latents every epoch.",
-           GROUP_DISCOVERY),
+    _key("vae_cache_clear_each_epoch", "bool", False,
+         "With random crops: at each new epoch delete the dataset's latents and encode fresh crop windows "
+         "(the VAE stays loaded during training for this). Needs crop true and crop_style random.",
+         GROUP_DISCOVERY),
     _later("cache_file_suffix", "str", None, "Suffix added to cache file names.", GROUP_DISCOVERY),
     _key("write_batch_size", "int", 128,
          "Accepted for SimpleTuner compatibility; cache writes are batched automatically, so it has "
@@ -184,4 +204,5 @@ GLOBAL_DEFAULT_KEYS: Tuple[str, ...] = (
     "minimum_image_size",
     "aspect_bucket_alignment",
     "preserve_data_backend_cache",
+    "skip_file_discovery",
 )

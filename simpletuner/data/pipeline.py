@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from simpletuner.data.buckets import plan_dataset
 from simpletuner.data.discovery import REASON_UNDECODABLE, DiscoveryResult, discover, mark_undecodable, shown
+from simpletuner.data.csv_source import fetch_csv_images
 from simpletuner.data.drift import describe_changes, record_settings
 from simpletuner.data.records import TrainingSample
 from simpletuner.data.report import group_by_bucket
@@ -68,6 +69,13 @@ class PreparedData:
         return BucketBatchSampler(self.samples, self.report.batch_size, seed=seed, repeats=self.report.repeats,
                                   rank=rank, world_size=world_size, policy=self.policy)
 
+    def replace_samples(self, dataset_id: str, samples: list[TrainingSample]) -> BucketReport:
+        """Put ``samples`` in place of a dataset's plan (e.g. moved to other buckets) and recount."""
+        self.samples[dataset_id] = samples
+        self.report = check_buckets(self.samples, self.report.batch_size, self.report.repeats,
+                                    self.report.world_size, self.policy)
+        return self.report
+
     def exclude(self, failed: Mapping[str, Iterable[str]], reason: str = REASON_UNDECODABLE) -> BucketReport:
         """Drop images that failed later (e.g. could not be decoded while caching) and recount.
 
@@ -92,9 +100,13 @@ class PreparedData:
 
 
 def load_backends(config: Any) -> DataBackendConfig:
-    """Read and validate multidatabackend.json (no scanning, nothing written)."""
+    """Read and validate multidatabackend.json and reach its S3 buckets (no scanning, nothing written)."""
+    from simpletuner.storage.datasets import check_remote_storages
+
     defaults = {name: getattr(config, name, None) for name in DATASET_DEFAULT_OPTIONS}
-    return load_data_backend_config(config.data_backend_config, defaults)
+    backends = load_data_backend_config(config.data_backend_config, defaults)
+    check_remote_storages(backends)
+    return backends
 
 
 def sampling_policy(config: Any, backends: DataBackendConfig) -> SamplingPolicy:
@@ -112,13 +124,15 @@ def prepare_training_data(
     discovery: dict[str, DiscoveryResult] = {}
     planning_skips: dict[str, dict[str, list[str]]] = {}
     for dataset in backends.image_datasets:
+        if dataset.csv is not None:
+            fetch_csv_images(dataset, show_progress)
         found = discover(dataset, progress=show_progress)
         planned, skipped = plan_dataset(found.records, dataset, seed, _focus(dataset, found, show_progress))
         found.filter_out(skipped)
         discovery[dataset.id] = found
         samples[dataset.id] = planned
         planning_skips[dataset.id] = skipped
-        _note_drift(dataset, planned)
+        _note_drift(dataset, planned, getattr(config, "override_dataset_config", False))
     _check_not_empty(backends, discovery)
     policy = sampling_policy(config, backends)
     repeats = {d.id: d.repeats for d in backends.image_datasets}
@@ -137,9 +151,9 @@ def _focus(dataset: DatasetConfig, found: DiscoveryResult, show_progress: bool) 
     return face_focus(found.records, dataset, progress=show_progress)
 
 
-def _note_drift(dataset: DatasetConfig, planned: list[TrainingSample]) -> None:
+def _note_drift(dataset: DatasetConfig, planned: list[TrainingSample], override: bool) -> None:
     buckets = {bucket: len(members) for bucket, members in group_by_bucket(planned).items()}
-    changes = record_settings(dataset, buckets)
+    changes = record_settings(dataset, buckets, override)
     if changes:
         logger.warning(describe_changes(dataset, changes))
 

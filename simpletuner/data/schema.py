@@ -30,9 +30,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from simpletuner.config.coerce import coerce_value, unknown_key_message
 from simpletuner.config.option import Option
 from simpletuner.data.caption_filters import CaptionFilter, load_filter_list
+from simpletuner.data.csv_source import CsvSource, csv_source
 from simpletuner.data.dataset_checks import (
     aspect_buckets,
     check_captions,
+    check_epoch_recrop,
     check_sizes,
     filter_source,
     parquet_spec,
@@ -40,6 +42,8 @@ from simpletuner.data.dataset_checks import (
 from simpletuner.data.keys import DATASET_KEYS, GLOBAL_DEFAULT_KEYS, KEYS_BY_NAME
 from simpletuner.data.tables import ParquetSpec
 from simpletuner.errors import ConfigError, DataError
+from simpletuner.storage.s3 import S3Settings
+from simpletuner.storage.settings import cache_location, image_location, s3_settings, text_cache_location
 
 __all__ = [
     "DATASET_KEYS", "GLOBAL_DEFAULT_KEYS", "KEYS_BY_NAME", "DataBackendConfig", "DatasetConfig",
@@ -86,7 +90,11 @@ class DatasetConfig:
     is_regularisation_data: bool = False
     ignore_epochs: bool = False
     preserve_data_backend_cache: bool = False
+    skip_file_discovery: Tuple[str, ...] = ()  # of: vae, aspect, text, metadata
     scan_for_errors: bool = False
+    s3: Optional[S3Settings] = None  # type aws: how to reach the bucket (instance_data_dir is then s3://...)
+    csv: Optional[CsvSource] = None  # type csv: the URL list (instance_data_dir is its download folder)
+    vae_cache_clear_each_epoch: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class TextEmbedConfig:
     default: bool
     type: str = "local"
     caption_filters: Tuple[CaptionFilter, ...] = ()
+    s3: Optional[S3Settings] = None  # type aws: cache_dir is then an s3:// URL
 
 
 @dataclass(frozen=True)
@@ -311,18 +320,16 @@ def _check_default_text_embeds(file_name: str, text_sets: Tuple[TextEmbedConfig,
 
 def _text_embed_config(values: Dict[str, Any]) -> TextEmbedConfig:
     where = f"dataset {values['id']!r}"
-    if not values.get("cache_dir"):
-        raise ConfigError(
-            f"{where}: key 'cache_dir' is required for dataset_type text_embeds; set it to a folder "
-            "for the text-embedding cache"
-        )
+    s3 = s3_settings(values, where)
+    cache_dir = text_cache_location(values, where, s3)
     filters = values.get("caption_filter_list")
     return TextEmbedConfig(
         id=values["id"],
-        cache_dir=os.path.abspath(os.path.expanduser(values["cache_dir"])),
+        cache_dir=cache_dir,
         default=bool(values.get("default", False)),
         type=values.get("type", "local"),
         caption_filters=load_filter_list(filter_source(filters), where) if filters else (),
+        s3=s3,
     )
 
 
@@ -332,11 +339,17 @@ def _image_config(
     where = f"dataset {values['id']!r}"
     merged = dict(defaults)
     merged.update({k: v for k, v in values.items() if v is not None})
-    for key in ("instance_data_dir", "cache_dir_vae"):
+    s3 = s3_settings(merged, where)
+    csv = csv_source(merged, where) if merged["type"] == "csv" else None
+    for key in ("instance_data_dir", "cache_dir_vae") if s3 is None and csv is None else ("cache_dir_vae",):
         if not merged.get(key):
             raise ConfigError(f"{where}: key {key!r} is required for an image dataset; set it to a folder")
-    data_dir = os.path.abspath(os.path.expanduser(merged["instance_data_dir"]))
-    if not os.path.isdir(data_dir):
+    if csv is not None:
+        data_dir = csv[1]  # the download folder; it need not exist yet
+    else:
+        data_dir = (image_location(merged, where) if s3
+                    else os.path.abspath(os.path.expanduser(merged["instance_data_dir"])))
+    if s3 is None and csv is None and not os.path.isdir(data_dir):
         raise DataError(
             f"{where}: key 'instance_data_dir' = {merged['instance_data_dir']!r} is not a folder "
             f"(resolved to {data_dir}); fix the path (relative paths start at {os.getcwd()})"
@@ -349,14 +362,15 @@ def _image_config(
         )
     check_captions(merged, where)
     check_sizes(merged, where)
-    parquet = parquet_spec(merged, where, data_dir)
+    check_epoch_recrop(merged, where)
+    parquet = parquet_spec(merged, where, os.getcwd() if s3 else data_dir)  # a table is always a local file
     filters = load_filter_list(filter_source(merged["caption_filter_list"]), where) \
         if merged.get("caption_filter_list") else ()
     text_set = text_ids.get(merged.get("text_embeds")) if merged.get("text_embeds") else _default_text(text_sets)
     return DatasetConfig(
         id=values["id"],
         instance_data_dir=data_dir,
-        cache_dir_vae=os.path.abspath(os.path.expanduser(merged["cache_dir_vae"])),
+        cache_dir_vae=cache_location(merged["cache_dir_vae"], "cache_dir_vae", where, s3),
         text_embeds=merged.get("text_embeds"),
         caption_strategy=merged["caption_strategy"],
         instance_prompt=merged.get("instance_prompt"),
@@ -385,7 +399,11 @@ def _image_config(
         is_regularisation_data=bool(merged.get("is_regularisation_data")),
         ignore_epochs=merged["ignore_epochs"],
         preserve_data_backend_cache=merged["preserve_data_backend_cache"],
+        skip_file_discovery=tuple(merged.get("skip_file_discovery") or ()),
         scan_for_errors=merged["scan_for_errors"],
+        s3=s3,
+        csv=csv[0] if csv else None,
+        vae_cache_clear_each_epoch=merged["vae_cache_clear_each_epoch"],
     )
 
 

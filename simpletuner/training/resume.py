@@ -59,7 +59,8 @@ def save_training_state(trainer: Any) -> Optional[Path]:
     rng_states = _gather_from_ranks(accelerator, capture_rng_state(trainer.generator))
     if not accelerator.is_main_process:
         return None
-    denoiser = accelerator.unwrap_model(trainer.denoiser)
+    # The plain module: a compiled one (TRAINING_DYNAMO_BACKEND) prefixes every key with _orig_mod.
+    denoiser = accelerator.unwrap_model(trainer.denoiser, keep_torch_compile=False)
 
     def write_parts(folder: Path) -> None:
         trainer.trainable.save_state(denoiser, folder)
@@ -79,7 +80,7 @@ def save_training_state(trainer: Any) -> Optional[Path]:
 
 
 def load_training_state(trainer: Any, path: Path) -> None:
-    denoiser = trainer.accelerator.unwrap_model(trainer.denoiser)
+    denoiser = trainer.accelerator.unwrap_model(trainer.denoiser, keep_torch_compile=False)
     trainer.trainable.load_state(denoiser, path)
     trainer.optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=False))
     trainer.lr_scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=False))

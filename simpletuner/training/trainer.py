@@ -23,13 +23,15 @@ from simpletuner.errors import DataError, UserError
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.families.registry import get_family
 from simpletuner.logs import attach_log_file
-from simpletuner.training.batches import collate, to_device
+from simpletuner.training.batches import caption_dropout, collate, to_device
 from simpletuner.training.caches import prepare_caches
 from simpletuner.training.checkpoint import publish
 from simpletuner.training.ema import build_ema
+from simpletuner.training.grad_checkpointing import enable_gradient_checkpointing
 from simpletuner.training.loss import weighted_mse
 from simpletuner.training.noise_schedule import training_noise_scheduler
 from simpletuner.training.optimizers import build_optimizer, set_optimizer_mode
+from simpletuner.training.regularisation import log_regularisation_plan, mix_targets, regularisation_mask
 from simpletuner.training.resume import load_training_state, resolve_resume_path, save_training_state
 from simpletuner.training.schedulers import build_lr_scheduler, scaled_learning_rate
 from simpletuner.training.setup import build_accelerator, training_dtype, write_run_config
@@ -85,14 +87,18 @@ class Trainer:
         set_seed(self.state.seed)
         if self.accelerator.is_main_process:
             write_run_config(config, self.output_dir)
-        # 3. Data: discover, bucket, crop; the plan the sampler will follow.
-        data = prepare_training_data(
-            config, backends, self.state.seed, self.accelerator.num_processes, self._progress_enabled()
-        )
+        # 3. Data: discover, bucket, crop; the plan the sampler will follow.  The
+        #    main process goes first, so downloads and header reads happen once
+        #    and the other processes find them saved.
+        with self.accelerator.main_process_first():
+            data = prepare_training_data(
+                config, backends, self.state.seed, self.accelerator.num_processes, self._progress_enabled()
+            )
         self._log_summary(data, total_training_steps(config, data.report.batches_per_epoch), resume_path)
         # 4. Caches: encode what is missing, then free the encoders.  Images that
         #    cannot be decoded are left out here, which can change the step count.
-        self.lookup = prepare_caches(self.family, self.source, data, config, self.accelerator, self._progress_enabled())
+        self.lookup = prepare_caches(self.family, self.source, data, config, self.accelerator,
+                                     self._progress_enabled(), seed=self.state.seed)
         total_steps = total_training_steps(config, data.report.batches_per_epoch)
         if config.cache_only:
             logger.info("caches are complete; --cache_only set, so not training")
@@ -100,6 +106,7 @@ class Trainer:
             return self.output_dir
         # 5. The denoiser with its trainable adapter.
         denoiser = self._load_trainable_denoiser()
+        log_regularisation_plan(backends.image_datasets, self.trainable)
         self.objective = self.family.make_objective(self._load_noise_scheduler(), config)
         # 6. Optimizer, learning-rate schedule, sampler.
         sampler = data.sampler(self.state.seed, self.accelerator.process_index, self.accelerator.num_processes)
@@ -140,8 +147,14 @@ class Trainer:
         denoiser.requires_grad_(False)
         denoiser.to(self.device, dtype=self.trainable.frozen_dtype(self.dtype))
         self.trainable.prepare(denoiser)
+        if self.config.lora_format == "comfyui":
+            from simpletuner.training.adapters import diffusers_lora_state
+            from simpletuner.training.lora_formats import check_kohya_layout
+
+            # Now rather than at the first save: every trained module must keep its kohya name.
+            check_kohya_layout(self.family, diffusers_lora_state(denoiser))
         if self.config.gradient_checkpointing:
-            denoiser.enable_gradient_checkpointing()
+            enable_gradient_checkpointing(denoiser, self.config.gradient_checkpointing_interval)
         denoiser.train()
         return denoiser
 
@@ -157,7 +170,8 @@ class Trainer:
         started = time.perf_counter()
         batches = self.sampler.stream()
         while self.state.global_step < total_steps:
-            samples = next(batches)
+            # A new epoch may re-encode datasets that draw fresh crops every epoch.
+            samples = self.lookup.for_epoch(next(batches), self.sampler.epoch)
             with self.accelerator.accumulate(self.denoiser):
                 loss = self._loss(samples)
                 self.accelerator.backward(loss)
@@ -188,11 +202,25 @@ class Trainer:
         progress.close()
 
     def _loss(self, samples: list) -> torch.Tensor:
-        batch = to_device(collate(samples, self.lookup, self.family), self.device, self.dtype)
+        dropped = caption_dropout(len(samples), self.config.caption_dropout_probability, self.generator)
+        batch = to_device(collate(samples, self.lookup, self.family, dropped), self.device, self.dtype)
         noised = self.objective.noise(batch["latents"], self.generator)
-        output = self.denoiser(**self.family.model_inputs(batch, noised.noisy, noised.timesteps))
+        inputs = self.family.model_inputs(batch, noised.noisy, noised.timesteps)
+        # Before the trained forward pass: the base pass may swap adapter
+        # weights in place, which must not touch tensors autograd has saved.
+        target = self._regularised_target(samples, inputs, noised)
+        output = self.denoiser(**inputs)
         prediction = self.family.prediction(output, noised.noisy)
-        return weighted_mse(prediction, noised.target, noised.weights)
+        return weighted_mse(prediction, target, noised.weights)
+
+    def _regularised_target(self, samples: list, inputs: dict, noised: Any) -> torch.Tensor:
+        """Regularisation samples aim at the base model's own prediction (adapter off)."""
+        mask = regularisation_mask(samples)
+        if mask is None or not self.trainable.has_base_model:
+            return noised.target
+        with torch.no_grad(), self.trainable.base_model(self.accelerator.unwrap_model(self.denoiser)):
+            base = self.family.prediction(self.denoiser(**inputs), noised.noisy)
+        return mix_targets(mask, base, noised.target)
 
     def _after_step(self, loss: float, grad_norm: Any, started: float, progress: Any, total_steps: int) -> None:
         lr = self.lr_scheduler.get_last_lr()[0]
@@ -220,7 +248,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         set_optimizer_mode(self.optimizer, training=False)  # schedule-free: save the averaged weights
         if self.accelerator.is_main_process:
-            denoiser = self.accelerator.unwrap_model(self.denoiser)
+            denoiser = self.accelerator.unwrap_model(self.denoiser, keep_torch_compile=False)
             staging = self.output_dir / ".final.partial"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
@@ -234,11 +262,13 @@ class Trainer:
         return self.output_dir
 
     def _log_summary(self, data: PreparedData, total_steps: int, resume_path: Optional[Path]) -> None:
+        if not self.accelerator.is_main_process:
+            return
         config = self.config
         per_epoch = data.report.batches_per_epoch / config.gradient_accumulation_steps
         lines = [
             f"model: {config.pretrained_model_name_or_path} ({self.family.name}, {config.model_type}"
-            + (f" rank {config.lora_rank})" if config.model_type == "lora" else ")"),
+            + f"{self.trainable.summary()})",
         ]
         lines.append(data.table())
         lines.append(
