@@ -7,34 +7,26 @@ all ranks have finished them.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from simpletuner.tools.demo_data import make_demo_dataset
+from train_sh import run_train_sh, write_json
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 IMAGES = 12
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def _project(root: Path, model: Path) -> Path:
     make_demo_dataset(root / "data", count=IMAGES, sizes=((64, 64),))
-    _write_json(root / "config" / "multidatabackend.json", [
+    write_json(root / "config" / "multidatabackend.json", [
         {"id": "pics", "type": "local", "instance_data_dir": "data", "cache_dir_vae": "cache/vae",
          "caption_strategy": "textfile", "resolution": 64, "aspect_bucket_alignment": 16},
         {"id": "text", "type": "local", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"},
     ])
-    _write_json(root / "config" / "config.json", {
+    write_json(root / "config" / "config.json", {
         "--model_family": "sdxl", "--pretrained_model_name_or_path": str(model),
         "--data_backend_config": "config/multidatabackend.json", "--output_dir": "output",
         "--lora_rank": 4, "--learning_rate": 1e-3, "--train_batch_size": 1, "--vae_batch_size": 2,
@@ -42,16 +34,6 @@ def _project(root: Path, model: Path) -> Path:
     })
     (root / "config" / "config.env").write_text("TRAINING_NUM_PROCESSES=2\n", encoding="utf-8")
     return root
-
-
-def _train(root: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "ENV", "CONFIG_BACKEND")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run(["bash", str(REPO / "train.sh"), *args], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stderr
 
 
 def _shares(log: str, what: str) -> dict[int, tuple[int, int]]:
@@ -64,7 +46,7 @@ def test_two_processes_split_the_caching_and_both_train(tmp_path: Path, tiny_sdx
     root = _project(tmp_path, tiny_sdxl)
     prompts = len({p.read_text(encoding="utf-8") for p in (root / "data").glob("*.txt")}) + 1  # + the empty prompt
 
-    log = _train(root, "--cache_only")
+    log = run_train_sh(root, "--cache_only").stderr
     latents, texts = _shares(log, "'pics' latent cache"), _shares(log, "'text' text-embed cache")
     assert sorted(latents) == [0, 1] and sorted(texts) == [0, 1], log[-3000:]
     encoded = [latents[0][1], latents[1][1]]
@@ -79,7 +61,7 @@ def test_two_processes_split_the_caching_and_both_train(tmp_path: Path, tiny_sdx
     reports = [i for i, line in enumerate(lines) if re.search(r"cache \(rank \d of 2\):", line)]
     assert len(done) == 2 and max(reports) < min(done), "\n".join(lines[-40:])
 
-    log = _train(root, "--max_train_steps", "2")
+    log = run_train_sh(root, "--max_train_steps", "2").stderr
     assert _shares(log, "'pics' latent cache") == {0: (IMAGES // 2, 0), 1: (IMAGES // 2, 0)}
     assert "x 2 process(es)" in log
     assert (root / "output" / "pytorch_lora_weights.safetensors").is_file()

@@ -116,8 +116,9 @@ CASES = [
             "--mixed_precision=fp16 is not implemented yet", "working choices: no, bf16"),
     in_file("unknown_family", cfg(model_family="sd4"),
             "--model_family got 'sd4'", "choose one of: sdxl, legacy, sd3, flux, pixart_sigma, kolors"),
-    in_file("not_implemented_choice_of_several", cfg(resolution_type="area"),
-            "--resolution_type=area is not implemented yet", "working choices: pixel, pixel_area"),
+    in_file("not_implemented_choice_of_several", cfg(lora_init_type="loftq"),
+            "--lora_init_type=loftq is not implemented yet", "working choices: default, gaussian, olora, pissa",
+            lines=2),  # the second line is loftq's own rule
     in_file("not_needed_option", cfg(ignore_final_epochs="true"),
             "--ignore_final_epochs is not needed here", "--max_train_steps alone decides", "remove it"),
     # --- bounds

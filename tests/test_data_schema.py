@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -123,8 +124,10 @@ def test_unknown_key_suggests_the_close_one(tmp_path, data_dir):
 
 def test_wrong_type_names_dataset_and_key(tmp_path, data_dir):
     message = _error([_image(data_dir, tmp_path, resolution="big"), _text()])
-    assert "dataset 'photos'" in message and "'resolution'" in message and "whole number" in message
+    assert "dataset 'photos'" in message and "'resolution'" in message and "must be a number" in message
     assert "--resolution" not in message
+    message = _error([_image(data_dir, tmp_path, repeats=2.5), _text()])
+    assert "dataset 'photos'" in message and "'repeats'" in message and "whole number" in message
 
 
 def test_wrong_choice_lists_choices(tmp_path, data_dir):
@@ -140,9 +143,6 @@ def test_negative_repeats_rejected(tmp_path, data_dir):
 @pytest.mark.parametrize(
     "key, value",
     [
-        ("dataset_type", "image_embeds"),
-        ("resolution_type", "area"),
-        ("image_embeds", "vae-embeds"),
         ("cache_file_suffix", "x"),
     ],
 )
@@ -158,7 +158,10 @@ def test_not_implemented_key_at_its_default_is_accepted(tmp_path, data_dir):
     assert config.image_datasets[0].id == "photos"
 
 
-def test_not_implemented_global_default_is_rejected(tmp_path, data_dir):
+def test_not_implemented_global_default_is_rejected(tmp_path, data_dir, monkeypatch):
+    # Every global-default key works fully today; the guard is for the next partly built one.
+    partial = dataclasses.replace(KEYS_BY_NAME["resolution_type"], implemented=("pixel", "pixel_area"))
+    monkeypatch.setitem(KEYS_BY_NAME, "resolution_type", partial)
     message = _error([_image(data_dir, tmp_path), _text()], {"resolution_type": "area"})
     assert "resolution_type" in message and "not implemented yet" in message
 

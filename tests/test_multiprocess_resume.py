@@ -7,10 +7,7 @@ would repeat rank 0's draws after a resume and the weights would differ.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,26 +15,20 @@ import torch
 from safetensors.torch import load_file
 
 from simpletuner.tools.demo_data import make_demo_dataset
+from train_sh import run_train_sh, write_json
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def _project(root: Path, model: Path) -> Path:
     make_demo_dataset(root / "data", count=8)
-    _write_json(root / "config" / "multidatabackend.json", [
+    write_json(root / "config" / "multidatabackend.json", [
         {"id": "shapes", "type": "local", "instance_data_dir": "data", "cache_dir_vae": "cache/vae",
          "caption_strategy": "textfile", "resolution": 64, "resolution_type": "pixel_area",
          "crop": True, "crop_style": "center", "crop_aspect": "square"},
         {"id": "text", "type": "local", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"},
     ])
-    _write_json(root / "config" / "config.json", {
+    write_json(root / "config" / "config.json", {
         "--model_family": "sdxl", "--pretrained_model_name_or_path": str(model),
         "--data_backend_config": "config/multidatabackend.json", "--output_dir": "output",
         "--model_type": "lora", "--lora_rank": 4, "--learning_rate": 1e-3, "--train_batch_size": 1,
@@ -48,19 +39,9 @@ def _project(root: Path, model: Path) -> Path:
     return root
 
 
-def _train(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "ENV", "CONFIG_BACKEND")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run(["bash", str(REPO / "train.sh"), *args], cwd=root, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def test_two_process_resume_is_bitwise(tmp_path: Path, tiny_sdxl: Path) -> None:
     root = _project(tmp_path, tiny_sdxl)
-    first = _train(root)
+    first = run_train_sh(root)
     assert "x 2 process(es)" in first.stderr, first.stderr[-3000:]
 
     saved = torch.load(root / "output" / "checkpoint-3" / "rng_state.pt", weights_only=False)["per_rank"]
@@ -68,7 +49,7 @@ def test_two_process_resume_is_bitwise(tmp_path: Path, tiny_sdxl: Path) -> None:
     assert not torch.equal(saved[0]["trainer_generator"], saved[1]["trainer_generator"])
 
     shutil.copytree(root / "output" / "checkpoint-3", root / "resumed" / "checkpoint-3")
-    second = _train(root, "--output_dir", "resumed", "--resume_from_checkpoint", "latest")
+    second = run_train_sh(root, "--output_dir", "resumed", "--resume_from_checkpoint", "latest")
     assert "at step 3" in second.stderr
     expected = load_file(root / "output" / "pytorch_lora_weights.safetensors")
     actual = load_file(root / "resumed" / "pytorch_lora_weights.safetensors")

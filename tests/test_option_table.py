@@ -280,7 +280,6 @@ SLICE = {
     "model_family": ('sdxl', 'legacy', 'sd3', 'flux', 'pixart_sigma', 'kolors'),
     "lora_init_type": ("default", "gaussian", "olora", "pissa"),
     "mixed_precision": ("no", "bf16"),
-    "resolution_type": ("pixel", "pixel_area"),
 }
 SLICE_FULLY = {
     # adapters (issue 7)
@@ -304,7 +303,7 @@ SLICE_FULLY = {
     # data (issue 5)
     "crop_style", "crop_aspect", "crop_aspect_buckets", "caption_strategy",
     "data_backend_sampling", "aspect_bucket_rounding", "preserve_data_backend_cache",
-    "override_dataset_config", "skip_file_discovery",
+    "override_dataset_config", "skip_file_discovery", "resolution_type",
     # legacy / kolors (issue 4)
     "prediction_type", "rescale_betas_zero_snr",
     # pixart_sigma (issue 4)

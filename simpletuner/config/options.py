@@ -671,8 +671,8 @@ OPTIONS: tuple[Option, ...] = (
         "resolution_type", "str", "pixel_area",
         "How --resolution is read: pixel sets the shorter edge, pixel_area sets "
         "an area of resolution squared split into aspect buckets, area "
-        "(deprecated) gives megapixels.",
-        IMAGES, choices=("pixel", "area", "pixel_area"), implemented=("pixel", "pixel_area"),
+        "(deprecated) is pixel_area given in megapixels (1.0 = 1000x1000).",
+        IMAGES, choices=("pixel", "area", "pixel_area"),
     ),
     Option(
         "aspect_bucket_alignment", "int", 64,

@@ -49,7 +49,7 @@ from simpletuner.data.tables import MetadataTable
 from simpletuner.data.walk import IMAGE_EXTENSIONS, FoundFile, Listing, list_images, list_objects  # noqa: F401
 from simpletuner.errors import DataError
 from simpletuner.storage.base import Storage, read_json, write_json
-from simpletuner.storage.datasets import cache_of, cache_prefixes_inside, data_prefix, images_of
+from simpletuner.storage.datasets import cache_of, cache_prefixes_inside, data_prefix, images_of, latents_of
 from simpletuner.storage.local import LocalStorage
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,8 @@ def discover(
     if trusts_saved_file_list(dataset) and cached:
         listing = _listing_from_cache(dataset, cached)
     elif images is None:
-        excluded = {os.path.normcase(os.path.abspath(dataset.cache_dir_vae))}
+        excluded = {os.path.normcase(os.path.abspath(str(folder)))  # an s3:// latents location never matches
+                    for folder in (dataset.cache_dir_vae, latents_of(dataset).location())}
         listing = list_images(dataset.instance_data_dir, excluded)
     else:
         prefix = data_prefix(dataset)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any, Dict, List, Mapping, Tuple
 
 from simpletuner.data.schema import DatasetConfig
@@ -116,14 +115,16 @@ def describe_changes(dataset: DatasetConfig, changes: List[str]) -> str:
 
 
 def latents_folder(dataset: DatasetConfig) -> str:
-    return os.path.join(dataset.cache_dir_vae, "latents")
+    from simpletuner.storage.datasets import latents_of
+
+    return str(latents_of(dataset).location())
 
 
 def has_cached_latents(dataset: DatasetConfig) -> bool:
-    from simpletuner.storage.datasets import cache_of
+    from simpletuner.storage.datasets import latents_of
 
     try:  # the first listed entry answers it, in a folder or in a bucket
-        return any(True for _ in cache_of(dataset).child("latents").list())
+        return any(True for _ in latents_of(dataset).list())
     except OSError:
         return False
 

@@ -41,9 +41,8 @@ DATASET_KEYS: Tuple[Option, ...] = (
          GROUP_IDENTITY, choices=("local", "aws", "csv")),
     _key("dataset_type", "str", "image",
          "`image` for training images, `text_embeds` for a text-embedding cache, "
-         "`image_embeds` for an image-embedding cache.",
-         GROUP_IDENTITY, choices=("image", "text_embeds", "image_embeds"),
-         implemented=("image", "text_embeds")),
+         "`image_embeds` for a latent (image-embedding) cache image datasets can name.",
+         GROUP_IDENTITY, choices=("image", "text_embeds", "image_embeds")),
     _key("default", "bool", False,
          "On a text_embeds dataset: image datasets without `text_embeds` use this one.", GROUP_IDENTITY),
     _key("disabled", "bool", False, "Leave the dataset out of the run without deleting its entry.",
@@ -51,21 +50,21 @@ DATASET_KEYS: Tuple[Option, ...] = (
     _key("text_embeds", "str", None,
          "Id of the text_embeds dataset whose cache this image dataset uses; default: the default one.",
          GROUP_IDENTITY),
-    _later("image_embeds", "str", None, "Id of the image_embeds dataset this image dataset uses.",
-           GROUP_IDENTITY),
+    _key("image_embeds", "str", None, "Id of the image_embeds dataset this image dataset keeps its latents "
+         "in (under `<its cache_dir>/<this id>/`); default: `<cache_dir_vae>/latents/`.", GROUP_IDENTITY),
     # --- where ---------------------------------------------------------------
     _key("instance_data_dir", "path", None,
          "Folder holding the images (searched recursively); relative paths start at the working directory. "
          "Local datasets only (type aws uses aws_bucket_name and aws_data_prefix).",
          GROUP_WHERE),
     _key("cache_dir_vae", "path", None,
-         "Folder for this dataset's latent cache and discovery metadata; one per dataset. With type aws it "
-         "may be an `s3://bucket/prefix` location.", GROUP_WHERE),
-    _key("cache_dir", "path", None, "On a text_embeds dataset: folder for the text-embedding cache (with "
+         "Folder for this dataset's latent cache (unless it names an `image_embeds` dataset) and discovery "
+         "metadata; one per dataset. With type aws it may be an `s3://bucket/prefix` location.", GROUP_WHERE),
+    _key("cache_dir", "path", None, "On a text_embeds or image_embeds dataset: folder for its cache (with "
          "type aws: an `s3://bucket/prefix` location).", GROUP_WHERE),
     _key("aws_bucket_name", "str", None,
-         "With type aws: the S3 bucket holding the images (required); on a text_embeds dataset, its cache.",
-         GROUP_WHERE),
+         "With type aws: the S3 bucket holding the images (required); on a text_embeds or image_embeds "
+         "dataset, its cache.", GROUP_WHERE),
     _key("aws_region_name", "str", None, "With type aws: the bucket's region; default: boto3's (AWS_DEFAULT_REGION, "
          "profile).", GROUP_WHERE),
     _key("aws_endpoint_url", "str", None,
@@ -77,7 +76,7 @@ DATASET_KEYS: Tuple[Option, ...] = (
          "aws_access_key_id.", GROUP_WHERE, secret=True),
     _key("aws_data_prefix", "str", None,
          "With type aws: key prefix of the images inside the bucket (empty: the whole bucket); on a "
-         "text_embeds dataset without cache_dir, where its cache goes.", GROUP_WHERE),
+         "text_embeds or image_embeds dataset without cache_dir, where its cache goes.", GROUP_WHERE),
     _key("csv_file", "path", None, "With type csv: the CSV file listing image URLs (http, https or file), "
          "one per row, with a header row.", GROUP_WHERE),
     _key("csv_url_column", "str", "url", "With type csv: the column holding the URLs.", GROUP_WHERE),
@@ -86,23 +85,26 @@ DATASET_KEYS: Tuple[Option, ...] = (
     _key("csv_cache_dir", "path", None, "With type csv: the folder images are downloaded to once; it then "
          "serves as the dataset's folder.", GROUP_WHERE),
     # --- size and shape --------------------------------------------------------
-    _key("resolution", "int", 1024,
-         "Training size in pixels: the square edge for `pixel_area`, the shorter edge for `pixel`.",
-         GROUP_SIZE, minimum=8),
+    _key("resolution", "float", 1024,
+         "Training size: in whole pixels the square edge for `pixel_area` (at least 8), the shorter edge "
+         "for `pixel`; in megapixels (e.g. 1.0) for `area`.",
+         GROUP_SIZE, minimum=0),
     _key("resolution_type", "str", "pixel_area",
          "`pixel_area`: images keep their aspect at about resolution² pixels; `pixel`: the shorter "
-         "edge becomes resolution; `area`: resolution in megapixels (deprecated).",
-         GROUP_SIZE, choices=("pixel", "pixel_area", "area"), implemented=("pixel", "pixel_area")),
-    _key("minimum_image_size", "int", None,
-         "Skip smaller images: shorter edge for `pixel`, sqrt(width·height) for `pixel_area`.",
+         "edge becomes resolution; `area` (deprecated): `pixel_area` with the size keys in megapixels, "
+         "v megapixels being an edge of sqrt(v·1,000,000) pixels.",
+         GROUP_SIZE, choices=("pixel", "pixel_area", "area")),
+    _key("minimum_image_size", "float", None,
+         "Skip smaller images: shorter edge for `pixel`, sqrt(width·height) for `pixel_area`, "
+         "megapixels for `area`.",
          GROUP_SIZE, minimum=0),
-    _key("maximum_image_size", "int", None,
+    _key("maximum_image_size", "float", None,
          "With crop: images larger than this (same measure as minimum_image_size) are first "
          "downsampled to target_downsample_size, so the crop keeps more of the scene.",
-         GROUP_SIZE, minimum=8),
-    _key("target_downsample_size", "int", None,
+         GROUP_SIZE, minimum=0),
+    _key("target_downsample_size", "float", None,
          "The size (same measure) images above maximum_image_size are downsampled to before cropping.",
-         GROUP_SIZE, minimum=8),
+         GROUP_SIZE, minimum=0),
     _key("minimum_aspect_ratio", "float", None, "Skip images whose width / height is below this.",
          GROUP_SIZE, minimum=0.0),
     _key("maximum_aspect_ratio", "float", None, "Skip images whose width / height is above this.",

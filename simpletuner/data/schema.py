@@ -14,7 +14,7 @@ declared defaults, mirroring SimpleTuner.
 
 Everything wrong with the file is found here, before any image is opened:
 bad JSON, unknown keys, wrong types, missing directories, dangling
-``text_embeds`` references, rules across keys
+``text_embeds`` and ``image_embeds`` references, rules across keys
 (:mod:`simpletuner.data.dataset_checks`), unreadable caption filter lists
 and parquet tables that are not there.  Messages are one line naming the
 dataset id and the key, and say what to do.
@@ -39,11 +39,13 @@ from simpletuner.data.dataset_checks import (
     filter_source,
     parquet_spec,
 )
+from simpletuner.data.image_embeds import ImageEmbedConfig, attach_image_embeds, image_embed_config
 from simpletuner.data.keys import DATASET_KEYS, GLOBAL_DEFAULT_KEYS, KEYS_BY_NAME
+from simpletuner.data.size_units import resolve_size_units
 from simpletuner.data.tables import ParquetSpec
 from simpletuner.errors import ConfigError, DataError
 from simpletuner.storage.s3 import S3Settings
-from simpletuner.storage.settings import cache_location, image_location, s3_settings, text_cache_location
+from simpletuner.storage.settings import cache_location, embed_cache_location, image_location, s3_settings
 
 __all__ = [
     "DATASET_KEYS", "GLOBAL_DEFAULT_KEYS", "KEYS_BY_NAME", "DataBackendConfig", "DatasetConfig",
@@ -95,6 +97,9 @@ class DatasetConfig:
     s3: Optional[S3Settings] = None  # type aws: how to reach the bucket (instance_data_dir is then s3://...)
     csv: Optional[CsvSource] = None  # type csv: the URL list (instance_data_dir is its download folder)
     vae_cache_clear_each_epoch: bool = False
+    # resolution_type area: the size keys as written, in megapixels (the fields above hold pixels)
+    megapixels: Tuple[Tuple[str, float], ...] = ()
+    image_embeds: Optional[ImageEmbedConfig] = None  # where its latents go instead of cache_dir_vae
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class DataBackendConfig:
     image_datasets: Tuple[DatasetConfig, ...]
     text_embed_datasets: Tuple[TextEmbedConfig, ...]
     disabled_ids: Tuple[str, ...] = ()
+    image_embed_datasets: Tuple[ImageEmbedConfig, ...] = ()
 
     @property
     def default_text_embeds(self) -> TextEmbedConfig:
@@ -296,11 +302,14 @@ def _build(path: str, raw: List[Dict[str, Any]], defaults: Dict[str, Any]) -> Da
     _check_default_text_embeds(name, text_sets)
     image_sets = tuple(_image_config(v, defaults, text_sets) for v in image_raw)
     _check_unique_cache_dirs(image_sets)
+    embed_sets = tuple(image_embed_config(v) for v in enabled if v.get("dataset_type") == "image_embeds")
+    image_sets = attach_image_embeds(image_sets, image_raw, embed_sets, name)
     return DataBackendConfig(
         path=os.path.abspath(path),
         image_datasets=image_sets,
         text_embed_datasets=text_sets,
         disabled_ids=disabled,
+        image_embed_datasets=embed_sets,
     )
 
 
@@ -321,7 +330,7 @@ def _check_default_text_embeds(file_name: str, text_sets: Tuple[TextEmbedConfig,
 def _text_embed_config(values: Dict[str, Any]) -> TextEmbedConfig:
     where = f"dataset {values['id']!r}"
     s3 = s3_settings(values, where)
-    cache_dir = text_cache_location(values, where, s3)
+    cache_dir = embed_cache_location(values, where, s3)
     filters = values.get("caption_filter_list")
     return TextEmbedConfig(
         id=values["id"],
@@ -361,6 +370,7 @@ def _image_config(
             f"dataset; use one of: {', '.join(sorted(text_ids))}"
         )
     check_captions(merged, where)
+    merged, megapixels = resolve_size_units(merged, where, [k for k in merged if values.get(k) is None])
     check_sizes(merged, where)
     check_epoch_recrop(merged, where)
     parquet = parquet_spec(merged, where, os.getcwd() if s3 else data_dir)  # a table is always a local file
@@ -404,6 +414,7 @@ def _image_config(
         s3=s3,
         csv=csv[0] if csv else None,
         vae_cache_clear_each_epoch=merged["vae_cache_clear_each_epoch"],
+        megapixels=megapixels,
     )
 
 

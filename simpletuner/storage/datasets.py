@@ -1,10 +1,12 @@
 """The storages a run reads and writes for each configured dataset.
 
-An image dataset has two: where its images are (``None`` for a local folder,
-whose files discovery reads through the operating system directly, the fast
-path) and where its cache is (``cache_dir_vae``: latents, ``discovery.json``,
-``faces.json``, ``dataset_settings.json``).  A text_embeds dataset has one,
-its ``cache_dir``.  S3 clients are made once per dataset and shared.
+An image dataset has two or three: where its images are (``None`` for a local
+folder, whose files discovery reads through the operating system directly, the
+fast path), where its cache is (``cache_dir_vae``: ``discovery.json``,
+``faces.json``, ``dataset_settings.json`` and, by default, latents) and where its
+latents are (:func:`latents_of`; inside an image_embeds dataset when it names
+one).  A text_embeds dataset has one, its ``cache_dir``.  S3 clients are made
+once per dataset and shared.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from simpletuner.storage.local import LocalStorage
 from simpletuner.storage.s3 import S3Settings, S3Storage, is_s3_url, split_s3_url
 
 if TYPE_CHECKING:  # the schema imports this package; importing it back at run time would be circular
+    from simpletuner.data.image_embeds import ImageEmbedConfig
     from simpletuner.data.schema import DataBackendConfig, DatasetConfig, TextEmbedConfig
 
 
@@ -37,8 +40,20 @@ def cache_of(dataset: "DatasetConfig") -> Storage:
     return _at(dataset.cache_dir_vae, dataset.s3, "cache_dir_vae")
 
 
+def latents_of(dataset: "DatasetConfig") -> Storage:
+    """Where the dataset's latents live: the one answer every reader and writer of latents uses."""
+    if dataset.image_embeds is not None:
+        return image_embeds_cache_of(dataset.image_embeds).child(dataset.id)
+    return cache_of(dataset).child("latents")
+
+
 def text_cache_of(dataset: "TextEmbedConfig") -> Storage:
     """A text_embeds dataset's ``cache_dir`` as a storage."""
+    return _at(dataset.cache_dir, dataset.s3, "cache_dir")
+
+
+def image_embeds_cache_of(dataset: "ImageEmbedConfig") -> Storage:
+    """An image_embeds dataset's ``cache_dir`` as a storage (each image dataset's latents are a child)."""
     return _at(dataset.cache_dir, dataset.s3, "cache_dir")
 
 
@@ -52,13 +67,17 @@ def _at(location: str, s3: Optional[S3Settings], key: str) -> Storage:
 
 
 def cache_prefixes_inside(dataset: "DatasetConfig") -> Set[str]:
-    """Key prefixes (relative to the data prefix) of the dataset's own cache, if it sits among the images."""
-    cache = cache_of(dataset)
+    """Key prefixes (relative to the data prefix) of the dataset's caches that sit among its images."""
     images = images_of(dataset)
-    if not isinstance(cache, S3Storage) or images is None or cache.bucket != images.bucket:
+    if images is None:
         return set()
     prefix = data_prefix(dataset)
-    return {cache.prefix[len(prefix):]} if cache.prefix.startswith(prefix) and cache.prefix != prefix else set()
+    inside = set()
+    for cache in (cache_of(dataset), latents_of(dataset)):
+        if isinstance(cache, S3Storage) and cache.bucket == images.bucket and cache.prefix.startswith(prefix) \
+                and cache.prefix != prefix:
+            inside.add(cache.prefix[len(prefix):])
+    return inside
 
 
 def remote_storages(backends: "DataBackendConfig") -> List[S3Storage]:
@@ -70,6 +89,7 @@ def remote_storages(backends: "DataBackendConfig") -> List[S3Storage]:
             candidates.append(images.child(data_prefix(dataset)))
         candidates.append(cache_of(dataset))
     candidates.extend(text_cache_of(t) for t in backends.text_embed_datasets)
+    candidates.extend(image_embeds_cache_of(e) for e in backends.image_embed_datasets)
     seen: Set[Tuple[str, str]] = set()
     remote = []
     for storage in candidates:

@@ -8,7 +8,7 @@ mistake is reported before anything is scanned.  Rules:
   belongs to local datasets and is refused there rather than ignored.
 * A cache location (``cache_dir_vae``, ``cache_dir``) written ``s3://bucket/prefix``
   lives in that bucket, reached with the dataset's aws settings; anything else
-  is a local folder.  An aws ``text_embeds`` dataset caches in its bucket:
+  is a local folder.  An aws ``text_embeds`` or ``image_embeds`` dataset caches in its bucket:
   ``cache_dir`` is an ``s3://`` URL or, when left empty, ``aws_data_prefix``
   in ``aws_bucket_name`` (SimpleTuner's convention).
 * ``aws_*`` keys on a local dataset are refused (they would do nothing).
@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional
 from simpletuner.errors import ConfigError, DataError
 from simpletuner.storage.s3 import SCHEME, S3Settings, is_s3_url, normalise_prefix, split_s3_url
 
+_CACHE_OF = {"text_embeds": "text-embedding", "image_embeds": "latent"}
 AWS_KEYS = ("aws_bucket_name", "aws_region_name", "aws_endpoint_url", "aws_access_key_id",
             "aws_secret_access_key", "aws_data_prefix")
 
@@ -80,21 +81,22 @@ def cache_location(value: Optional[str], key: str, where: str, s3: Optional[S3Se
     return f"{SCHEME}{bucket}/{prefix}"
 
 
-def text_cache_location(values: Mapping[str, Any], where: str, s3: Optional[S3Settings]) -> str:
-    """Where a text_embeds dataset's entries go (see the module notes for aws datasets)."""
+def embed_cache_location(values: Mapping[str, Any], where: str, s3: Optional[S3Settings]) -> str:
+    """Where a text_embeds or image_embeds dataset's entries go (see the module notes for aws datasets)."""
     value = values.get("cache_dir")
+    kind = values.get("dataset_type", "text_embeds")
     if s3 is None:
         if not value:
             raise ConfigError(
-                f"{where}: key 'cache_dir' is required for dataset_type text_embeds; set it to a folder "
-                "for the text-embedding cache"
+                f"{where}: key 'cache_dir' is required for dataset_type {kind}; set it to a folder "
+                f"for its {_CACHE_OF[kind]} cache"
             )
         return cache_location(value, "cache_dir", where, None)
     if not value:
         return f"{SCHEME}{values['aws_bucket_name']}/{normalise_prefix(values.get('aws_data_prefix'))}"
     if values.get("aws_data_prefix"):
         raise ConfigError(
-            f"{where}: keys 'cache_dir' and 'aws_data_prefix' both say where the text-embedding cache goes; "
+            f"{where}: keys 'cache_dir' and 'aws_data_prefix' both say where the {_CACHE_OF[kind]} cache goes; "
             "keep one"
         )
     if not is_s3_url(value):

@@ -27,7 +27,7 @@ from simpletuner.data.pipeline import PreparedData
 from simpletuner.data.records import TrainingSample
 from simpletuner.data.transforms import load_pixels
 from simpletuner.families.base import ModelFamily, ModelSource
-from simpletuner.storage.datasets import cache_of, text_cache_of
+from simpletuner.storage.datasets import latents_of, text_cache_of
 from simpletuner.training.batches import CacheLookup
 from simpletuner.training.epoch_latents import EpochCrops
 
@@ -71,7 +71,7 @@ def prepare_caches(
     shard = (accelerator.process_index, accelerator.num_processes)
     compress = config.compress_disk_cache
     lookup = CacheLookup(
-        latent_stores={d.id: TensorStore(cache_of(d).child("latents"), compress)
+        latent_stores={d.id: TensorStore(latents_of(d), compress)
                        for d in data.backends.image_datasets},
         text_stores={d.id: TensorStore(text_cache_of(data.backends.text_embeds_for(d)), compress)
                      for d in data.backends.image_datasets},
