@@ -119,8 +119,6 @@ CASES = [
     in_file("not_implemented_choice_of_several", cfg(lora_init_type="loftq"),
             "--lora_init_type=loftq is not implemented yet", "working choices: default, gaussian, olora, pissa",
             lines=2),  # the second line is loftq's own rule
-    in_file("not_needed_option", cfg(ignore_final_epochs="true"),
-            "--ignore_final_epochs is not needed here", "--max_train_steps alone decides", "remove it"),
     # --- bounds
     in_file("below_minimum", cfg(lora_rank=0), "--lora_rank must be at least 1", "got 0"),
     in_file("above_maximum", cfg(lora_dropout="1.5"), "--lora_dropout must be at most 1", "got 1.5"),

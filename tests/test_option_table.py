@@ -303,7 +303,7 @@ SLICE_FULLY = {
     # data (issue 5)
     "crop_style", "crop_aspect", "crop_aspect_buckets", "caption_strategy",
     "data_backend_sampling", "aspect_bucket_rounding", "preserve_data_backend_cache",
-    "override_dataset_config", "skip_file_discovery", "resolution_type",
+    "override_dataset_config", "skip_file_discovery", "ignore_final_epochs", "resolution_type",
     # legacy / kolors (issue 4)
     "prediction_type", "rescale_betas_zero_snr",
     # pixart_sigma (issue 4)

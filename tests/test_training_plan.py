@@ -17,6 +17,11 @@ def _config(**values):
 
 def test_max_train_steps_wins_over_epochs() -> None:
     assert total_training_steps(_config(max_train_steps=7, num_train_epochs=50), batches_per_epoch=12) == 7
+    # ...also when it asks for more than the epochs hold: the epoch count never ends a
+    # run early, which is what --ignore_final_epochs asks for (so it is always the case).
+    assert total_training_steps(_config(max_train_steps=100, num_train_epochs=1), batches_per_epoch=12) == 100
+    assert total_training_steps(_config(max_train_steps=100, num_train_epochs=1, ignore_final_epochs=True),
+                                batches_per_epoch=12) == 100
 
 
 def test_epochs_times_batches_divided_by_accumulation() -> None:

@@ -42,8 +42,6 @@ def _format_default(option: Option) -> str:
 def _status(option: Option) -> str:
     if option.implemented is True:
         return "implemented"
-    if option.not_needed:
-        return f"not needed in this trainer: {option.not_needed}"
     if option.implemented is False:
         return "not implemented yet (only the default is accepted)"
     return "implemented for: " + ", ".join(f"`{c}`" for c in option.implemented)

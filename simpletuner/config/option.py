@@ -40,10 +40,6 @@ class Option:
             choice (``centre`` -> ``center``).
         families: the model families the option means something for, or None
             for all.  Setting it for another family is an error, not a no-op.
-        not_needed: for an option kept only so SimpleTuner configs are
-            understood, why this trainer has no use for it.  It is declared
-            ``implemented=False``, and setting it is refused with this reason
-            instead of "not implemented yet".
     """
 
     name: str
@@ -58,7 +54,6 @@ class Option:
     maximum: Optional[float] = None
     aliases: Optional[dict] = None
     families: Optional[tuple] = None
-    not_needed: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

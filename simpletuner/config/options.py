@@ -322,10 +322,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "ignore_final_epochs", "bool", False,
         "Keep training until --max_train_steps even when the epoch count, "
-        "recomputed after a dataset change, would end the run sooner.",
-        LENGTH, implemented=False,
-        not_needed="a set --max_train_steps alone decides when training stops, so a recomputed "
-        "epoch count never ends a run early",
+        "recomputed after a dataset change, would end the run sooner. Always "
+        "the case here: a set --max_train_steps alone decides when a run stops.",
+        LENGTH,
     ),
     Option(
         "seed", "int", None,

@@ -30,9 +30,7 @@ def not_implemented(values: Values) -> Optional[str]:
     for option in OPTIONS:
         value = values[option.name]
         if not option.is_value_implemented(value):
-            if option.not_needed:
-                problems.append(f"{option.flag} is not needed here: {option.not_needed}; remove it")
-            elif isinstance(option.implemented, tuple):
+            if isinstance(option.implemented, tuple):
                 works = ", ".join(option.implemented)
                 problems.append(
                     f"{option.flag}={_show(value)} is not implemented yet (working choices: {works})"

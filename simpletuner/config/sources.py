@@ -146,9 +146,7 @@ def _help_line(option: Option) -> str:
     text = option.help.replace("%", "%%")
     if option.default not in (None, False, "", [], ()):
         text += f" (default: {option.default})"
-    if option.not_needed:
-        text += " [not needed in this trainer]"
-    elif option.implemented is False:
+    if option.implemented is False:
         text += " [not implemented yet]"
     elif isinstance(option.implemented, tuple):
         text += " [implemented: " + ", ".join(option.implemented) + "]"
