@@ -32,6 +32,9 @@ aspect ratio width / height that decides the bucket):
   from (seed, dataset id, path), the same every run and epoch) or ``face``
   (centred on the largest detected face as far as the image allows; centre
   when no face is found).
+* ``aspect_resolution_map``: an aspect (after the rounding above) listed in
+  the dataset's map, to two decimals, takes the map's (width, height)
+  instead of the computed bucket; square crops are not affected.
 * A ``resolution`` that is not a multiple of R is first rounded to one, so
   that every bucket edge is a multiple of R (VAEs and patch sizes need it).
 * Filters: ``minimum_image_size`` m skips images whose shorter edge (``pixel``)
@@ -45,6 +48,7 @@ import math
 import random
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from simpletuner.data.aspect_map import mapped_bucket
 from simpletuner.data.records import ImageRecord, TrainingSample
 from simpletuner.data.schema import DatasetConfig
 
@@ -103,6 +107,9 @@ def bucket_for(
     num, den = (chosen, 1.0) if chosen is not None else (width, height)
     if dataset.aspect_bucket_rounding is not None:
         num, den = round(num / den, dataset.aspect_bucket_rounding), 1.0
+    mapped = mapped_bucket(dataset.aspect_resolution_map, num / den) if dataset.aspect_resolution_map else None
+    if mapped is not None:
+        return mapped
     if dataset.resolution_type == "pixel_area":
         area = float(resolution * resolution)
         aspect = num / den

@@ -41,6 +41,7 @@ PLAN_KEYS: Tuple[str, ...] = (
     "crop_style",
     "crop_aspect",
     "crop_aspect_buckets",
+    "aspect_resolution_map",
     "aspect_bucket_alignment",
     "aspect_bucket_rounding",
     "minimum_image_size",
@@ -55,8 +56,8 @@ def plan_settings(dataset: DatasetConfig) -> Dict[str, Any]:
     """The dataset's plan-shaping settings as JSON values."""
     values = {}
     for key in PLAN_KEYS:
-        value = getattr(dataset, key)
-        values[key] = list(value) if isinstance(value, tuple) else value
+        # Through JSON, so nested tuples compare equal to what a saved file reads back.
+        values[key] = json.loads(json.dumps(getattr(dataset, key)))
     return values
 
 

@@ -124,6 +124,11 @@ DATASET_KEYS: Tuple[Option, ...] = (
          "Shape of the crop: `square`, `preserve` (the image's own aspect bucket), `closest` (the "
          "crop_aspect_buckets ratio nearest the image's) or `random` (one of them, per image).",
          GROUP_CROP, choices=("square", "preserve", "closest", "random")),
+    _key("aspect_resolution_map", "path", None,
+         "Your own bucket sizes for some aspect ratios: an object like {\"1.46\": [1216, 832]} (keys are "
+         "width / height to two decimals) or the path of a JSON file holding one, in SimpleTuner's "
+         "aspect_ratio_map format. Listed aspects take the given size; others keep the computed bucket; "
+         "square crops always use resolution.", GROUP_SIZE),
     _key("crop_aspect_buckets", "list", None,
          "Aspect ratios (width / height) that crop_aspect closest and random choose from.", GROUP_CROP),
     # --- captions ----------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from simpletuner.config.coerce import coerce_value, unknown_key_message
 from simpletuner.config.option import Option
+from simpletuner.data.aspect_map import AspectMap, parse_aspect_map
 from simpletuner.data.caption_filters import CaptionFilter, load_filter_list
 from simpletuner.data.csv_source import CsvSource, csv_source
 from simpletuner.data.dataset_checks import (
@@ -83,6 +84,7 @@ class DatasetConfig:
     maximum_aspect_ratio: Optional[float] = None
     aspect_bucket_rounding: Optional[int] = None
     crop_aspect_buckets: Tuple[float, ...] = ()
+    aspect_resolution_map: AspectMap = ()  # sorted (aspect, (width, height)) pairs
     prepend_instance_prompt: bool = False
     only_instance_prompt: bool = False
     caption_filters: Tuple[CaptionFilter, ...] = ()  # this dataset's, then its text_embeds dataset's
@@ -271,7 +273,7 @@ def _validate_entry(entry: Any, index: int, file_name: str) -> Dict[str, Any]:
     return values
 
 
-_BLOCK_KEYS = ("parquet", "caption_filter_list")
+_BLOCK_KEYS = ("parquet", "caption_filter_list", "aspect_resolution_map")
 
 
 def _implemented_hint(option: Option) -> str:
@@ -400,6 +402,7 @@ def _image_config(
         maximum_aspect_ratio=merged.get("maximum_aspect_ratio"),
         aspect_bucket_rounding=merged.get("aspect_bucket_rounding"),
         crop_aspect_buckets=aspect_buckets(merged, where),
+        aspect_resolution_map=parse_aspect_map(merged, where),
         prepend_instance_prompt=merged["prepend_instance_prompt"],
         only_instance_prompt=merged["only_instance_prompt"],
         caption_filters=tuple(filters) + (text_set.caption_filters if text_set else ()),
