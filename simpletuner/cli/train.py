@@ -21,10 +21,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as error:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
+        _leave_if_distributed(USER_ERROR_EXIT_CODE)  # here, while the traceback still holds the trainer
         return USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:
         print("interrupted; resume with --resume_from_checkpoint latest", file=sys.stderr)
+        _leave_if_distributed(130)
         return 130
+
+
+def _leave_if_distributed(code: int) -> None:
+    """End a multi-process run without tearing down its process group.
+
+    Freeing the DDP reducer destroys the gloo process group, which joins a
+    worker thread that may be waiting for the GIL the freeing thread holds:
+    the process then never exits.  Everything worth keeping (weights,
+    checkpoints, trackers, logs) is written and flushed by now.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _run(argv: list[str]) -> int:
@@ -48,7 +68,9 @@ def _run(argv: list[str]) -> int:
 
     quiet_libraries()
 
-    Trainer(config, show_progress=sys.stderr.isatty() or bool(os.environ.get("SIMPLETUNER_PROGRESS"))).run()
+    trainer = Trainer(config, show_progress=sys.stderr.isatty() or bool(os.environ.get("SIMPLETUNER_PROGRESS")))
+    trainer.run()
+    _leave_if_distributed(0)  # before ``trainer`` is freed; see there
     return 0
 
 
