@@ -74,6 +74,10 @@ def main(
         help="folder that receives the three files (default: %(default)s)",
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    from simpletuner.logs import setup_logging
+
+    # Library chatter (torch, torchao, bitsandbytes at import) stays off the console.
+    setup_logging(os.environ)
     config_dir = Path(args.config_dir)
     try:
         _confirm_overwrite(config_dir, input_fn)

@@ -78,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model_family", default="sdxl")
     parser.add_argument("--max_train_steps", type=int, default=20)
     args = parser.parse_args(argv)
+    from simpletuner.logs import setup_logging
+
+    # Before the first torch import: library chatter stays off the console.
+    setup_logging(os.environ)
     folder = args.output_dir.resolve()
     model = write_demo_project(folder, args.model_family, args.max_train_steps)
     print(f"demo project written to {folder}; training with train.sh ...", flush=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from simpletuner.logs import setup_logging
+
+    # Before the first torch import: library chatter stays off the console.
+    setup_logging(os.environ)
     try:
         path = make_tiny_model(args.model_family, args.output_dir, seed=args.seed)
     except UserError as exc:
