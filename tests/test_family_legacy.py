@@ -69,7 +69,7 @@ def test_zero_terminal_snr_rescales_the_training_schedule(tiny_legacy_v: Path) -
     assert plain.alphas_cumprod[-1] > 1e-3
     assert scheduler.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-12)
     # Lin et al.: the first timestep keeps its signal-to-noise ratio.
-    assert scheduler.alphas_cumprod[0] == pytest.approx(plain.alphas_cumprod[0].item(), rel=1e-4)
+    assert scheduler.alphas_cumprod[0].item() == pytest.approx(plain.alphas_cumprod[0].item(), rel=1e-4)
     # At the last timestep the input is pure noise and v is -x0.
     latents, noise, last = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.tensor([999])
     assert torch.allclose(scheduler.add_noise(latents, noise, last), noise, atol=1e-6)
