@@ -4,7 +4,8 @@ The log is kept by a WSGI wrapper around the server's app, so tests see what
 really went over the wire (method, key, Range header, status) and how many
 requests were in flight at once.  ``delay`` slows every request down so that
 overlap, when the client sends requests in parallel, is certain rather than
-lucky.
+lucky.  ``fault`` lets a test answer chosen requests with an S3 error of its
+own making, as a misbehaving S3-compatible server would.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Recorder:
     in_flight: int = 0
     most_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # environ -> (HTTP status, S3 error code, message) to answer with, or None to serve the request
+    fault: Optional[Callable[[dict], Optional[Tuple[int, str, str]]]] = None
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         request = Request(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), environ.get("HTTP_RANGE"))
@@ -53,6 +56,9 @@ class Recorder:
         try:
             if self.delay:
                 time.sleep(self.delay)
+            answer = self.fault(environ) if self.fault else None
+            if answer is not None:
+                return _error_response(request, start_response, *answer)
 
             def noting_start(status: str, headers: list, *args: Any) -> Any:
                 request.status = int(status.split()[0])
@@ -67,10 +73,21 @@ class Recorder:
         with self.lock:
             self.requests.clear()
             self.delay, self.in_flight, self.most_in_flight = 0.0, 0, 0
+            self.fault = None
 
     def gets(self, bucket: str, key_part: str = "") -> List[Request]:
         return [r for r in self.requests if r.method == "GET" and r.path.startswith(f"/{bucket}/")
                 and key_part in r.path]
+
+
+def _error_response(request: Request, start_response: Callable, status: int, code: str, message: str) -> list:
+    from xml.sax.saxutils import escape
+
+    body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{escape(code)}</Code>"
+            f"<Message>{escape(message)}</Message><RequestId>fault</RequestId></Error>").encode()
+    request.status = status
+    start_response(f"{status} Fault", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 @dataclass

@@ -76,3 +76,27 @@ def test_each_ingredient_re_encodes_what_it_shaped(tmp_path: Path, tiny_sdxl: Pa
     shutil.copytree(tiny_sdxl / "vae", tmp_path / "other_vae")
     (latents, texts) = _cache(root, tiny_sdxl, caplog, "--pretrained_vae_model_name_or_path", str(tmp_path / "other_vae"))
     assert latents == (0, 5) and texts[1] == 0
+
+
+def test_vae_weights_rewritten_in_place_re_encode_every_latent(tmp_path: Path, tiny_sdxl: Path, caplog) -> None:
+    """Same VAE path, new weights in the same file: the old latents are not the new VAE's."""
+    import logging
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    caplog.set_level(logging.INFO)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sdxl, model)  # the session's model stays untouched
+    root = write_two_class_project(tmp_path / "project", per_class=2)
+    assert _cache(root, model, caplog) == ((0, 4), (0, 3))
+    assert _cache(root, model, caplog) == ((4, 0), (3, 0))
+
+    (weights,) = (model / "vae").glob("*.safetensors")
+    state = load_file(str(weights))
+    with safe_open(str(weights), framework="pt") as file:
+        metadata = file.metadata()
+    save_file({name: tensor * 1.5 for name, tensor in state.items()}, str(weights), metadata=metadata)
+    assert weights.stat().st_size == (tiny_sdxl / "vae" / weights.name).stat().st_size  # only the values differ
+    assert _cache(root, model, caplog) == ((0, 4), (3, 0))

@@ -7,6 +7,10 @@ fresh pipeline; both must generate the same latents, unlike the base model.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,9 @@ from simpletuner.config.options import KOHYA_LORA_FAMILIES, MODEL_FAMILIES
 from simpletuner.errors import ConfigError, ModelError
 from simpletuner.families.base import ModelSource
 from simpletuner.families.registry import get_family
-from simpletuner.training.lora_formats import LORA_WEIGHT_NAME, check_kohya_layout, to_kohya
+from simpletuner.training.lora_formats import LORA_WEIGHT_NAME, check_kohya_layout, modules_diffusers_recovers, to_kohya
+
+REPO = Path(__file__).resolve().parents[1]
 
 RANK, ALPHA = 4, 2  # alpha != rank, so a loader that ignores alpha gives another result
 
@@ -107,11 +113,45 @@ def test_targets_the_flux_loader_cannot_map_back_fail_before_training() -> None:
 
 def test_unet_targets_round_trip_through_the_sd_loader() -> None:
     sdxl = get_family("sdxl", None)
-    check_kohya_layout(sdxl, _state(
+    modules = {
         "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
         "mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0",
         "up_blocks.0.resnets.1.conv1", "down_blocks.0.resnets.0.time_emb_proj",
-    ))
+    }
+    state = _state(*modules)
+    kohya = to_kohya(state, sdxl.kohya_lora_prefix, ALPHA)
+    # diffusers' own SDXL loader turns every kohya name back into the module it came from ...
+    assert modules_diffusers_recovers(sdxl.pipeline_class(), kohya, sdxl.denoiser_component) == modules
+    check_kohya_layout(sdxl, state)  # ... so the pre-training check lets them through,
+    # while a module whose name its converter splits wrongly is stopped.
+    with pytest.raises(ModelError, match="onto the wrong layer.*--lora_target_modules"):
+        check_kohya_layout(sdxl, _state(*modules, "add_embedding.linear_1"))
+
+
+@pytest.mark.slow
+def test_comfyui_stops_before_training_when_a_target_would_load_wrongly(tmp_path: Path, tiny_sdxl: Path) -> None:
+    """train.py with a config naming a target kohya maps wrongly: exit 2, one line, nothing trained or saved."""
+    root = write_two_class_project(tmp_path, per_class=1)
+    (root / "config").mkdir()
+    (root / "config" / "config.json").write_text(json.dumps({
+        "--model_family": "sdxl", "--pretrained_model_name_or_path": str(tiny_sdxl),
+        "--data_backend_config": str(root / "mdb.json"), "--output_dir": str(root / "output"),
+        "--mixed_precision": "no", "--max_train_steps": "1", "--checkpointing_steps": "1", "--seed": "0",
+        "--lora_format": "comfyui", "--lora_target_modules": "to_q,add_embedding.linear_1",
+    }), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "ENV", "CONFIG_BACKEND")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run([sys.executable, str(REPO / "train.py")], cwd=root, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "--lora_format=comfyui" in errors[0] and "--lora_target_modules" in errors[0], errors[0]
+    assert "add.embedding" in errors[0] or "add_embedding" in errors[0], errors[0]
+    # Stopped before the first step: no checkpoint, no weights.
+    assert not list((root / "output").glob("checkpoint-*"))
+    assert not list((root / "output").rglob("*lora_weights.safetensors"))
 
 
 def test_every_module_carries_its_alpha_and_the_header_describes_it(tmp_path: Path) -> None:

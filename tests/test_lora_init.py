@@ -1,4 +1,6 @@
-"""--lora_init_type: how each choice starts the adapter, and that weight-aware starts save correctly."""
+"""--lora_init_type: how each choice starts the adapter, and that weight-aware starts save correctly.
+
+Also --lora_dropout, which PEFT applies inside each LoRA layer."""
 
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ SCALE = ALPHA / RANK
 LAYER = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 
 
-def _config(tiny_sdxl: Path, init: str, tmp_path: Path):
+def _config(tiny_sdxl: Path, init: str, tmp_path: Path, *extra: str):
     argv = ["--model_family", "sdxl", "--pretrained_model_name_or_path", str(tiny_sdxl),
             "--data_backend_config", "mdb.json", "--output_dir", "out", "--lora_rank", str(RANK),
-            "--lora_alpha", str(ALPHA), "--lora_init_type", init]
+            "--lora_alpha", str(ALPHA), "--lora_init_type", init, *extra]
     return load_config(argv, env={}, cwd=tmp_path)
 
 
@@ -121,3 +123,20 @@ def test_weight_aware_init_saves_a_lora_for_the_real_base_weights(tmp_path: Path
         assert torch.allclose(output(denoiser, inputs), expected, atol=1e-5), folder
         ranks = {p.shape[0] for name, p in denoiser.named_parameters() if "lora_A" in name}
         assert ranks == {2 * RANK}
+
+
+@pytest.mark.parametrize("dropout", [0.25, 0.0])
+def test_lora_dropout_reaches_every_lora_layer(tmp_path: Path, tiny_sdxl: Path, dropout: float) -> None:
+    from diffusers import UNet2DConditionModel
+
+    model = UNet2DConditionModel.from_pretrained(tiny_sdxl / "unet")
+    config = _config(tiny_sdxl, "default", tmp_path, "--lora_dropout", str(dropout))
+    LoraTraining(config, get_family("sdxl", config)).prepare(model)
+    layers = [m for m in model.modules() if hasattr(m, "lora_dropout") and "default" in m.lora_dropout]
+    assert layers, "no LoRA layers"
+    for layer in layers:
+        applied = layer.lora_dropout["default"]
+        if dropout:
+            assert isinstance(applied, torch.nn.Dropout) and applied.p == dropout
+        else:
+            assert isinstance(applied, torch.nn.Identity)  # PEFT's "no dropout"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,10 +20,10 @@ EXAMPLE = REPO / "config" / "lycoris_config.json.example"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-def _validate(tmp_path: Path, *flags: str) -> None:
+def _validate(tmp_path: Path, *flags: str) -> Any:
     argv = ["--model_family", "sdxl", "--pretrained_model_name_or_path", "some/model",
             "--data_backend_config", "mdb.json", "--output_dir", "out", *flags]
-    load_config(argv, env={}, cwd=tmp_path)
+    return load_config(argv, env={}, cwd=tmp_path)
 
 
 def _message(tmp_path: Path, *flags: str) -> str:
@@ -35,7 +36,17 @@ def _message(tmp_path: Path, *flags: str) -> str:
 
 
 def test_the_example_config_validates(tmp_path: Path) -> None:
-    _validate(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE))
+    from simpletuner.training.lycoris_config import read_lycoris_config
+
+    config = _validate(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE))
+    assert (config.lora_type, config.lycoris_config) == ("lycoris", str(EXAMPLE))
+    example = json.loads(EXAMPLE.read_text(encoding="utf-8"))
+    assert read_lycoris_config(str(EXAMPLE)) == example
+    assert example["algo"] == "lokr" and example["apply_preset"]["target_module"] == ["Attention", "FeedForward"]
+    # The example really went through the checks: the same file with one key misspelt does not.
+    misspelt = tmp_path / "misspelt.json"
+    misspelt.write_text(json.dumps({**example, "factr": example["factor"]}), encoding="utf-8")
+    assert "unknown key(s) factr" in _message(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(misspelt))
 
 
 @pytest.mark.parametrize("content, fragments", [

@@ -2,11 +2,13 @@
 
 The table is the single source of the CLI, config loaders, validation and
 docs, so it must cover the spec (SimpleTuner's option reference, shared/seeds
-beside the repository) and be internally consistent.
+beside the repository, whose option names are vendored in tests/data) and be
+internally consistent.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,8 +17,12 @@ import pytest
 from simpletuner.config.option import KINDS, Option
 from simpletuner.config.options import ENVIRONMENT, GROUPS, OPTIONS, OPTIONS_BY_NAME
 
-SEEDS = Path(__file__).resolve().parents[1].parent / "shared" / "seeds"
-SIMPLETUNER_SEED = SEEDS / "001_c8c846924c82bbf7.txt"
+REPO = Path(__file__).resolve().parents[1]
+# What the tests need from SimpleTuner's option reference (the seed document
+# shared/seeds/001_c8c846924c82bbf7.txt): the option and environment variable
+# names it documents, vendored so a clone without shared/ still checks them.
+SEED_FACTS = Path(__file__).resolve().parent / "data" / "simpletuner_seed_options.json"
+SIMPLETUNER_SEED = REPO.parent / "shared" / "seeds" / "001_c8c846924c82bbf7.txt"
 
 # The option reference starts at the first option heading; the overview above
 # it mentions "`--arguments`" as a figure of speech.  It ends where the
@@ -25,34 +31,56 @@ _OPTIONS_START = re.compile(r"^#+ `--", re.MULTILINE)
 _ENV_HEADING = "# Environment configuration variables"
 _BACKTICKED_FLAG = re.compile(r"`--([A-Za-z0-9_]+)")
 _HEADING_FLAG = re.compile(r"^#+ `--([A-Za-z0-9_]+)`", re.MULTILINE)
+_ENV_BULLET = re.compile(r"^- `([A-Z][A-Z0-9_]+)`", re.MULTILINE)  # each variable opens a bullet
 
 
-def _seed_text() -> str:
-    if not SIMPLETUNER_SEED.is_file():
-        pytest.skip(
-            f"seed document not found at {SIMPLETUNER_SEED} (shared/ is not beside the repo)"
-        )
-    return SIMPLETUNER_SEED.read_text(encoding="utf-8")
-
-
-def _seed_option_section(text: str) -> str:
+def extract_seed_facts(text: str) -> dict[str, list[str]]:
+    """The names SimpleTuner's option reference documents, as the vendored file holds them."""
     start = _OPTIONS_START.search(text)
     end = text.find(_ENV_HEADING)
     assert start is not None and end > start.start(), "seed layout changed; update this parser"
-    return text[start.start() : end]
+    options = text[start.start() : end]
+    return {
+        "heading_flags": sorted(set(_HEADING_FLAG.findall(options))),
+        "flags": sorted(set(_BACKTICKED_FLAG.findall(options))),
+        "environment_variables": sorted(set(_ENV_BULLET.findall(text[end:]))),
+    }
 
 
-def _seed_flags() -> set[str]:
-    return set(_BACKTICKED_FLAG.findall(_seed_option_section(_seed_text())))
+def _seed_facts() -> dict[str, list[str]]:
+    facts = json.loads(SEED_FACTS.read_text(encoding="utf-8"))
+    facts.pop("source")  # the file's note on where the names come from
+    return facts
 
 
 # --------------------------------------------------------------- coverage
 
 
+def test_parser_reads_the_seed_layout():
+    excerpt = """Pass `--arguments` on the command line.
+
+## `--model_family`
+- Which model. See also `--lr_end` below.
+
+### `--lr_end`
+- The final rate.
+
+# Environment configuration variables
+Set `--multi_gpu` through ACCELERATE_EXTRA_ARGS.
+- `TRAINING_NUM_PROCESSES` how many processes
+- `VENV_PATH` where the venv is
+"""
+    assert extract_seed_facts(excerpt) == {
+        "heading_flags": ["lr_end", "model_family"],
+        "flags": ["lr_end", "model_family"],
+        "environment_variables": ["TRAINING_NUM_PROCESSES", "VENV_PATH"],
+    }
+
+
 def test_parser_finds_the_seed_flags():
-    flags = _seed_flags()
-    headings = set(_HEADING_FLAG.findall(_seed_option_section(_seed_text())))
-    # Guard against a regex that quietly matches nothing.
+    facts = _seed_facts()
+    flags, headings = set(facts["flags"]), set(facts["heading_flags"])
+    # Guard against a parser (or a vendored copy) that quietly holds nothing.
     assert len(headings) >= 45
     assert headings <= flags
     # Flags only mentioned in running text are found too.
@@ -60,16 +88,23 @@ def test_parser_finds_the_seed_flags():
     assert "multi_gpu" not in flags and "arguments" not in flags
 
 
+def test_vendored_seed_facts_match_the_seed_document():
+    if not SIMPLETUNER_SEED.is_file():
+        pytest.skip(f"the seed document is not beside this clone ({SIMPLETUNER_SEED}); the other option "
+                    f"tests use the vendored copy {SEED_FACTS.name}, which this test keeps in step with it")
+    fresh = extract_seed_facts(SIMPLETUNER_SEED.read_text(encoding="utf-8"))
+    assert _seed_facts() == fresh, (
+        f"{SEED_FACTS} is out of date; replace its lists with:\n{json.dumps(fresh, indent=2)}"
+    )
+
+
 def test_every_seed_flag_is_registered():
-    missing = sorted(_seed_flags() - set(OPTIONS_BY_NAME))
+    missing = sorted(set(_seed_facts()["flags"]) - set(OPTIONS_BY_NAME))
     assert not missing, f"seed options missing from the table: {missing}"
 
 
 def test_seed_environment_variables_are_registered():
-    text = _seed_text()
-    env_part = text[text.find(_ENV_HEADING) :]
-    # Each variable opens a bullet: "- `NAME` ...".
-    seed_vars = set(re.findall(r"^- `([A-Z][A-Z0-9_]+)`", env_part, re.MULTILINE))
+    seed_vars = set(_seed_facts()["environment_variables"])
     assert "TRAINING_NUM_PROCESSES" in seed_vars
     names = {name for name, _default, _help in ENVIRONMENT}
     assert seed_vars <= names, sorted(seed_vars - names)

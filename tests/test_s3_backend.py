@@ -424,3 +424,42 @@ def test_cli_reports_a_missing_bucket_in_one_line_and_prints_no_secret(
     printed = _train_cli(tmp_path, *flags, "--print_config")
     assert printed.returncode == 0, printed.stderr[-2000:]
     _assert_no_credentials(printed.stdout + printed.stderr)
+
+
+@pytest.mark.slow
+def test_a_server_message_quoting_the_credentials_is_scrubbed(
+    s3_server: S3Server, tmp_path: Path, tiny_sdxl: Path
+) -> None:
+    """An S3-compatible server whose error message quotes the request's credentials:
+    the user's one-line error and debug.log must not repeat them."""
+    bucket = _two_class_bucket(s3_server, tmp_path)
+    _write_mdb(tmp_path, [_image_entry(s3_server, bucket, str(tmp_path / "vae")), _text(tmp_path)])
+    sent = []
+
+    def quote_credentials(environ: dict) -> Optional[tuple]:
+        # Discovery's ranged reads of the images (after the bucket check, once debug.log is open).
+        if environ.get("REQUEST_METHOD") != "GET" or not environ.get("HTTP_RANGE"):
+            return None
+        # Both within the first 200 characters, which is what the message keeps.
+        message = (f"could not verify secret {SECRET_ACCESS_KEY} against request signed with "
+                   f"{environ.get('HTTP_AUTHORIZATION')}")
+        sent.append(message)
+        return 400, "InvalidArgument", message
+
+    s3_server.recorder.fault = quote_credentials
+    result = _train_cli(tmp_path, "--model_family", "sdxl", "--pretrained_model_name_or_path", str(tiny_sdxl),
+                        "--data_backend_config", str(tmp_path / "mdb.json"), "--output_dir", "out",
+                        "--max_train_steps", "1", "--mixed_precision", "no",
+                        env={"SIMPLETUNER_LOG_LEVEL": "DEBUG"})
+    assert sent and ACCESS_KEY_ID in sent[0] and SECRET_ACCESS_KEY in sent[0], "no message quoted the credentials"
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    # The server's message still reaches the user, with the credentials masked.
+    assert "InvalidArgument" in errors[0] and "against request signed with" in errors[0], errors[0]
+    assert errors[0].count("***redacted***") == 2, errors[0]
+    _assert_no_credentials(result.stdout + result.stderr)
+    debug_log = tmp_path / "out" / "debug.log"
+    assert debug_log.is_file(), "the run failed before its log was opened"
+    _assert_no_credentials(debug_log.read_text(encoding="utf-8"))

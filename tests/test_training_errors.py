@@ -84,16 +84,25 @@ def test_model_folder_without_model_index(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_nan_loss_stops_the_run_keeping_the_last_good_checkpoint(tmp_path: Path, tiny_sdxl: Path) -> None:
-    data = make_demo_dataset(tmp_path / "data", count=8, sizes=((64, 64),))
-    # A learning rate this large blows the weights up within a few steps.
-    result = _train(tmp_path, *_flags(tiny_sdxl, _backend(tmp_path, data), "--max_train_steps", "40",
-                                     "--checkpointing_steps", "1", "--learning_rate", "1e12", "--max_grad_norm", "0",
-                                     "--optimizer", "optimi-sgd", "--train_batch_size", "2"))
-    _assert_user_error(result, "became", "--resume_from_checkpoint latest")
-    checkpoints = sorted((tmp_path / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert checkpoints, "no checkpoint was kept"
-    from safetensors.torch import load_file
-    import torch
+    import re
 
+    import torch
+    from safetensors.torch import load_file
+
+    data = make_demo_dataset(tmp_path / "data", count=8, sizes=((64, 64),))
+    # At this rate the loss turns NaN after a few steps (step 4 with seed 0).  Checkpoints
+    # every 3 steps, so the step it happens at is no checkpoint step: only the loss
+    # check can stop it there (the weight check runs at checkpoint steps alone).
+    interval = 3
+    result = _train(tmp_path, *_flags(tiny_sdxl, _backend(tmp_path, data), "--max_train_steps", "40",
+                                     "--checkpointing_steps", str(interval), "--learning_rate", "1e4",
+                                     "--max_grad_norm", "0", "--optimizer", "optimi-sgd", "--train_batch_size", "2",
+                                     "--seed", "0"))
+    _assert_user_error(result, "loss became", "--resume_from_checkpoint latest")
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+    step = int(re.search(r"at step (\d+)", error).group(1))
+    assert step > interval and step % interval != 0, f"the NaN must come between checkpoints: {error}"
+    checkpoints = sorted((tmp_path / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in checkpoints][-1] == f"checkpoint-{step // interval * interval}", checkpoints
     last = load_file(checkpoints[-1] / "trainable.safetensors")
     assert all(torch.isfinite(t).all() for t in last.values()), "the last checkpoint holds non-finite weights"
