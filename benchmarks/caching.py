@@ -120,7 +120,7 @@ def _cache_round(config: Any, root: Path, accelerator: Any) -> tuple[float, floa
     shutil.rmtree(root / "cache", ignore_errors=True)
     family = get_family("sdxl", config)
     source = ModelSource.from_config(config, family)
-    data = prepare_training_data(config, load_backends(config), SEED, show_progress=False)
+    data = prepare_training_data(config, load_backends(config), show_progress=False)
     phases = _Phases(family)
     started = time.perf_counter()
     prepare_caches(family, source, data, config, accelerator, show_progress=False, seed=SEED)
@@ -142,7 +142,7 @@ def _bare_round(config: Any, root: Path) -> tuple[float, float]:
     out.mkdir()
     family = get_family("sdxl", config)
     source = ModelSource.from_config(config, family)
-    samples = prepare_training_data(config, load_backends(config), SEED, show_progress=False).all_samples()
+    samples = prepare_training_data(config, load_backends(config), show_progress=False).all_samples()
     by_size: dict[Any, list] = defaultdict(list)
     for sample in samples:
         by_size[sample.target_size].append(sample)

@@ -55,7 +55,7 @@ def planned_latent_keys(root: Path, model: Path, family_name: str, *flags: str) 
     config = load_config(argv, env={}, cwd=root)
     family = get_family(family_name, config)
     source = ModelSource.from_config(config, family)
-    data = prepare_training_data(config, load_backends(config), config.seed, show_progress=False)
+    data = prepare_training_data(config, load_backends(config), show_progress=False)
     samples = data.all_samples()
     keys = latent_keys(samples, source.identity("vae"), family.latent_normalisation)
     return {sample.record.relative_path: key for sample, key in zip(samples, keys)}

@@ -58,7 +58,7 @@ def test_area_plans_every_image_like_pixel_area_at_the_converted_edge(image_entr
     pixels = _dataset(image_entry(resolution_type="pixel_area", resolution=500, minimum_image_size=300,
                                   maximum_image_size=1000, target_downsample_size=750, **shared))
     assert (area.resolution, area.resolution_type, area.minimum_image_size) == (500, "pixel_area", 300)
-    area_plan, pixel_plan = plan_dataset(_records(), area, 7), plan_dataset(_records(), pixels, 7)
+    area_plan, pixel_plan = plan_dataset(_records(), area), plan_dataset(_records(), pixels)
     assert area_plan == pixel_plan
     samples, skipped = area_plan
     assert skipped == {"below minimum_image_size": ["200x200.png", "300x280.png"]}
@@ -78,7 +78,7 @@ def test_the_megapixel_values_as_written_are_kept_and_the_rewrite_is_logged(imag
 
 def test_one_megapixel_trains_square_images_at_1024_with_the_usual_alignment(image_entry):
     area = _dataset(image_entry(resolution_type="area", resolution=1.0, aspect_bucket_alignment=64))
-    samples, _ = plan_dataset(_records()[:1], area, 0)
+    samples, _ = plan_dataset(_records()[:1], area)
     assert area.resolution == 1000 and samples[0].target_size == (1024, 1024)
 
 

@@ -33,7 +33,7 @@ def _entry(tmp_path, **keys):
 def _buckets(tmp_path, **keys):
     backends = parse_data_backend_config(
         [_entry(tmp_path, **keys), {"id": "t", "dataset_type": "text_embeds", "cache_dir": str(tmp_path / "t")}], {})
-    data = prepare_training_data(Config, backends, seed=0, show_progress=False)
+    data = prepare_training_data(Config, backends, show_progress=False)
     return {s.record.relative_path: s.bucket for s in data.samples["pics"]}
 
 

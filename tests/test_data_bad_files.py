@@ -145,7 +145,7 @@ def test_every_kind_is_handled_or_skipped_with_its_reason(bad):
     assert len(set(expected.values()) - {"ok"}) >= 10 and len(expected) >= 25
     dataset = _dataset(root)
     found = discover(dataset, progress=False)
-    samples, planning = plan_dataset(found.records, dataset, rng_seed=0)
+    samples, planning = plan_dataset(found.records, dataset)
     found.filter_out(planning)
     outcome = {r.relative_path: "ok" for r in found.records}
     for reason, paths in found.skipped.items():
@@ -166,7 +166,7 @@ def test_every_accepted_image_loads_to_finite_pixels(bad):
     root, _ = bad
     dataset = _dataset(root, cache_dir_vae=str(root / "cache_pixels"))
     found = discover(dataset, progress=False)
-    samples, _ = plan_dataset(found.records, dataset, rng_seed=0)
+    samples, _ = plan_dataset(found.records, dataset)
     assert len(samples) >= 12
     for sample in samples:
         pixels = load_pixels(sample)
@@ -203,7 +203,7 @@ def test_pipeline_summary_table_names_files_reasons_buckets_and_steps(bad, tmp_p
         train_batch_size = 2
         data_backend_sampling = "auto-weighting"
 
-    data = prepare_training_data(Config, backends, seed=0, show_progress=False)
+    data = prepare_training_data(Config, backends, show_progress=False)
     table = data.table()
     usable = len(data.samples["bad"])
     assert f"image files found, {usable} usable" in table
@@ -226,7 +226,7 @@ def test_an_image_that_fails_later_is_excluded_and_remembered(bad, tmp_path):
     class Config:
         train_batch_size = 1
 
-    data = prepare_training_data(Config, backends, seed=0, show_progress=False)
+    data = prepare_training_data(Config, backends, show_progress=False)
     before = data.report.batches_per_epoch
     report = data.exclude({"bad": ["plain.jpg"]})
     assert report.batches_per_epoch == before - 1 == data.report.batches_per_epoch

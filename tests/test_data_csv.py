@@ -65,7 +65,7 @@ def _prepare(tmp_path: Path, **keys):
     backends = parse_data_backend_config(
         [_dataset(tmp_path, **keys), {"id": "t", "dataset_type": "text_embeds", "cache_dir": str(tmp_path / "t")}],
         {})
-    return prepare_training_data(Config, backends, seed=0, show_progress=False)
+    return prepare_training_data(Config, backends, show_progress=False)
 
 
 def test_csv_urls_are_downloaded_once_and_captioned_from_the_column(tmp_path, server):

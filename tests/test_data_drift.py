@@ -33,7 +33,7 @@ def _prepare(tmp_path, override=False, **keys):
              "resolution": 64, "aspect_bucket_alignment": 16, **keys}
     backends = parse_data_backend_config(
         [entry, {"id": "t", "dataset_type": "text_embeds", "cache_dir": str(tmp_path / "t")}], {})
-    return prepare_training_data(OverridingConfig if override else Config, backends, seed=0, show_progress=False)
+    return prepare_training_data(OverridingConfig if override else Config, backends, show_progress=False)
 
 
 def test_changed_settings_rebuild_the_plan_and_say_what_changed(tmp_path, caplog):

@@ -142,7 +142,7 @@ def test_pipeline_carries_the_policy_to_the_sampler(tmp_path):
         train_batch_size = 1
         data_backend_sampling = "uniform"
 
-    data = prepare_training_data(Config, backends, seed=0, show_progress=False)
+    data = prepare_training_data(Config, backends, show_progress=False)
     assert data.policy == SamplingPolicy("uniform", {"one": 3.0, "two": 1.0}, frozenset({"two"}))
     assert data.report.quota == {"one": 6, "two": 2}  # T = 6/3 = 2 -> two gets 2 x 1
     # The trainer builds the sampler from data.samples: the policy travels with it.

@@ -197,7 +197,7 @@ def test_face_crops_and_pixels_come_from_the_bucket(s3_server: S3Server, tmp_pat
     class Config:
         train_batch_size = 1
 
-    data = prepare_training_data(Config, _parse([entry, _text(tmp_path)]), seed=0, show_progress=False)
+    data = prepare_training_data(Config, _parse([entry, _text(tmp_path)]), show_progress=False)
     by_name = {s.record.relative_path: s for s in data.samples["pics"]}
     assert by_name["face.png"].crop_top_left == (0, 64) and by_name["blank.png"].crop_top_left == (0, 32)
     assert {"vae/faces.json", "vae/discovery.json", "vae/dataset_settings.json"} <= set(s3_server.keys(bucket, "vae/"))

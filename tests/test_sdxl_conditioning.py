@@ -41,7 +41,7 @@ def _striped_image(tmp_path: Path, width: int, height: int) -> ImageRecord:
 
 def test_center_crop_time_ids_name_the_real_crop(tmp_path: Path) -> None:
     record = _striped_image(tmp_path, 96, 64)
-    sample = plan_sample(record, _dataset(tmp_path, crop=True, crop_style="center"), rng_seed=0)
+    sample = plan_sample(record, _dataset(tmp_path, crop=True, crop_style="center"))
     time_ids = SDXLFamily().sample_conditioning([sample])["time_ids"]
     # 96x64 with square crops at 64: shorter edge already 64, window centred: left = (96-64)/2.
     assert time_ids.tolist() == [[64, 96, 0, 16, 64, 64]]
@@ -52,13 +52,13 @@ def test_center_crop_time_ids_name_the_real_crop(tmp_path: Path) -> None:
 
 def test_corner_crop_takes_the_lowest_right_window(tmp_path: Path) -> None:
     record = _striped_image(tmp_path, 64, 96)
-    sample = plan_sample(record, _dataset(tmp_path, crop=True, crop_style="corner"), rng_seed=0)
+    sample = plan_sample(record, _dataset(tmp_path, crop=True, crop_style="corner"))
     assert SDXLFamily().sample_conditioning([sample])["time_ids"].tolist() == [[96, 64, 32, 0, 64, 64]]
 
 
 def test_uncropped_bucket_records_the_resize_and_trim(tmp_path: Path) -> None:
     record = _striped_image(tmp_path, 96, 64)
-    sample = plan_sample(record, _dataset(tmp_path, crop=False), rng_seed=0)
+    sample = plan_sample(record, _dataset(tmp_path, crop=False))
     # pixel_area at 64 (area 4096) for aspect 1.5 gives an 80x48 bucket; covering it
     # scales 96x64 by 5/6 to 80x54 (rounded up), trimming 6 rows centred: top = 3.
     assert sample.target_size == (48, 80) and sample.intermediate_size == (54, 80)
@@ -69,6 +69,6 @@ def test_uncropped_bucket_records_the_resize_and_trim(tmp_path: Path) -> None:
 
 def test_batch_rows_follow_sample_order(tmp_path: Path) -> None:
     dataset = _dataset(tmp_path, crop=True, crop_style="center")
-    samples = [plan_sample(_striped_image(tmp_path, w, h), dataset, 0) for w, h in ((96, 64), (64, 96))]
+    samples = [plan_sample(_striped_image(tmp_path, w, h), dataset) for w, h in ((96, 64), (64, 96))]
     rows = SDXLFamily().sample_conditioning(samples)["time_ids"]
     assert rows.dtype == torch.float32 and rows[:, 2:4].tolist() == [[0, 16], [16, 0]]

@@ -27,6 +27,7 @@ from simpletuner.config.coerce import coerce_value, unknown_key_message
 from simpletuner.config.option import Option
 from simpletuner.config.options import GROUPS, OPTIONS, OPTIONS_BY_NAME
 from simpletuner.errors import ConfigError
+from simpletuner.json_errors import describe_json_error
 
 BACKEND_EXTENSIONS = {"json": ".json", "toml": ".toml"}
 
@@ -93,9 +94,7 @@ def read_config_file(path: Path, default_format: str = "json") -> dict[str, Any]
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ConfigError(
-                f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
-            ) from None
+            raise ConfigError(f"{path}: not valid JSON ({describe_json_error(error)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected an object of option names to values at the top level")
     return _normalise_keys(data, str(path))

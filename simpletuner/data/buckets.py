@@ -12,8 +12,8 @@ aspect ratio width / height that decides the bucket):
   ``crop_aspect`` = ``square`` (a = 1), ``closest`` (the ``crop_aspect_buckets``
   ratio nearest the image's, measured as |log(r / a)|) or ``random`` (one of
   the ratios that keeps at least half of the image, i.e. min(r, a) / max(r, a)
-  >= 0.5, chosen per image from (seed, dataset id, path); square when none
-  does).  ``--aspect_bucket_rounding`` n rounds a to n decimals first.
+  >= 0.5, chosen per image from (dataset id, path, image size); square
+  when none does).  ``--aspect_bucket_rounding`` n rounds a to n decimals first.
 * Bucket, ``resolution_type = pixel_area``: area resolution² at aspect a:
   width = round(sqrt(res²·a)/R)·R, height = round(sqrt(res²/a)/R)·R, each at
   least R.  1024 gives 1024x1024, 1216x832, 832x1216, as SimpleTuner does.
@@ -29,7 +29,9 @@ aspect ratio width / height that decides the bucket):
   downsample-before-crop).
 * The excess is cut: centred with ``crop = false``; with crop, placed by
   ``crop_style``: ``center``, ``corner`` (lowest-right), ``random`` (an offset
-  from (seed, dataset id, path), the same every run and epoch) or ``face``
+  drawn from (dataset id, path, resize and bucket), the same every run and
+  epoch whatever ``--seed`` is, so cached latents stay valid; see
+  ``training/epoch_latents.py`` for fresh crops each epoch) or ``face``
   (centred on the largest detected face as far as the image allows; centre
   when no face is found).
 * ``aspect_resolution_map``: an aspect (after the rounding above) listed in
@@ -44,6 +46,7 @@ aspect ratio width / height that decides the bucket):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -79,8 +82,20 @@ def _rng(rng_seed: int, dataset_id: str, relative_path: str, purpose: str = "") 
     return random.Random(key)
 
 
+def geometry_seed(*sizes: Tuple[int, int]) -> int:
+    """A seed fixed by an image's geometry, for draws that must repeat on every run.
+
+    The planned random crop and random crop aspect depend on this, the
+    dataset id and the path, never on the run's ``--seed``: a run without a
+    seed then finds the latents the last run cached instead of encoding new
+    crops (and leaving the old ones behind) every time.
+    """
+    text = "|".join(f"{a}x{b}" for a, b in sizes)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+
 def crop_aspect_for(
-    width: int, height: int, dataset: DatasetConfig, rng_seed: int = 0, relative_path: str = ""
+    width: int, height: int, dataset: DatasetConfig, relative_path: str = ""
 ) -> Optional[float]:
     """The ratio a crop_aspect of closest/random picks for this image; None for other settings."""
     if not dataset.crop or dataset.crop_aspect not in ("closest", "random") or not dataset.crop_aspect_buckets:
@@ -92,18 +107,18 @@ def crop_aspect_for(
     keeps_half = [r for r in ratios if min(r, aspect) / max(r, aspect) >= 0.5]
     if not keeps_half:
         return 1.0
-    return _rng(rng_seed, dataset.id, relative_path, "|aspect").choice(keeps_half)
+    return _rng(geometry_seed((width, height)), dataset.id, relative_path, "|aspect").choice(keeps_half)
 
 
 def bucket_for(
-    width: int, height: int, dataset: DatasetConfig, rng_seed: int = 0, relative_path: str = ""
+    width: int, height: int, dataset: DatasetConfig, relative_path: str = ""
 ) -> Tuple[int, int]:
     """The (width, height) bucket of an upright ``width`` x ``height`` image."""
     rounding = dataset.aspect_bucket_alignment
     resolution = aligned_resolution(dataset)
     if _square_crop(dataset):
         return resolution, resolution
-    chosen = crop_aspect_for(width, height, dataset, rng_seed, relative_path)
+    chosen = crop_aspect_for(width, height, dataset, relative_path)
     num, den = (chosen, 1.0) if chosen is not None else (width, height)
     if dataset.aspect_bucket_rounding is not None:
         num, den = round(num / den, dataset.aspect_bucket_rounding), 1.0
@@ -207,7 +222,7 @@ def crop_offset(
 
 
 def plan_sample(
-    record: ImageRecord, dataset: DatasetConfig, rng_seed: int, focus: Optional[Focus] = None
+    record: ImageRecord, dataset: DatasetConfig, focus: Optional[Focus] = None
 ) -> Optional[TrainingSample]:
     """The geometry ``record`` is trained at, or None when a size or aspect filter leaves it out.
 
@@ -216,7 +231,7 @@ def plan_sample(
     width, height = record.width, record.height
     if skip_reason(width, height, dataset) is not None:
         return None
-    bucket_w, bucket_h = bucket_for(width, height, dataset, rng_seed, record.relative_path)
+    bucket_w, bucket_h = bucket_for(width, height, dataset, record.relative_path)
     if _square_crop(dataset):
         inter_w, inter_h = shorter_edge_size(width, height, bucket_w)
     else:
@@ -226,7 +241,8 @@ def plan_sample(
         inter_w, inter_h = smaller
     style = dataset.crop_style if dataset.crop else "center"
     top, left = crop_offset(
-        inter_h - bucket_h, inter_w - bucket_w, style, rng_seed, dataset.id, record.relative_path,
+        inter_h - bucket_h, inter_w - bucket_w, style,
+        geometry_seed((width, height), (inter_w, inter_h), (bucket_w, bucket_h)), dataset.id, record.relative_path,
         window=(bucket_h, bucket_w), intermediate=(inter_h, inter_w), focus=focus,
     )
     return TrainingSample(
@@ -243,7 +259,6 @@ def plan_sample(
 def plan_dataset(
     records: Sequence[ImageRecord],
     dataset: DatasetConfig,
-    rng_seed: int,
     focus: Optional[Mapping[str, Optional[Focus]]] = None,
 ) -> Tuple[List[TrainingSample], Dict[str, List[str]]]:
     """Plan every record; returns the samples and skipped relative paths by reason."""
@@ -255,6 +270,6 @@ def plan_dataset(
         if reason is not None:
             skipped.setdefault(reason, []).append(record.relative_path)
             continue
-        sample = plan_sample(record, dataset, rng_seed, focus.get(record.relative_path))
+        sample = plan_sample(record, dataset, focus.get(record.relative_path))
         samples.append(sample)
     return samples, skipped

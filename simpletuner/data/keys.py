@@ -118,7 +118,8 @@ DATASET_KEYS: Tuple[Option, ...] = (
          GROUP_CROP),
     _key("crop_style", "str", "random",
          "Where the crop window goes: `center` (or `centre`), `corner` (lowest-right), `random` "
-         "(fixed per image and seed), `face` (centred on the largest detected face).",
+         "(fixed per image, the same on every run whatever --seed is), `face` (centred on the largest "
+         "detected face).",
          GROUP_CROP, choices=("center", "corner", "random", "face"), aliases={"centre": "center"}),
     _key("crop_aspect", "str", "square",
          "Shape of the crop: `square`, `preserve` (the image's own aspect bucket), `closest` (the "

@@ -12,15 +12,15 @@ sampling policy.  :class:`PreparedData` holds the result; its
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
 from simpletuner.data.buckets import plan_dataset
 from simpletuner.data.discovery import REASON_UNDECODABLE, DiscoveryResult, discover, mark_undecodable, shown
 from simpletuner.data.csv_source import fetch_csv_images
 from simpletuner.data.drift import describe_changes, record_settings
+from simpletuner.data.notes import Note, dataset_notes
 from simpletuner.data.records import TrainingSample
-from simpletuner.data.report import group_by_bucket
 from simpletuner.data.sampler import BucketBatchSampler, BucketReport, check_buckets
 from simpletuner.data.schedule import SamplingPolicy
 from simpletuner.data.schema import (
@@ -50,6 +50,7 @@ class PreparedData:
     discovery: dict[str, DiscoveryResult]
     skipped_by_planning: dict[str, dict[str, list[str]]]
     report: BucketReport
+    notes: list[Note] = field(default_factory=list)  # what the plan does that the config does not say
 
     def all_samples(self) -> list[TrainingSample]:
         return [s for samples in self.samples.values() for s in samples]
@@ -58,10 +59,14 @@ class PreparedData:
     def policy(self) -> SamplingPolicy:
         return self.samples.policy
 
-    def table(self) -> str:
-        """The start-up summary: per dataset, files found and filtered by reason, then buckets and steps."""
+    def table(self, epoch_line: bool = True) -> str:
+        """The start-up summary: per dataset, files found and filtered by reason, then buckets and steps.
+
+        ``epoch_line=False`` leaves out the closing steps-per-epoch line, for a
+        caller that prints the figure in its own words (the trainer's summary).
+        """
         lines = [found.summary() for found in self.discovery.values()]
-        lines.append(self.report.table())
+        lines.append(self.report.table(epoch_line))
         return "\n".join(lines)
 
     def sampler(self, seed: int, rank: int = 0, world_size: int = 1) -> BucketBatchSampler:
@@ -118,17 +123,20 @@ def sampling_policy(config: Any, backends: DataBackendConfig) -> SamplingPolicy:
 
 
 def prepare_training_data(
-    config: Any, backends: DataBackendConfig, seed: int, world_size: int = 1, show_progress: bool = True
+    config: Any, backends: DataBackendConfig, world_size: int = 1, show_progress: bool = True
 ) -> PreparedData:
+    """Discover, plan and count every image dataset.
+
+    Nothing here depends on the run's seed: the same files and settings give
+    the same plan (random crops included), so cached latents are found again.
+    """
     samples: dict[str, list[TrainingSample]] = {}
+    notes: list[Note] = []
     discovery: dict[str, DiscoveryResult] = {}
     planning_skips: dict[str, dict[str, list[str]]] = {}
     for dataset in backends.image_datasets:
-        if dataset.csv is not None:
-            fetch_csv_images(dataset, show_progress)
-        found = discover(dataset, progress=show_progress)
-        planned, skipped = plan_dataset(found.records, dataset, seed, _focus(dataset, found, show_progress))
-        found.filter_out(skipped)
+        found, planned, skipped = plan_one(dataset, show_progress)
+        notes.extend(dataset_notes(dataset, planned, found.records))
         discovery[dataset.id] = found
         samples[dataset.id] = planned
         planning_skips[dataset.id] = skipped
@@ -140,7 +148,19 @@ def prepare_training_data(
     report = check_buckets(sets, config.train_batch_size, repeats, world_size, policy)
     for warning in report.warnings:
         logger.warning(warning)
-    return PreparedData(backends, sets, discovery, planning_skips, report)
+    return PreparedData(backends, sets, discovery, planning_skips, report, notes)
+
+
+def plan_one(
+    dataset: DatasetConfig, show_progress: bool = True
+) -> tuple[DiscoveryResult, list[TrainingSample], dict[str, list[str]]]:
+    """One dataset discovered and planned: (what discovery found, the samples, paths skipped by reason)."""
+    if dataset.csv is not None:
+        fetch_csv_images(dataset, show_progress)
+    found = discover(dataset, progress=show_progress)
+    planned, skipped = plan_dataset(found.records, dataset, _focus(dataset, found, show_progress))
+    found.filter_out(skipped)
+    return found, planned, skipped
 
 
 def _focus(dataset: DatasetConfig, found: DiscoveryResult, show_progress: bool) -> Optional[dict]:
@@ -152,10 +172,9 @@ def _focus(dataset: DatasetConfig, found: DiscoveryResult, show_progress: bool) 
 
 
 def _note_drift(dataset: DatasetConfig, planned: list[TrainingSample], override: bool) -> None:
-    buckets = {bucket: len(members) for bucket, members in group_by_bucket(planned).items()}
-    changes = record_settings(dataset, buckets, override)
-    if changes:
-        logger.warning(describe_changes(dataset, changes))
+    drift = record_settings(dataset, planned, override)
+    if drift.changes:
+        logger.log(logging.WARNING if drift.plan_changed else logging.INFO, describe_changes(dataset, drift))
 
 
 def _check_not_empty(backends: DataBackendConfig, discovery: Mapping[str, DiscoveryResult]) -> None:

@@ -54,7 +54,7 @@ class BucketReport:
         quota = self.quota or self.batches
         return sum(quota.values()) // self.world_size
 
-    def table(self) -> str:
+    def table(self, epoch_line: bool = True) -> str:
         """Per dataset and bucket: images, batches, and what is not trained on; then the epoch."""
         lines = [f"{'dataset':<24} {'bucket':>11} {'images':>7} {'batches':>8}  note"]
         for dataset_id, buckets in self.counts.items():
@@ -66,10 +66,11 @@ class BucketReport:
             if not buckets:
                 lines.append(f"{dataset_id:<24} {'-':>11} {0:>7} {0:>8}  no usable images")
             lines.append(self._dataset_line(dataset_id, buckets, repeats))
-        lines.append(
-            f"batch size {self.batch_size} x {self.world_size} process(es), sampling {self.policy.mode}: "
-            f"{self.batches_per_epoch} steps per epoch"
-        )
+        if epoch_line:
+            lines.append(
+                f"batch size {self.batch_size} x {self.world_size} process(es), sampling {self.policy.mode}: "
+                f"{self.batches_per_epoch} steps per epoch"
+            )
         return "\n".join(lines)
 
     def _dataset_line(self, dataset_id: str, buckets: Mapping[Bucket, int], repeats: int) -> str:
@@ -79,7 +80,8 @@ class BucketReport:
         parts = [f"{images} images"]
         if repeats:
             parts.append(f"each seen {1 + repeats}x")
-        parts.append(f"{own} batches per pass")
+        if own != given:  # the same figure twice reads as two different things
+            parts.append(f"{own} batches per pass")
         probability = self.policy.probability.get(dataset_id, 1.0)
         if probability != 1.0:
             parts.append(f"probability {probability:g}")

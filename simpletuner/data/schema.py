@@ -45,6 +45,7 @@ from simpletuner.data.keys import DATASET_KEYS, GLOBAL_DEFAULT_KEYS, KEYS_BY_NAM
 from simpletuner.data.size_units import resolve_size_units
 from simpletuner.data.tables import ParquetSpec
 from simpletuner.errors import ConfigError, DataError
+from simpletuner.json_errors import describe_json_error
 from simpletuner.storage.s3 import S3Settings
 from simpletuner.storage.settings import cache_location, embed_cache_location, image_location, s3_settings
 
@@ -202,9 +203,7 @@ def _read_json_list(path: str) -> list:
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path} line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg}); fix the syntax there"
-        ) from None
+        raise ConfigError(f"{path} {describe_json_error(exc)} (invalid JSON); fix the syntax there") from None
     return entries
 
 

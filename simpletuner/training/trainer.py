@@ -31,11 +31,12 @@ from simpletuner.training.grad_checkpointing import enable_gradient_checkpointin
 from simpletuner.training.loss import weighted_mse
 from simpletuner.training.noise_schedule import training_noise_scheduler
 from simpletuner.training.optimizers import build_optimizer, set_optimizer_mode
-from simpletuner.training.regularisation import log_regularisation_plan, mix_targets, regularisation_mask
+from simpletuner.training.regularisation import mix_targets, regularisation_mask
 from simpletuner.training.resume import load_training_state, resolve_resume_path, save_training_state
 from simpletuner.training.schedulers import build_lr_scheduler, scaled_learning_rate
 from simpletuner.training.setup import build_accelerator, training_dtype, write_run_config
 from simpletuner.training.state import TrainState
+from simpletuner.training.summary import Totals, log_changed_totals, log_summary, totals_of
 from simpletuner.training.trainable import trainable_for
 
 logger = logging.getLogger(__name__)
@@ -91,22 +92,21 @@ class Trainer:
         #    main process goes first, so downloads and header reads happen once
         #    and the other processes find them saved.
         with self.accelerator.main_process_first():
-            data = prepare_training_data(
-                config, backends, self.state.seed, self.accelerator.num_processes, self._progress_enabled()
-            )
-        self._log_summary(data, total_training_steps(config, data.report.batches_per_epoch), resume_path)
+            data = prepare_training_data(config, backends, self.accelerator.num_processes, self._progress_enabled())
+        summary = self._log_summary(data, total_training_steps(config, data.report.batches_per_epoch), resume_path)
         # 4. Caches: encode what is missing, then free the encoders.  Images that
         #    cannot be decoded are left out here, which can change the step count.
         self.lookup = prepare_caches(self.family, self.source, data, config, self.accelerator,
                                      self._progress_enabled(), seed=self.state.seed)
         total_steps = total_training_steps(config, data.report.batches_per_epoch)
+        if summary is not None:
+            log_changed_totals(summary, totals_of(data, total_steps), config)
         if config.cache_only:
             logger.info("caches are complete; --cache_only set, so not training")
             self.accelerator.end_training()
             return self.output_dir
         # 5. The denoiser with its trainable adapter.
         denoiser = self._load_trainable_denoiser()
-        log_regularisation_plan(backends.image_datasets, self.trainable)
         self.objective = self.family.make_objective(self._load_noise_scheduler(), config)
         # 6. Optimizer, learning-rate schedule, sampler.
         sampler = data.sampler(self.state.seed, self.accelerator.process_index, self.accelerator.num_processes)
@@ -261,21 +261,8 @@ class Trainer:
         self.accelerator.end_training()
         return self.output_dir
 
-    def _log_summary(self, data: PreparedData, total_steps: int, resume_path: Optional[Path]) -> None:
+    def _log_summary(self, data: PreparedData, total_steps: int, resume_path: Optional[Path]) -> Optional[Totals]:
         if not self.accelerator.is_main_process:
-            return
-        config = self.config
-        per_epoch = data.report.batches_per_epoch / config.gradient_accumulation_steps
-        lines = [
-            f"model: {config.pretrained_model_name_or_path} ({self.family.name}, {config.model_type}"
-            + f"{self.trainable.summary()})",
-        ]
-        lines.append(data.table())
-        lines.append(
-            f"{per_epoch:g} optimizer steps per epoch (batch {config.train_batch_size} x "
-            f"accumulation {config.gradient_accumulation_steps} x {self.accelerator.num_processes} "
-            f"process(es)); {total_steps} steps in total"
-            + (f", resuming from {resume_path.name}" if resume_path else "")
-        )
-        for line in "\n".join(lines).splitlines():
-            logger.info(line)
+            return None
+        return log_summary(self.config, self.family.name, self.trainable, data, total_steps,
+                           self.accelerator.num_processes, resume_path)
