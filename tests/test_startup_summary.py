@@ -144,6 +144,7 @@ def test_random_crops_without_a_seed_reuse_the_cache_and_stale_entries_can_be_pr
     assert listed.returncode == 0, listed.stderr[-3000:]
     assert "dataset 'pics' latents" in listed.stdout and "4 entries in use, 4 not used" in listed.stdout
     assert "dry run: nothing removed" in listed.stdout
+    assert not listed.stderr.strip(), listed.stderr  # no library import chatter on the console
     assert set(_latent_files(latents)) == unused | {latents / "notes.safetensors"}
 
     pruned = _run(tmp_path, "simpletuner.tools.prune_cache", *_flags(tiny_sdxl), "--delete")

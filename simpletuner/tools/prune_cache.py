@@ -16,6 +16,7 @@ known before training.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Optional, Sequence
 
@@ -28,6 +29,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     delete = DELETE_FLAG in argv
     argv = [a for a in argv if a != DELETE_FLAG]
+    from simpletuner.logs import setup_logging
+
+    # Before the first torch import: library chatter stays off the console.
+    setup_logging(os.environ)
     try:
         return _run(argv, delete)
     except UserError as error:
