@@ -64,22 +64,33 @@ def test_a_bad_lycoris_config_is_one_line_naming_the_file(tmp_path: Path, conten
         assert fragment in message
 
 
-def test_lycoris_config_without_lycoris_type_is_an_error(tmp_path: Path) -> None:
-    message = _message(tmp_path, "--lycoris_config", str(EXAMPLE))
-    assert "--lycoris_config is read only with --lora_type lycoris" in message
+def _ignored(tmp_path: Path, *flags: str) -> tuple:
+    from simpletuner.config.loader import load_config
+
+    return load_config(["--model_family", "sdxl", "--pretrained_model_name_or_path", "m", "--data_backend_config",
+                        "d.json", *flags], env={}, cwd=tmp_path).ignored
 
 
-def test_peft_options_are_refused_with_lycoris(tmp_path: Path) -> None:
-    message = _message(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE),
-                       "--lora_rank", "8", "--lora_init_type", "pissa")
-    assert "--lora_rank, --lora_init_type" in message and "--lycoris_config" in message
-    # The defaults are not "set", so a config that merely lists them is fine.
-    _validate(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE), "--lora_rank", "16")
+def test_lycoris_config_without_lycoris_type_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    (line,) = _ignored(tmp_path, "--lycoris_config", str(EXAMPLE))
+    assert line.startswith(f"--lycoris_config={EXAMPLE} has no effect: only --lora_type lycoris reads it")
 
 
-def test_adapter_options_are_refused_for_full_fine_tunes(tmp_path: Path) -> None:
-    message = _message(tmp_path, "--model_type", "full", "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE))
-    assert message.startswith("--lora_type, --lycoris_config: only adapter training")
+def test_peft_options_beside_lycoris_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    # SimpleTuner configs routinely keep lora_rank next to lora_type lycoris: they must run.
+    lines = _ignored(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE),
+                     "--lora_rank", "8", "--lora_init_type", "pissa")
+    assert [line.split(" has no effect")[0] for line in lines] == ["--lora_rank=8", "--lora_init_type=pissa"]
+    assert all("--lycoris_config" in line for line in lines)
+    # The defaults are not "set", so a config that merely lists them says nothing.
+    assert _ignored(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE), "--lora_rank", "16") == ()
+
+
+def test_adapter_options_of_a_full_fine_tune_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    lines = _ignored(tmp_path, "--model_type", "full", "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE),
+                     "--lora_rank", "32")
+    assert [line.split("=")[0] for line in lines] == ["--lora_type", "--lora_rank", "--lycoris_config"]
+    assert all("only --model_type lora trains an adapter" in line for line in lines)
 
 
 # --------------------------------------------------------- building the network
