@@ -141,6 +141,10 @@ class ModelFamily:
     # Prefix of the kohya-layout LoRA names (--lora_format comfyui) that this
     # family's diffusers loader converts back; None where it cannot load them.
     kohya_lora_prefix: ClassVar[Optional[str]] = None
+    # Class names of the denoiser's attention modules, which LyCORIS presets
+    # target by name; a preset naming several families' classes is expected to
+    # miss the others' (see training/lycoris_adapter.py).
+    attention_class_names: ClassVar[tuple[str, ...]] = ("Attention",)
 
     def __init__(self, config: Any = None) -> None:
         # The run's options, for families whose inputs depend on them (Flux's
