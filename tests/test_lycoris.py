@@ -232,3 +232,22 @@ def test_lycoris_resumes_exactly_and_averages_with_ema(tmp_path: Path, tiny_sdxl
     for key in live:
         assert torch.equal(live[key], resumed[key]), key
         assert torch.equal(averaged[key], resumed_average[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family_name", ["sdxl", "legacy", "kolors", "sd3", "flux", "pixart_sigma"])
+def test_the_example_preset_reaches_the_attention_of_every_family(family_name: str, request) -> None:
+    from simpletuner.families.base import ModelSource
+    from simpletuner.families.registry import get_family
+    from simpletuner.training.lycoris_adapter import unmatched_targets
+
+    family = get_family(family_name)
+    denoiser = family.load_denoiser(ModelSource(base=str(request.getfixturevalue(f"tiny_{family_name}"))))
+    preset = json.loads(EXAMPLE.read_text(encoding="utf-8"))["apply_preset"]
+    assert unmatched_targets(denoiser, preset, family) == []  # no warning with the shipped example
+    attention = [module for module in denoiser.modules() if type(module).__name__ in family.attention_class_names]
+    assert attention, f"{family_name} declares attention classes its denoiser does not have"
+    # The old example's 'Attention' alone misses Flux's attention, and says so.
+    old = unmatched_targets(denoiser, {"target_module": ["Attention", "FeedForward"]}, family)
+    assert old == ([] if family_name != "flux" else [
+        "target_module 'Attention' matches no layer of the FluxTransformer2DModel; its attention class is FluxAttention"])
