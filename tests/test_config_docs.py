@@ -246,8 +246,13 @@ def test_lycoris_example_is_a_lokr_config():
     assert config["linear_alpha"] == 1
     assert config["factor"] == 16
     preset = config["apply_preset"]
-    assert preset["target_module"] == ["Attention", "FeedForward"]
+    assert preset["target_module"] == ["Attention", "FluxAttention", "FeedForward"]
     assert set(preset["module_algo_map"]) <= set(preset["target_module"])
+    # Right for every family: each one's attention class is targeted.
+    from simpletuner.families.registry import available_families, get_family
+
+    for name in available_families():
+        assert set(get_family(name).attention_class_names) <= set(preset["target_module"]), name
 
 
 def test_caption_filter_example_has_literals_regexes_and_substitutions():

@@ -43,6 +43,7 @@ DEFAULTS = [
     "",  # dataset folder
     "",  # caption strategy
     "",  # resolution
+    "",  # training type (model_type)
     "",  # lora rank
     "",  # learning rate
     "",  # max train steps (0: epochs)
@@ -60,6 +61,7 @@ CUSTOM = [
     "datasets/cats",
     "textfile",
     "768",
+    "lora",
     "32",
     "2e-4",
     "1500",
@@ -248,3 +250,25 @@ def test_configure_py_stdin_closed_early(tmp_path: Path):
     assert "Traceback" not in result.stderr
     assert "nothing was written" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_full_fine_tune_is_not_asked_or_written_a_lora_rank(cwd: Path):
+    answers = list(DEFAULTS)
+    answers[6] = "full"  # training type
+    del answers[7]  # no LoRA rank question follows
+    script = Script(answers)
+    assert configure.main([], input_fn=script) == 0
+    assert not [p for p in script.prompts if p.startswith("LoRA rank")]
+    written = json.loads((cwd / "config" / "config.json").read_text(encoding="utf-8"))
+    assert written["--model_type"] == "full"
+    assert "--lora_rank" not in written
+    assert load_config([], env={}, cwd=cwd).ignored == ()
+
+
+def test_options_without_effect_are_left_out_of_config_json():
+    # The same rule train.py warns with: a rank means nothing to a full fine-tune.
+    answers = {"model_family": "flux", "pretrained_model_name_or_path": "m", "model_type": "full",
+               "lora_rank": 32, "max_train_steps": 10, "learning_rate": 2e-4}
+    entries = configure._option_entries(answers, Path("config"))
+    assert "--lora_rank" not in entries
+    assert entries["--model_type"] == "full" and entries["--learning_rate"] == 0.0002

@@ -12,7 +12,6 @@ import torch.utils.checkpoint
 
 from family_harness import train_in_process, write_two_class_project
 from simpletuner.config.loader import load_config
-from simpletuner.errors import ConfigError
 from simpletuner.training.grad_checkpointing import enable_gradient_checkpointing
 
 
@@ -121,8 +120,10 @@ def test_the_same_blocks_are_checkpointed_in_every_forward(tiny_flux: Path, chec
 def test_interval_needs_gradient_checkpointing(tmp_path: Path) -> None:
     argv = ["--model_family", "sdxl", "--pretrained_model_name_or_path", "m", "--data_backend_config", "d.json",
             "--gradient_checkpointing_interval", "2"]
-    with pytest.raises(ConfigError, match="--gradient_checkpointing_interval needs --gradient_checkpointing"):
-        load_config(argv, env={}, cwd=tmp_path)
+    config = load_config(argv, env={}, cwd=tmp_path)
+    assert config.ignored == ("--gradient_checkpointing_interval=2 has no effect: only --gradient_checkpointing "
+                              "uses it; ignoring it",)
+    assert config.gradient_checkpointing_interval is None
     assert load_config([*argv, "--gradient_checkpointing"], env={}, cwd=tmp_path).gradient_checkpointing_interval == 2
 
 

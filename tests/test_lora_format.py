@@ -83,10 +83,12 @@ def test_comfyui_is_rejected_where_diffusers_cannot_load_it(family_name: str, tm
                      "--data_backend_config", "d.json", "--lora_format", "comfyui"], env={}, cwd=tmp_path)
 
 
-def test_comfyui_is_rejected_for_a_full_fine_tune(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--lora_format applies to --model_type lora"):
-        load_config(["--model_family", "sdxl", "--pretrained_model_name_or_path", "m", "--data_backend_config",
-                     "d.json", "--model_type", "full", "--lora_format", "comfyui"], env={}, cwd=tmp_path)
+def test_comfyui_is_ignored_with_a_warning_for_a_full_fine_tune(tmp_path: Path) -> None:
+    config = load_config(["--model_family", "sdxl", "--pretrained_model_name_or_path", "m", "--data_backend_config",
+                          "d.json", "--model_type", "full", "--lora_format", "comfyui"], env={}, cwd=tmp_path)
+    assert config.ignored == ("--lora_format=comfyui has no effect: only --model_type lora trains an adapter "
+                              "(a full fine-tune updates every weight); ignoring it",)
+    assert config.lora_format == "diffusers"
 
 
 def test_family_prefixes_match_the_option_table() -> None:

@@ -75,22 +75,33 @@ def test_a_bad_lycoris_config_is_one_line_naming_the_file(tmp_path: Path, conten
         assert fragment in message
 
 
-def test_lycoris_config_without_lycoris_type_is_an_error(tmp_path: Path) -> None:
-    message = _message(tmp_path, "--lycoris_config", str(EXAMPLE))
-    assert "--lycoris_config is read only with --lora_type lycoris" in message
+def _ignored(tmp_path: Path, *flags: str) -> tuple:
+    from simpletuner.config.loader import load_config
+
+    return load_config(["--model_family", "sdxl", "--pretrained_model_name_or_path", "m", "--data_backend_config",
+                        "d.json", *flags], env={}, cwd=tmp_path).ignored
 
 
-def test_peft_options_are_refused_with_lycoris(tmp_path: Path) -> None:
-    message = _message(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE),
-                       "--lora_rank", "8", "--lora_init_type", "pissa")
-    assert "--lora_rank, --lora_init_type" in message and "--lycoris_config" in message
-    # The defaults are not "set", so a config that merely lists them is fine.
-    _validate(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE), "--lora_rank", "16")
+def test_lycoris_config_without_lycoris_type_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    (line,) = _ignored(tmp_path, "--lycoris_config", str(EXAMPLE))
+    assert line.startswith(f"--lycoris_config={EXAMPLE} has no effect: only --lora_type lycoris reads it")
 
 
-def test_adapter_options_are_refused_for_full_fine_tunes(tmp_path: Path) -> None:
-    message = _message(tmp_path, "--model_type", "full", "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE))
-    assert message.startswith("--lora_type, --lycoris_config: only adapter training")
+def test_peft_options_beside_lycoris_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    # SimpleTuner configs routinely keep lora_rank next to lora_type lycoris: they must run.
+    lines = _ignored(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE),
+                     "--lora_rank", "8", "--lora_init_type", "pissa")
+    assert [line.split(" has no effect")[0] for line in lines] == ["--lora_rank=8", "--lora_init_type=pissa"]
+    assert all("--lycoris_config" in line for line in lines)
+    # The defaults are not "set", so a config that merely lists them says nothing.
+    assert _ignored(tmp_path, "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE), "--lora_rank", "16") == ()
+
+
+def test_adapter_options_of_a_full_fine_tune_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    lines = _ignored(tmp_path, "--model_type", "full", "--lora_type", "lycoris", "--lycoris_config", str(EXAMPLE),
+                     "--lora_rank", "32")
+    assert [line.split("=")[0] for line in lines] == ["--lora_type", "--lora_rank", "--lycoris_config"]
+    assert all("only --model_type lora trains an adapter" in line for line in lines)
 
 
 # --------------------------------------------------------- building the network
@@ -232,3 +243,22 @@ def test_lycoris_resumes_exactly_and_averages_with_ema(tmp_path: Path, tiny_sdxl
     for key in live:
         assert torch.equal(live[key], resumed[key]), key
         assert torch.equal(averaged[key], resumed_average[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family_name", ["sdxl", "legacy", "kolors", "sd3", "flux", "pixart_sigma"])
+def test_the_example_preset_reaches_the_attention_of_every_family(family_name: str, request) -> None:
+    from simpletuner.families.base import ModelSource
+    from simpletuner.families.registry import get_family
+    from simpletuner.training.lycoris_adapter import unmatched_targets
+
+    family = get_family(family_name)
+    denoiser = family.load_denoiser(ModelSource(base=str(request.getfixturevalue(f"tiny_{family_name}"))))
+    preset = json.loads(EXAMPLE.read_text(encoding="utf-8"))["apply_preset"]
+    assert unmatched_targets(denoiser, preset, family) == []  # no warning with the shipped example
+    attention = [module for module in denoiser.modules() if type(module).__name__ in family.attention_class_names]
+    assert attention, f"{family_name} declares attention classes its denoiser does not have"
+    # The old example's 'Attention' alone misses Flux's attention, and says so.
+    old = unmatched_targets(denoiser, {"target_module": ["Attention", "FeedForward"]}, family)
+    assert old == ([] if family_name != "flux" else [
+        "target_module 'Attention' matches no layer of the FluxTransformer2DModel; its attention class is FluxAttention"])

@@ -175,8 +175,6 @@ BASE = ["--model_family", "legacy", "--pretrained_model_name_or_path", "model", 
     (["--use_soft_min_snr"], ["--use_soft_min_snr needs --soft_min_snr_sigma_data"]),
     (["--use_soft_min_snr", "--soft_min_snr_sigma_data", "1", "--snr_gamma", "5"], ["--snr_gamma", "only one"]),
     (["--use_soft_min_snr", "--soft_min_snr_sigma_data", "0"], ["--soft_min_snr_sigma_data must be greater than 0"]),
-    (["--soft_min_snr_sigma_data", "1"], ["only by --use_soft_min_snr"]),
-    (["--noise_offset_probability", "0.5"], ["--noise_offset_probability does nothing without --noise_offset"]),
     (["--noise_offset", "0.1", "--noise_offset_probability", "0"], ["never applies --noise_offset"]),
     (["--noise_offset", "-0.1"], ["--noise_offset"]),
 ])
@@ -187,12 +185,23 @@ def test_inconsistent_settings_are_refused(tmp_path: Path, flags: list, fragment
         assert fragment in str(error.value)
 
 
+@pytest.mark.parametrize("flags, ignored", [
+    (["--soft_min_snr_sigma_data", "1"], "--soft_min_snr_sigma_data=1.0 has no effect: only --use_soft_min_snr"),
+    (["--noise_offset_probability", "0.5"], "--noise_offset_probability=0.5 has no effect: --noise_offset is 0"),
+])
+def test_settings_without_their_switch_are_ignored_with_a_warning(tmp_path: Path, flags: list, ignored: str) -> None:
+    config = load_config(BASE + flags, env={}, cwd=tmp_path)
+    assert len(config.ignored) == 1 and config.ignored[0].startswith(ignored), config.ignored
+
+
 def test_flow_families_take_offset_and_perturbation_but_not_soft_min_snr(tmp_path: Path) -> None:
     flow = ["--model_family", "flux", *BASE[2:]]
     config = load_config(flow + ["--noise_offset", "0.1", "--input_perturbation", "0.1"], env={}, cwd=tmp_path)
     assert (config.noise_offset, config.input_perturbation) == (0.1, 0.1)
-    with pytest.raises(ConfigError, match="--use_soft_min_snr applies only to"):
-        load_config(flow + ["--use_soft_min_snr", "--soft_min_snr_sigma_data", "1"], env={}, cwd=tmp_path)
+    config = load_config(flow + ["--use_soft_min_snr", "--soft_min_snr_sigma_data", "1"], env={}, cwd=tmp_path)
+    assert [line.split(" has no effect: only --model_family")[0] for line in config.ignored] == [
+        "--use_soft_min_snr=true", "--soft_min_snr_sigma_data=1.0"]
+    assert config.use_soft_min_snr is False
 
 
 # ------------------------------------------------------- through the real trainer

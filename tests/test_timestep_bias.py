@@ -120,11 +120,6 @@ BASE = ["--model_family", "legacy", "--pretrained_model_name_or_path", "model", 
     (["--timestep_bias_strategy", "later", "--timestep_bias_multiplier", "2", "--timestep_bias_portion", "1.5"],
      ["--timestep_bias_portion"]),
     (["--timestep_bias_strategy", "later"], ["--timestep_bias_multiplier=1 changes nothing"]),
-    (["--timestep_bias_multiplier", "2"], ["--timestep_bias_multiplier is not used by --timestep_bias_strategy=none"]),
-    (["--timestep_bias_strategy", "earlier", "--timestep_bias_multiplier", "2", "--timestep_bias_begin", "10"],
-     ["--timestep_bias_begin is not used by --timestep_bias_strategy=earlier"]),
-    (["--timestep_bias_strategy", "range", "--timestep_bias_multiplier", "2", "--timestep_bias_end", "500",
-      "--timestep_bias_portion", "0.5"], ["--timestep_bias_portion is not used by --timestep_bias_strategy=range"]),
 ])
 def test_bad_settings_are_refused(tmp_path: Path, flags: list, fragments: list) -> None:
     with pytest.raises(ConfigError) as error:
@@ -133,17 +128,32 @@ def test_bad_settings_are_refused(tmp_path: Path, flags: list, fragments: list) 
         assert fragment in str(error.value)
 
 
+@pytest.mark.parametrize("flags, ignored", [
+    (["--timestep_bias_multiplier", "2"],
+     "--timestep_bias_multiplier=2.0 has no effect: --timestep_bias_strategy=none does not use it"),
+    (["--timestep_bias_strategy", "earlier", "--timestep_bias_multiplier", "2", "--timestep_bias_begin", "10"],
+     "--timestep_bias_begin=10 has no effect: only --timestep_bias_strategy range uses it, not earlier"),
+    (["--timestep_bias_strategy", "range", "--timestep_bias_multiplier", "2", "--timestep_bias_end", "500",
+      "--timestep_bias_portion", "0.5"],
+     "--timestep_bias_portion=0.5 has no effect: only --timestep_bias_strategy earlier or later uses it, not range"),
+])
+def test_settings_the_strategy_does_not_use_are_ignored_with_a_warning(tmp_path: Path, flags: list,
+                                                                       ignored: str) -> None:
+    config = load_config(BASE + flags, env={}, cwd=tmp_path)
+    assert config.ignored == (ignored + "; ignoring it",)
+
+
 def test_good_settings_load(tmp_path: Path) -> None:
     config = load_config(BASE + ["--timestep_bias_strategy", "range", "--timestep_bias_multiplier", "2",
                                  "--timestep_bias_begin", "100", "--timestep_bias_end", "400"], env={}, cwd=tmp_path)
     assert (config.timestep_bias_strategy, config.timestep_bias_begin, config.timestep_bias_end) == ("range", 100, 400)
 
 
-def test_flow_matching_families_refuse_timestep_bias(tmp_path: Path) -> None:
+def test_flow_matching_families_ignore_timestep_bias(tmp_path: Path) -> None:
     # Their sigmas are continuous and drawn by --flow_weighting_scheme instead.
     flags = ["--model_family", "sd3", *BASE[2:], "--timestep_bias_strategy", "later", "--timestep_bias_multiplier", "2"]
-    with pytest.raises(ConfigError) as error:
-        load_config(flags, env={}, cwd=tmp_path)
-    assert "--timestep_bias_strategy applies only to" in str(error.value)
-    assert "--timestep_bias_multiplier applies only to" in str(error.value)
-    assert "changes nothing" not in str(error.value)  # one message per mistake
+    config = load_config(flags, env={}, cwd=tmp_path)
+    assert [line.split(" has no effect: ")[0] for line in config.ignored] == [
+        "--timestep_bias_strategy=later", "--timestep_bias_multiplier=2.0"]
+    assert all("only --model_family" in line for line in config.ignored)  # one message per option, the family's
+    assert config.timestep_bias_strategy == "none"

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from simpletuner.config.coerce import coerce_value
+from simpletuner.config.inert import set_aside_inert
 from simpletuner.config.option import Option
 from simpletuner.config.options import ENVIRONMENT, OPTIONS, OPTIONS_BY_NAME
 from simpletuner.errors import USER_ERROR_EXIT_CODE, ConfigError
@@ -236,7 +237,9 @@ def _ask_everything(input_fn: InputFn) -> dict[str, Any]:
     if a["caption_strategy"] == "instanceprompt":
         a["instance_prompt"] = _ask_text(input_fn, "Caption for every image (instance prompt)")
     a["resolution"] = ask_option(input_fn, "resolution", "Resolution", check=_whole_pixels)
-    a["lora_rank"] = ask_option(input_fn, "lora_rank", "LoRA rank")
+    a["model_type"] = ask_option(input_fn, "model_type", "Training type")
+    if _acts("lora_rank", a):
+        a["lora_rank"] = ask_option(input_fn, "lora_rank", "LoRA rank")
     a["learning_rate"] = ask_option(input_fn, "learning_rate", "Learning rate")
     a["max_train_steps"] = ask_option(
         input_fn, "max_train_steps", "Max train steps (0: count epochs instead)"
@@ -252,6 +255,13 @@ def _ask_everything(input_fn: InputFn) -> dict[str, Any]:
         input_fn, "report_to", "Report to", check=_not_none_with_trackers
     )
     return a
+
+
+def _acts(name: str, answers: dict[str, Any]) -> bool:
+    """Whether option ``name`` would have an effect given the answers so far (the trainer's own rule)."""
+    values = {option.name: option.default for option in OPTIONS}
+    values.update({key: value for key, value in answers.items() if key in values})
+    return OPTIONS_BY_NAME[name].inert_reason(values) is None
 
 
 def _whole_pixels(value: Any) -> Optional[str]:
@@ -287,6 +297,10 @@ def _option_entries(answers: dict[str, Any], config_dir: Path) -> dict[str, Any]
     values["data_backend_config"] = str(config_dir / DATA_FILE)
     if values["max_train_steps"] > 0:
         values["num_train_epochs"] = 0  # the step count decides, as the trainer does
+    # An option that would have no effect with the other answers is not written:
+    # set aside, it is back at its default and so left out below.
+    merged, _ignored = set_aside_inert({**{option.name: option.default for option in OPTIONS}, **values})
+    values = {name: merged[name] for name in values}
     required = ("model_family", "pretrained_model_name_or_path", "data_backend_config")
     entries: dict[str, Any] = {}
     for option in OPTIONS:  # table order keeps the file readable

@@ -52,8 +52,10 @@ def _run(argv: list[str]) -> int:
     from simpletuner.config.model import option_values, redacted_values
     from simpletuner.config.options import OPTIONS_BY_NAME
 
-    config = load_config(argv)
+    config = load_config(argv, check_datasets=True)
     if config.print_config:
+        for line in config.ignored:
+            print(f"warning: {line}", file=sys.stderr)
         print(json.dumps(redacted_values(config), indent=2, sort_keys=True))
         return 0
     if config.list_model_families:
@@ -66,6 +68,10 @@ def _run(argv: list[str]) -> int:
     from simpletuner.logs import quiet_libraries
     from simpletuner.training.trainer import Trainer
 
+    if int(os.environ.get("RANK", "0")) == 0:  # once per run, not once per process
+        from simpletuner.config.inert import log_ignored_options
+
+        log_ignored_options(config)
     quiet_libraries()
 
     trainer = Trainer(config, show_progress=sys.stderr.isatty() or bool(os.environ.get("SIMPLETUNER_PROGRESS")))

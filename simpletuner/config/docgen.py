@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from simpletuner.config.option import Option
+from simpletuner.config.option import AppliesWhen, Option
 from simpletuner.config.options import ENVIRONMENT, GROUPS, OPTIONS
 
 DOCS_DIR = Path(__file__).resolve().parents[2] / "documentation"
@@ -66,12 +66,22 @@ def _option_section(option: Option, heading: str | None = None, inherits: bool =
         high = "" if option.maximum is None else f"≤ {option.maximum}"
         lines.append("- **Range**: " + " and ".join(p for p in (low, high) if p))
     if option.families:
-        lines.append("- **Families**: " + ", ".join(f"`{f}`" for f in option.families))
+        lines.append("- **Families**: " + ", ".join(f"`{f}`" for f in option.families)
+                     + " (set for another family, it is named at start-up and ignored)")
+    if option.applies_when:
+        lines.append("- **Acts only when**: " + "; ".join(_condition(c) for c in option.applies_when)
+                     + " (otherwise a set value is named at start-up and ignored)")
     if option.secret:
         lines.append("- **Secret**: redacted in printed configs, logs and saved files")
     lines.append(f"- **Status**: {_status(option)}")
     lines.append("")
     return lines
+
+
+def _condition(condition: AppliesWhen) -> str:
+    shown = " or ".join(f"`{str(v).lower() if isinstance(v, bool) else v}`" for v in condition.values
+                        if v is not None)
+    return f"`--{condition.option}` is {'not ' if condition.unless else ''}{shown}"
 
 
 def render() -> str:

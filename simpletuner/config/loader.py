@@ -6,19 +6,38 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from simpletuner.config.inert import set_aside_inert
 from simpletuner.config.model import make_config
-from simpletuner.config.rules import validate
-from simpletuner.config.sources import collect_values
+from simpletuner.config.rules import information_only, rule_problems
+from simpletuner.config.sources import gather_values
+from simpletuner.errors import ConfigError
 
 
 def load_config(
     argv: Sequence[str],
     env: Optional[Mapping[str, str]] = None,
     cwd: Optional[Path] = None,
+    check_datasets: bool = False,
 ) -> Any:
-    """Defaults < config file < command line, validated; raises ConfigError."""
-    values, explicit, path = collect_values(
+    """Defaults < config file < command line, validated; raises ConfigError.
+
+    The error lists every problem found, one per line: each unknown key and
+    bad value of the config file and the command line, and with
+    ``check_datasets`` also those of the --data_backend_config file, so that
+    one run shows every mistake of both files.  Cross-option rules are judged
+    once every value could be read (a value left at its default by a typo
+    would make them report mistakes the user did not make).
+    """
+    values, explicit, path, problems = gather_values(
         argv, os.environ if env is None else env, Path.cwd() if cwd is None else cwd
     )
-    validate(values)
-    return make_config(values, explicit, path)
+    values, ignored = set_aside_inert(values)
+    if not problems:
+        problems = rule_problems(values)
+    if check_datasets and values["data_backend_config"] and not information_only(values):
+        from simpletuner.data.schema import data_backend_entry_problems
+
+        problems += data_backend_entry_problems(values["data_backend_config"])
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return make_config(values, explicit, path, ignored)

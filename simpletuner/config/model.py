@@ -19,6 +19,8 @@ REDACTED = "***redacted***"
 _META_FIELDS = [
     ("config_file", Optional[str], dataclasses.field(default=None, compare=False)),
     ("explicit", frozenset, dataclasses.field(default=frozenset(), compare=False)),
+    # One line per option set to a value that has no effect here (see config/inert.py).
+    ("ignored", tuple, dataclasses.field(default=(), compare=False)),
 ]
 
 TrainConfig = dataclasses.make_dataclass(
@@ -30,11 +32,14 @@ TrainConfig.__module__ = __name__
 TrainConfig.__doc__ = "Every option's resolved value, read-only. Built by load_config()."
 
 
-def make_config(values: dict[str, Any], explicit: set[str], config_file: Optional[Path]) -> Any:
+def make_config(
+    values: dict[str, Any], explicit: set[str], config_file: Optional[Path], ignored: tuple[str, ...] = ()
+) -> Any:
     return TrainConfig(
         **values,
         config_file=str(config_file) if config_file else None,
         explicit=frozenset(explicit),
+        ignored=tuple(ignored),
     )
 
 

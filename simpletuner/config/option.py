@@ -11,7 +11,7 @@ This module imports nothing heavy: ``train.py --help`` must not pay for torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 # Value kinds an option can have.  Kept as strings (not Python types) so the
 # table reads like documentation and the docs generator can print them as-is.
@@ -39,7 +39,11 @@ class Option:
         aliases: other accepted spellings of choices, mapped to the canonical
             choice (``centre`` -> ``center``).
         families: the model families the option means something for, or None
-            for all.  Setting it for another family is an error, not a no-op.
+            for all.  Set for another family it has no effect, which the run
+            says at start-up (see :mod:`simpletuner.config.inert`).
+        applies_when: further :class:`AppliesWhen` conditions under which the
+            option has an effect; when one is not met the run names the
+            option and the condition's reason at start-up and ignores it.
     """
 
     name: str
@@ -54,6 +58,7 @@ class Option:
     maximum: Optional[float] = None
     aliases: Optional[dict] = None
     families: Optional[tuple] = None
+    applies_when: tuple["AppliesWhen", ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -69,6 +74,16 @@ class Option:
     def flag(self) -> str:
         return f"--{self.name}"
 
+    def inert_reason(self, values: Mapping[str, Any]) -> Optional[str]:
+        """Why this option has no effect with these ``values``, or None when it has one."""
+        family = values.get("model_family")
+        if self.families and family and family not in self.families:
+            return f"only --model_family {', '.join(self.families)} use{'s' if len(self.families) == 1 else ''} it, not {family}"
+        for condition in self.applies_when:
+            if not condition.met(values):
+                return condition.reason.format(**values)
+        return None
+
     def is_value_implemented(self, value: Any) -> bool:
         """Whether ``value`` is something this option can really do today."""
         if self.implemented is True:
@@ -79,3 +94,21 @@ class Option:
             return False
         values = value if isinstance(value, (list, tuple)) else [value]
         return all(v in self.implemented for v in values)
+
+
+@dataclass(frozen=True)
+class AppliesWhen:
+    """A condition on another option under which an option has an effect.
+
+    The option acts when ``option``'s value is one of ``values`` (or, with
+    ``unless``, is none of them).  ``reason`` says why it has no effect
+    otherwise; it may name other options' values as ``{name}``.
+    """
+
+    option: str
+    values: tuple
+    reason: str
+    unless: bool = False
+
+    def met(self, values: Mapping[str, Any]) -> bool:
+        return (values.get(self.option) in self.values) != self.unless

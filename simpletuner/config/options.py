@@ -17,7 +17,7 @@ This module must stay import-light (no torch): ``train.py --help`` reads it.
 
 from __future__ import annotations
 
-from simpletuner.config.option import Option
+from simpletuner.config.option import AppliesWhen, Option
 from simpletuner.families.registry import FAMILY_NAMES, available_families
 
 # Group headings, in display order.
@@ -71,6 +71,29 @@ T5_FAMILIES = ("sd3", "flux", "pixart_sigma")
 # Families whose diffusers LoRA loader reads the kohya layout (--lora_format comfyui);
 # each has a kohya_lora_prefix.
 KOHYA_LORA_FAMILIES = ("sdxl", "legacy", "kolors", "flux")
+
+# Conditions under which an option has an effect (see Option.applies_when).
+ADAPTER_RUN = AppliesWhen("model_type", ("lora",), "only --model_type lora trains an adapter (a full fine-tune "
+                          "updates every weight)")
+PEFT_LORA = AppliesWhen("lora_type", ("standard",), "with --lora_type lycoris the adapter comes from "
+                        "--lycoris_config (linear_dim, linear_alpha, dropout, apply_preset)")
+LYCORIS = AppliesWhen("lora_type", ("lycoris",), "only --lora_type lycoris reads it")
+BIAS_STRATEGY = AppliesWhen("timestep_bias_strategy", ("none",), "--timestep_bias_strategy={timestep_bias_strategy} "
+                            "does not use it", unless=True)
+LOGIT_NORMAL = AppliesWhen("flow_weighting_scheme", ("logit_normal",), "only --flow_weighting_scheme logit_normal "
+                           "uses it, not {flow_weighting_scheme}")
+RESOLUTION_SHIFTING = AppliesWhen("flow_resolution_shifting", (True,), "only --flow_resolution_shifting uses it")
+FIXED_SHIFT = AppliesWhen("flow_resolution_shifting", (True,), "--flow_resolution_shifting chooses the shift per "
+                          "image instead", unless=True)
+MODE_SCHEME = AppliesWhen("flow_weighting_scheme", ("mode",), "only --flow_weighting_scheme mode uses it, "
+                          "not {flow_weighting_scheme}")
+BIAS_RANGE = AppliesWhen("timestep_bias_strategy", ("range",), "only --timestep_bias_strategy range uses it, "
+                         "not {timestep_bias_strategy}")
+BIAS_PORTION = AppliesWhen("timestep_bias_strategy", ("earlier", "later"), "only --timestep_bias_strategy earlier "
+                           "or later uses it, not {timestep_bias_strategy}")
+SOFT_MIN_SNR = AppliesWhen("use_soft_min_snr", (True,), "only --use_soft_min_snr uses it")
+NOISE_OFFSET = AppliesWhen("noise_offset", (0, 0.0, None), "--noise_offset is 0, so no offset is added", unless=True)
+CHECKPOINTING = AppliesWhen("gradient_checkpointing", (True,), "only --gradient_checkpointing uses it")
 
 OPTIMIZERS = (
     "adamw_bf16",
@@ -251,23 +274,27 @@ OPTIONS: tuple[Option, ...] = (
         "Adapter library: standard is a PEFT LoRA, lycoris uses LyCORIS as "
         "described by --lycoris_config.",
         ADAPTERS, choices=("standard", "lycoris"),
+        applies_when=(ADAPTER_RUN,),
     ),
     Option(
         "lora_rank", "int", 16,
         "Inner dimension of the LoRA matrices. Larger ranks can learn more and "
         "cost more memory.",
         ADAPTERS, minimum=1,
+        applies_when=(ADAPTER_RUN, PEFT_LORA),
     ),
     Option(
         "lora_alpha", "float", None,
         "Numerator of the LoRA scale (alpha divided by rank). Unset means equal to "
         "the rank, a scale of 1.",
         ADAPTERS, minimum=0,
+        applies_when=(ADAPTER_RUN, PEFT_LORA),
     ),
     Option(
         "lora_dropout", "float", 0.0,
         "Dropout probability inside the LoRA layers while training.",
         ADAPTERS, minimum=0, maximum=1,
+        applies_when=(ADAPTER_RUN, PEFT_LORA),
     ),
     Option(
         "lora_init_type", "str", "default",
@@ -276,24 +303,28 @@ OPTIONS: tuple[Option, ...] = (
         "model, which is not available).",
         ADAPTERS, choices=("default", "gaussian", "loftq", "olora", "pissa"),
         implemented=("default", "gaussian", "olora", "pissa"),
+        applies_when=(ADAPTER_RUN, PEFT_LORA),
     ),
     Option(
         "lora_target_modules", "list", None,
         "Names of the modules that receive LoRA layers, replacing the family's "
         "preset.",
         ADAPTERS,
+        applies_when=(ADAPTER_RUN, PEFT_LORA),
     ),
     Option(
         "lora_format", "str", "diffusers",
         "Key layout of saved LoRA files: diffusers, or comfyui for the kohya-style "
         "layout that ComfyUI, A1111 and Forge load (sdxl, legacy, kolors and flux).",
         ADAPTERS, choices=("diffusers", "comfyui"),
+        applies_when=(ADAPTER_RUN, PEFT_LORA),
     ),
     Option(
         "lycoris_config", "path", None,
         "JSON file describing the LyCORIS adapter (algorithm, dimensions, module "
         "presets). Required with --lora_type lycoris.",
         ADAPTERS,
+        applies_when=(ADAPTER_RUN, LYCORIS),
     ),
     # ---------------------------------------------- Training length and batch
     Option(
@@ -448,6 +479,7 @@ OPTIONS: tuple[Option, ...] = (
         "with --use_soft_min_snr (about 1.0 for scaled latents).",
         LOSS, minimum=0,
         families=DIFFUSION_FAMILIES,
+        applies_when=(SOFT_MIN_SNR,),
     ),
     Option(
         "noise_offset", "float", 0.0,
@@ -459,6 +491,7 @@ OPTIONS: tuple[Option, ...] = (
         "noise_offset_probability", "float", 0.25,
         "Chance that each sample receives the noise offset.",
         LOSS, minimum=0, maximum=1,
+        applies_when=(NOISE_OFFSET,),
     ),
     Option(
         "input_perturbation", "float", 0.0,
@@ -479,12 +512,14 @@ OPTIONS: tuple[Option, ...] = (
         "0.5 half as likely, 0 never draws them.",
         LOSS, minimum=0,
         families=DIFFUSION_FAMILIES,
+        applies_when=(BIAS_STRATEGY,),
     ),
     Option(
         "timestep_bias_begin", "int", 0,
         "First timestep of the favoured span when the strategy is range.",
         LOSS, minimum=0,
         families=DIFFUSION_FAMILIES,
+        applies_when=(BIAS_RANGE,),
     ),
     Option(
         "timestep_bias_end", "int", 1000,
@@ -492,6 +527,7 @@ OPTIONS: tuple[Option, ...] = (
         "just before this timestep.",
         LOSS, minimum=0,
         families=DIFFUSION_FAMILIES,
+        applies_when=(BIAS_RANGE,),
     ),
     Option(
         "timestep_bias_portion", "float", 0.25,
@@ -499,6 +535,7 @@ OPTIONS: tuple[Option, ...] = (
         "strategies.",
         LOSS, minimum=0, maximum=1,
         families=DIFFUSION_FAMILIES,
+        applies_when=(BIAS_PORTION,),
     ),
     # --------------------------------------------------------- Flow matching
     Option(
@@ -513,6 +550,7 @@ OPTIONS: tuple[Option, ...] = (
         "Mean of the logit-normal distribution, used by the logit_normal scheme.",
         FLOW,
         families=FLOW_FAMILIES,
+        applies_when=(LOGIT_NORMAL,),
     ),
     Option(
         "flow_logit_std", "float", 1.0,
@@ -520,12 +558,14 @@ OPTIONS: tuple[Option, ...] = (
         "scheme.",
         FLOW, minimum=0,
         families=FLOW_FAMILIES,
+        applies_when=(LOGIT_NORMAL,),
     ),
     Option(
         "flow_mode_scale", "float", 1.29,
         "Scale of the mode scheme's sigma distribution.",
         FLOW,
         families=FLOW_FAMILIES,
+        applies_when=(MODE_SCHEME,),
     ),
     Option(
         "flow_shift", "float", 1.0,
@@ -533,6 +573,7 @@ OPTIONS: tuple[Option, ...] = (
         "Values above 1 push training toward noisier steps; 1 leaves them as is.",
         FLOW, minimum=0,
         families=FLOW_FAMILIES,
+        applies_when=(FIXED_SHIFT,),
     ),
     Option(
         "flow_resolution_shifting", "bool", False,
@@ -546,12 +587,14 @@ OPTIONS: tuple[Option, ...] = (
         "Token count that maps to --flow_base_shift under resolution shifting.",
         FLOW, minimum=1,
         families=FLOW_FAMILIES,
+        applies_when=(RESOLUTION_SHIFTING,),
     ),
     Option(
         "flow_max_seq_len", "int", 4096,
         "Token count that maps to --flow_max_shift under resolution shifting.",
         FLOW, minimum=1,
         families=FLOW_FAMILIES,
+        applies_when=(RESOLUTION_SHIFTING,),
     ),
     Option(
         "flow_base_shift", "float", 0.5,
@@ -559,6 +602,7 @@ OPTIONS: tuple[Option, ...] = (
         "--flow_base_seq_len tokens; mu is linear in the token count, as in Flux.",
         FLOW,
         families=FLOW_FAMILIES,
+        applies_when=(RESOLUTION_SHIFTING,),
     ),
     Option(
         "flow_max_shift", "float", 1.15,
@@ -566,6 +610,7 @@ OPTIONS: tuple[Option, ...] = (
         "--flow_max_seq_len tokens.",
         FLOW,
         families=FLOW_FAMILIES,
+        applies_when=(RESOLUTION_SHIFTING,),
     ),
     Option(
         "flux_guidance_value", "float", 1.0,
@@ -891,6 +936,7 @@ OPTIONS: tuple[Option, ...] = (
         "Checkpoint only every n-th block (1 checkpoints them all, 2 every other "
         "one), trading some memory back for speed. Needs --gradient_checkpointing.",
         HARDWARE, minimum=1,
+        applies_when=(CHECKPOINTING,),
     ),
     Option(
         "attention_mechanism", "str", "diffusers",

@@ -1,7 +1,9 @@
 """Checks that look at more than one option, run before anything heavy loads.
 
 Each rule is a small function taking the merged values and returning a
-message (naming the option to change) or None.  ``validate`` runs them all and
+message (naming the option to change) or None.  Rules see the values after
+options that have no effect were set aside (:mod:`simpletuner.config.inert`),
+so they never judge an option the run ignores.  ``validate`` runs them all and
 reports every problem at once, one per line, so the user fixes the file in one
 go.  Single-option checks (type, choice, bounds) already happened in
 ``coerce_value``.
@@ -13,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from simpletuner.config.options import OPTIONS, OPTIONS_BY_NAME
+from simpletuner.config.options import OPTIONS
 from simpletuner.errors import ConfigError
 
 Values = Mapping[str, Any]
@@ -49,19 +51,6 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def options_fit_the_family(values: Values) -> Optional[str]:
-    """An option that means nothing for the chosen family is a mistake, not a no-op."""
-    family = values["model_family"]
-    if not family:
-        return None
-    problems = [
-        f"{option.flag} applies only to {', '.join(option.families)}, not --model_family={family}; remove it"
-        for option in OPTIONS
-        if option.families and family not in option.families and values[option.name] != option.default
-    ]
-    return "\n".join(problems) or None
-
-
 def model_family_required(values: Values) -> Optional[str]:
     if not values["model_family"]:
         return "--model_family is required (for example sdxl); see --list_model_families"
@@ -92,9 +81,6 @@ def training_length(values: Values) -> Optional[str]:
 def lycoris_needs_config(values: Values) -> Optional[str]:
     if values["lora_type"] == "lycoris" and not values.get("lycoris_config"):
         return "--lora_type=lycoris needs --lycoris_config (a JSON file naming the algorithm)"
-    if values.get("lycoris_config") and values["lora_type"] != "lycoris" and values["model_type"] == "lora":
-        return ("--lycoris_config is read only with --lora_type lycoris; "
-                "add --lora_type lycoris or remove --lycoris_config")
     return None
 
 
@@ -107,26 +93,6 @@ def lycoris_config_valid(values: Values) -> Optional[str]:
         read_lycoris_config(values["lycoris_config"])
     except ConfigError as error:
         return str(error)
-    return None
-
-
-# Options of the PEFT LoRA that a LyCORIS network takes from its own file instead.
-_PEFT_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "lora_init_type", "lora_target_modules")
-_ADAPTER_ONLY = ("lora_type", "lycoris_config", "lora_init_type")
-
-
-def adapter_options_fit(values: Values) -> Optional[str]:
-    if values["model_type"] != "lora":
-        named = [f"--{name}" for name in _ADAPTER_ONLY if _set(values, name)]
-        if named:
-            return (f"{', '.join(named)}: only adapter training (--model_type lora) uses "
-                    f"{'it' if len(named) == 1 else 'them'}; remove {'it' if len(named) == 1 else 'them'}")
-    elif values["lora_type"] == "lycoris":
-        named = [f"--{name}" for name in _PEFT_ONLY if _set(values, name)]
-        if named:
-            return (f"{', '.join(named)}: set{'s' if len(named) == 1 else ''} up the standard PEFT LoRA; with "
-                    "--lora_type lycoris the adapter comes from --lycoris_config (linear_dim, linear_alpha, "
-                    "dropout, apply_preset), so remove " + ("it" if len(named) == 1 else "them"))
     return None
 
 
@@ -209,23 +175,9 @@ def optimizer_config_parses(values: Values) -> Optional[str]:
     return None
 
 
-def _set(values: Values, name: str) -> bool:
-    return values[name] != OPTIONS_BY_NAME[name].default
-
-
-def _for_this_family(values: Values, name: str) -> bool:
-    """False where options_fit_the_family already reports ``name`` (one message, not two)."""
-    families = OPTIONS_BY_NAME[name].families
-    return not (families and values["model_family"] and values["model_family"] not in families)
-
-
 def soft_min_snr_settings(values: Values) -> Optional[str]:
-    if not _for_this_family(values, "use_soft_min_snr"):
-        return None
     sigma_data = values["soft_min_snr_sigma_data"]
     if not values["use_soft_min_snr"]:
-        if sigma_data is not None:
-            return "--soft_min_snr_sigma_data is used only by --use_soft_min_snr; set that too or remove it"
         return None
     if sigma_data is None:
         return (
@@ -240,31 +192,14 @@ def soft_min_snr_settings(values: Values) -> Optional[str]:
 
 
 def noise_offset_settings(values: Values) -> Optional[str]:
-    if not values["noise_offset"] and _set(values, "noise_offset_probability"):
-        return "--noise_offset_probability does nothing without --noise_offset; set --noise_offset (e.g. 0.1) or remove it"
     if values["noise_offset"] and values["noise_offset_probability"] == 0:
         return "--noise_offset_probability=0 never applies --noise_offset; raise it or remove --noise_offset"
     return None
 
 
-_BIAS_USES = {
-    "none": (),
-    "earlier": ("timestep_bias_multiplier", "timestep_bias_portion"),
-    "later": ("timestep_bias_multiplier", "timestep_bias_portion"),
-    "range": ("timestep_bias_multiplier", "timestep_bias_begin", "timestep_bias_end"),
-}
-
-
 def timestep_bias_settings(values: Values) -> Optional[str]:
-    if not _for_this_family(values, "timestep_bias_strategy"):
-        return None
     strategy = values["timestep_bias_strategy"]
-    problems = [
-        f"--{name} is not used by --timestep_bias_strategy={strategy}; remove it"
-        + (" or choose a strategy (earlier, later, range)" if strategy == "none" else "")
-        for name in ("timestep_bias_multiplier", "timestep_bias_begin", "timestep_bias_end", "timestep_bias_portion")
-        if name not in _BIAS_USES[strategy] and _set(values, name)
-    ]
+    problems = []
     if strategy != "none" and values["timestep_bias_multiplier"] == 1:
         problems.append(
             f"--timestep_bias_strategy={strategy} with --timestep_bias_multiplier=1 changes nothing; "
@@ -289,10 +224,6 @@ def lora_format_fits(values: Values) -> Optional[str]:
 
     if values["lora_format"] != "comfyui":
         return None
-    if values["model_type"] != "lora":
-        return "--lora_format applies to --model_type lora; a full fine-tune saves a diffusers pipeline, remove it"
-    if values["lora_type"] != "standard":
-        return f"--lora_format=comfyui applies to --lora_type standard; remove it for --lora_type {values['lora_type']}"
     family = values["model_family"]
     if family and family not in KOHYA_LORA_FAMILIES:
         return (
@@ -302,15 +233,8 @@ def lora_format_fits(values: Values) -> Optional[str]:
     return None
 
 
-def checkpointing_interval_needs_checkpointing(values: Values) -> Optional[str]:
-    if values["gradient_checkpointing_interval"] is not None and not values["gradient_checkpointing"]:
-        return "--gradient_checkpointing_interval needs --gradient_checkpointing; set it too or remove the interval"
-    return None
-
-
 RULES: tuple[Rule, ...] = (
     not_implemented,
-    options_fit_the_family,
     model_family_required,
     model_path_required,
     data_config_required,
@@ -328,23 +252,30 @@ RULES: tuple[Rule, ...] = (
     noise_offset_settings,
     timestep_bias_settings,
     lora_format_fits,
-    checkpointing_interval_needs_checkpointing,
     lycoris_config_valid,
-    adapter_options_fit,
     loftq_unavailable,
 )
 
 # Rules that still apply when the user only asks for information.
-_ALWAYS = (not_implemented, options_fit_the_family, training_length, lycoris_needs_config, validation_resolution_format,
+_ALWAYS = (not_implemented, training_length, lycoris_needs_config, validation_resolution_format,
            report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses,
            soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits,
-           checkpointing_interval_needs_checkpointing, lycoris_config_valid, adapter_options_fit, loftq_unavailable)
+           lycoris_config_valid, loftq_unavailable)
+
+
+def information_only(values: Values) -> bool:
+    """The user only asks for information (--print_config, --list_model_families)."""
+    return any(values.get(name) for name in INFORMATION_ONLY)
+
+
+def rule_problems(values: Values) -> list[str]:
+    """Every cross-option problem, one message each (a message may hold several lines)."""
+    rules = _ALWAYS if information_only(values) else RULES
+    return [message for rule in rules if (message := rule(values))]
 
 
 def validate(values: Values) -> None:
     """Raise ConfigError listing every problem, or return quietly."""
-    information_only = any(values.get(name) for name in INFORMATION_ONLY)
-    rules = _ALWAYS if information_only else RULES
-    problems = [message for rule in rules if (message := rule(values))]
+    problems = rule_problems(values)
     if problems:
         raise ConfigError("\n".join(problems))

@@ -76,6 +76,15 @@ def read_config_file(path: Path, default_format: str = "json") -> dict[str, Any]
     The format follows the file's extension; ``default_format`` (the
     ``CONFIG_BACKEND``) decides for a name without .json/.toml in it.
     """
+    problems: list[str] = []
+    values = _normalise_keys(_read_file(path, default_format), str(path), problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return values
+
+
+def _read_file(path: Path, default_format: str) -> dict[str, Any]:
+    """The file's top-level object, raw; ConfigError when it cannot be read or parsed."""
     file_format = _file_format(path, default_format)
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; expected a {file_format.upper()} config file")
@@ -97,16 +106,21 @@ def read_config_file(path: Path, default_format: str = "json") -> dict[str, Any]
             raise ConfigError(f"{path}: not valid JSON ({describe_json_error(error)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected an object of option names to values at the top level")
-    return _normalise_keys(data, str(path))
+    return data
 
 
-def _normalise_keys(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+def _normalise_keys(data: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
+    """{option name: typed value} of the good keys; one line per bad one added to ``problems``."""
     values: dict[str, Any] = {}
     for raw_key, value in data.items():
         key = str(raw_key).lstrip("-")
         if key not in OPTIONS_BY_NAME:
-            raise ConfigError(unknown_key_message(key, OPTIONS_BY_NAME, where))
-        values[key] = coerce_value(OPTIONS_BY_NAME[key], value, where)
+            problems.append(unknown_key_message(key, OPTIONS_BY_NAME, where))
+            continue
+        try:
+            values[key] = coerce_value(OPTIONS_BY_NAME[key], value, where)
+        except ConfigError as error:
+            problems.append(str(error))
     return values
 
 
@@ -153,18 +167,34 @@ def _help_line(option: Option) -> str:
 
 
 def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
-    """Parse command-line flags into {option name: typed value}."""
+    """Parse command-line flags into {option name: typed value}; all problems at once."""
+    problems: list[str] = []
+    values = _parse_cli(argv, problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return values
+
+
+def _parse_cli(argv: Sequence[str], problems: list[str]) -> dict[str, Any]:
     parser = build_parser()
     namespace, unknown = parser.parse_known_args(list(argv))
+    after_unknown_flag = False
     for token in unknown:
         if token.startswith("--"):
             key = token[2:].split("=", 1)[0]
-            raise ConfigError(unknown_key_message(key, OPTIONS_BY_NAME, "command line"))
-        raise ConfigError(f"command line: unexpected argument {token!r}; options start with --")
-    return {
-        name: coerce_value(OPTIONS_BY_NAME[name], raw, "command line")
-        for name, raw in vars(namespace).items()
-    }
+            problems.append(unknown_key_message(key, OPTIONS_BY_NAME, "command line"))
+            after_unknown_flag = "=" not in token
+        elif after_unknown_flag:
+            after_unknown_flag = False  # the unknown option's value, already reported with it
+        else:
+            problems.append(f"command line: unexpected argument {token!r}; options start with --")
+    values: dict[str, Any] = {}
+    for name, raw in vars(namespace).items():
+        try:
+            values[name] = coerce_value(OPTIONS_BY_NAME[name], raw, "command line")
+        except ConfigError as error:
+            problems.append(str(error))
+    return values
 
 
 def collect_values(
@@ -172,16 +202,36 @@ def collect_values(
 ) -> tuple[dict[str, Any], set[str], Optional[Path]]:
     """Merge defaults, the config file and the command line.
 
-    Returns (values for every option, names the user set, config file used).
+    Returns (values for every option, names the user set, config file used);
+    raises ConfigError listing every problem :func:`gather_values` found.
     """
-    cli_values = parse_cli(argv)
-    path, required = locate_config_file(env, cwd)
+    values, explicit, path, problems = gather_values(argv, env, cwd)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return values, explicit, path
+
+
+def gather_values(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path
+) -> tuple[dict[str, Any], set[str], Optional[Path], list[str]]:
+    """Like :func:`collect_values`, but returns the problems instead of raising.
+
+    Every unknown key and bad value of the config file and of the command
+    line is one line in the problems; the values they named stay at the
+    value from the other source or the default.
+    """
+    problems: list[str] = []
+    cli_values = _parse_cli(argv, problems)
     file_values: dict[str, Any] = {}
     used_path: Optional[Path] = None
-    if path is not None and (required or path.exists()):
-        file_values = read_config_file(path, config_backend(env))
-        used_path = path
+    try:
+        path, required = locate_config_file(env, cwd)
+        if path is not None and (required or path.exists()):
+            used_path = path
+            file_values = _normalise_keys(_read_file(path, config_backend(env)), str(path), problems)
+    except ConfigError as error:
+        problems.append(str(error))
     values = {option.name: option.default for option in OPTIONS}
     values.update(file_values)
     values.update(cli_values)
-    return values, set(file_values) | set(cli_values), used_path
+    return values, set(file_values) | set(cli_values), used_path, problems

@@ -44,7 +44,7 @@ from simpletuner.data.image_embeds import ImageEmbedConfig, attach_image_embeds,
 from simpletuner.data.keys import DATASET_KEYS, GLOBAL_DEFAULT_KEYS, KEYS_BY_NAME
 from simpletuner.data.size_units import resolve_size_units
 from simpletuner.data.tables import ParquetSpec
-from simpletuner.errors import ConfigError, DataError
+from simpletuner.errors import ConfigError, DataError, UserError
 from simpletuner.json_errors import describe_json_error
 from simpletuner.storage.s3 import S3Settings
 from simpletuner.storage.settings import cache_location, embed_cache_location, image_location, s3_settings
@@ -168,25 +168,49 @@ def parse_data_backend_config(
     entries: Any, defaults: Mapping[str, Any], path: str = "multidatabackend.json"
 ) -> DataBackendConfig:
     """Validate an already-loaded list of dataset objects (the wizard and tests use this)."""
-    name = os.path.basename(path)
+    raw, problems = _checked_entries(entries, os.path.basename(path))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return _build(path, raw, _global_defaults(defaults))
+
+
+def data_backend_entry_problems(path: str) -> List[str]:
+    """Every unknown key and bad value in the file, one line each (empty when there are none).
+
+    Checked together with config.json's keys and values, so one run reports
+    the mistakes of both files; rules across datasets come later, in
+    :func:`load_data_backend_config`.
+    """
+    try:
+        entries = _read_json_list(path)
+    except ConfigError as error:
+        return [str(error)]
+    return _checked_entries(entries, os.path.basename(path))[1]
+
+
+def _checked_entries(entries: Any, name: str) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """(the coerced values of each usable entry, one line per problem in any entry)."""
     if not isinstance(entries, list):
-        raise ConfigError(
+        return [], [
             f"{name}: must be a JSON list of dataset objects ([{{...}}, ...]), got a "
             f"{type(entries).__name__}"
-        )
-    resolved = _global_defaults(defaults)
+        ]
+    problems: List[str] = []
     raw: List[Dict[str, Any]] = []
     seen: Dict[str, int] = {}
     for index, entry in enumerate(entries):
-        values = _validate_entry(entry, index, name)
+        values = _validate_entry(entry, index, name, problems)
+        if values is None:
+            continue
         if values["id"] in seen:
-            raise ConfigError(
+            problems.append(
                 f"dataset {values['id']!r}: key 'id' is used by entries {seen[values['id']] + 1} and "
                 f"{index + 1} of {name}; give each dataset a unique id"
             )
+            continue
         seen[values["id"]] = index
         raw.append(values)
-    return _build(path, raw, resolved)
+    return raw, problems
 
 
 def _read_json_list(path: str) -> list:
@@ -236,34 +260,45 @@ def _coerce(option: Option, value: Any, where: str) -> Any:
         raise ConfigError(message) from None
 
 
-def _validate_entry(entry: Any, index: int, file_name: str) -> Dict[str, Any]:
-    """Check one dataset object's keys and types; return the values it sets, coerced."""
+def _validate_entry(entry: Any, index: int, file_name: str, problems: List[str]) -> Optional[Dict[str, Any]]:
+    """The values one dataset object sets, coerced; each bad key or value adds a line to ``problems``.
+
+    None when the entry has no usable id (nothing else can be said about it).
+    """
     if not isinstance(entry, dict):
-        raise ConfigError(
-            f"{file_name}: entry {index + 1} must be a JSON object with an 'id', got "
-            f"{type(entry).__name__}"
+        problems.append(
+            f"{file_name}: entry {index + 1} must be a JSON object with an 'id', got {type(entry).__name__}"
         )
+        return None
     raw_id = entry.get("id")
     if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
-        raise ConfigError(f"{file_name}: entry {index + 1} has no 'id'; give every dataset a unique id")
+        problems.append(f"{file_name}: entry {index + 1} has no 'id'; give every dataset a unique id")
+        return None
     if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
-        raise ConfigError(f"{file_name}: entry {index + 1}: 'id' must be text, got {raw_id!r}")
+        problems.append(f"{file_name}: entry {index + 1}: 'id' must be text, got {raw_id!r}")
+        return None
     where = f"dataset {str(raw_id)!r}"
     values: Dict[str, Any] = {}
     for key, value in entry.items():
         option = KEYS_BY_NAME.get(key)
         if option is None:
             message = unknown_key_message(key, KEYS_BY_NAME, where, prefix="")
-            raise ConfigError(message.replace(": unknown option ", ": unknown key ", 1))
+            problems.append(message.replace(": unknown option ", ": unknown key ", 1))
+            continue
         if key in _BLOCK_KEYS and isinstance(value, (dict, list)):
             values[key] = value  # a block or inline list; checked with the whole dataset
             continue
-        converted = _coerce(option, value, where)
+        try:
+            converted = _coerce(option, value, where)
+        except ConfigError as error:
+            problems.append(str(error))
+            continue
         if converted is not None and not option.is_value_implemented(converted):
             shown = "a hidden value" if option.secret else repr(value)
-            raise ConfigError(
+            problems.append(
                 f"{where}: key {key!r} = {shown} is not implemented yet; " + _implemented_hint(option)
             )
+            continue
         values[key] = converted
     values["id"] = str(raw_id)
     if "is_regularization_data" in values:  # one flag, two spellings
@@ -301,7 +336,7 @@ def _build(path: str, raw: List[Dict[str, Any]], defaults: Dict[str, Any]) -> Da
             '{"id": "text-embeds", "dataset_type": "text_embeds", "default": true, "cache_dir": "cache/text"}'
         )
     _check_default_text_embeds(name, text_sets)
-    image_sets = tuple(_image_config(v, defaults, text_sets) for v in image_raw)
+    image_sets = _each_image_config(image_raw, defaults, text_sets)
     _check_unique_cache_dirs(image_sets)
     embed_sets = tuple(image_embed_config(v) for v in enabled if v.get("dataset_type") == "image_embeds")
     image_sets = attach_image_embeds(image_sets, image_raw, embed_sets, name)
@@ -312,6 +347,24 @@ def _build(path: str, raw: List[Dict[str, Any]], defaults: Dict[str, Any]) -> Da
         disabled_ids=disabled,
         image_embed_datasets=embed_sets,
     )
+
+
+def _each_image_config(
+    image_raw: List[Dict[str, Any]], defaults: Dict[str, Any], text_sets: Tuple[TextEmbedConfig, ...]
+) -> Tuple[DatasetConfig, ...]:
+    """Every image dataset resolved; the first problem of each dataset is reported together."""
+    image_sets: List[DatasetConfig] = []
+    errors: List[UserError] = []
+    for values in image_raw:
+        try:
+            image_sets.append(_image_config(values, defaults, text_sets))
+        except UserError as error:
+            errors.append(error)
+    if errors:
+        # One kind stays that kind (the wizard tolerates a DataError: a folder yet to be filled).
+        kind = type(errors[0]) if all(type(e) is type(errors[0]) for e in errors) else ConfigError
+        raise kind("\n".join(str(error) for error in errors))
+    return tuple(image_sets)
 
 
 def _check_default_text_embeds(file_name: str, text_sets: Tuple[TextEmbedConfig, ...]) -> None:

@@ -62,8 +62,13 @@ class ModelSource:
                 source.overrides[component] = (t5, component)
         return source
 
-    def check(self) -> None:
-        """Fail early, in words, for a local folder that is not a diffusers model."""
+    def check(self, family: Optional["ModelFamily"] = None) -> None:
+        """Fail early, in words, for a model that is not there or not ``family``'s.
+
+        A local folder must be a diffusers model folder; a Hub id must be cached
+        or reachable; the folder's model_index.json must match the family
+        (see families/model_folder.py).
+        """
         path = Path(self.base).expanduser()
         if path.is_dir():
             if not (path / "model_index.json").is_file():
@@ -78,7 +83,9 @@ class ModelSource:
             )
         elif self.base.startswith((".", "/", "~")):
             raise ModelError(f"--pretrained_model_name_or_path={self.base}: no such folder")
-        # Anything else is a hub id; from_pretrained resolves (and reports) it.
+        from simpletuner.families.model_folder import check_model_folder
+
+        check_model_folder(self, family)
 
     def identity(self, component: str) -> str:
         """A string that changes whenever the component's weights could differ.
@@ -141,6 +148,10 @@ class ModelFamily:
     # Prefix of the kohya-layout LoRA names (--lora_format comfyui) that this
     # family's diffusers loader converts back; None where it cannot load them.
     kohya_lora_prefix: ClassVar[Optional[str]] = None
+    # Class names of the denoiser's attention modules, which LyCORIS presets
+    # target by name; a preset naming several families' classes is expected to
+    # miss the others' (see training/lycoris_adapter.py).
+    attention_class_names: ClassVar[tuple[str, ...]] = ("Attention",)
 
     def __init__(self, config: Any = None) -> None:
         # The run's options, for families whose inputs depend on them (Flux's
@@ -150,6 +161,28 @@ class ModelFamily:
     def option(self, name: str, default: Any) -> Any:
         """The run's value of option ``name``, or ``default`` without a config."""
         return default if self.config is None else getattr(self.config, name)
+
+    def model_index_problem(self, index: dict[str, Any], overridden: set[str]) -> Optional[str]:
+        """What in a model folder's model_index.json says it is not this family's, or None.
+
+        ``overridden`` names the components taken from elsewhere, which the
+        folder need not hold.
+        """
+        found = index.get("_class_name")
+        if found != self.pipeline_class_name:
+            from simpletuner.families.registry import family_for_pipeline
+
+            other = family_for_pipeline(found)
+            what = f"a {found} (a --model_family {other} model)" if other else f"a {found or 'pipeline of unknown class'}"
+            hint = f"use --model_family {other}, or " if other else ""
+            return (f"holds {what}, not the {self.pipeline_class_name} that --model_family={self.name} trains; "
+                    f"{hint}point it at a model folder of that family")
+        entry = index.get(self.denoiser_component)
+        denoiser = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+        if self.denoiser_component not in overridden and denoiser != self.denoiser_class_name:
+            return (f"its {self.denoiser_component} is {denoiser or 'missing'}, not the {self.denoiser_class_name} "
+                    f"that --model_family={self.name} trains")
+        return None
 
     def pipeline_class(self) -> Any:
         import diffusers

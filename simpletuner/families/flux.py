@@ -27,6 +27,8 @@ class FluxFamily(FlowMatchingFamily):
     # kohya names of the diffusers module paths, which FluxPipeline converts back
     # for the attention projections (the trainer checks the targets before training).
     kohya_lora_prefix = "lora_transformer"
+    # diffusers gives Flux its own attention class (not the shared ``Attention``).
+    attention_class_names = ("FluxAttention",)
     text_components = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     t5_components = ("text_encoder_2", "tokenizer_2")
     latent_normalisation = "flux:shift_factor,scaling_factor"

@@ -30,6 +30,14 @@ def available_families() -> tuple[str, ...]:
     return tuple(name for name in FAMILY_NAMES if importlib.util.find_spec(_module_name(name)) is not None)
 
 
+def family_for_pipeline(pipeline_class_name: Any) -> "str | None":
+    """The family whose pipeline class this is (a model_index.json ``_class_name``), or None."""
+    for name in available_families():
+        if get_family(name).pipeline_class_name == pipeline_class_name:
+            return name
+    return None
+
+
 def get_family(name: str, config: Any = None) -> "ModelFamily":
     """Import and instantiate the family called ``name`` (for the run ``config``)."""
     if name not in available_families():

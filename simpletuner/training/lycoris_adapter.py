@@ -10,9 +10,12 @@ reads, so checkpoints and the final file share one format.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
+import re
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -55,10 +58,11 @@ def _preset_applied(preset: dict[str, Any]) -> Iterator[None]:
             setattr(LycorisNetwork, name, value)
 
 
-def attach_lycoris(denoiser: torch.nn.Module, spec: dict[str, Any], source: str) -> Any:
+def attach_lycoris(denoiser: torch.nn.Module, spec: dict[str, Any], source: str, family: Any = None) -> Any:
     """Wrap the denoiser's layers as ``spec`` (a checked lycoris_config) says.
 
     Returns the network; its parameters (fp32) are the only trainable ones.
+    Each preset target that matches nothing in the denoiser is named in a warning.
     """
     from lycoris import create_lycoris
 
@@ -83,6 +87,8 @@ def attach_lycoris(denoiser: torch.nn.Module, spec: dict[str, Any], source: str)
             f"--lycoris_config={source}: matched no layer of the {type(denoiser).__name__}; check "
             "apply_preset.target_module / target_name against the model's module class names"
         )
+    for message in unmatched_targets(denoiser, preset, family):
+        logger.warning("--lycoris_config=%s: %s", source, message)
     with _quiet_lycoris():
         network.apply_to()
     device = next(denoiser.parameters()).device
@@ -92,6 +98,44 @@ def attach_lycoris(denoiser: torch.nn.Module, spec: dict[str, Any], source: str)
     counts = ", ".join(f"{count} {name}" for name, count in sorted(_module_counts(network).items()))
     logger.info("LyCORIS %s adapter on %d layers (%s)", spec["algo"], len(network.loras), counts)
     return network
+
+
+def unmatched_targets(denoiser: torch.nn.Module, preset: dict[str, Any], family: Any = None) -> list[str]:
+    """One line per preset target (module class name or name pattern) that matches nothing.
+
+    Matching follows LyCORIS: class names exactly, names exactly or by
+    ``re.match`` (``fnmatch`` with ``use_fnmatch``).  A preset written for
+    several families (the shipped example) names each family's attention
+    class; another family's class is not reported as long as the preset also
+    names this family's own.
+    """
+    excluded = preset.get("exclude_name") or []
+    matches = partial(_name_matches, bool(preset.get("use_fnmatch")))
+    named = [(name, module) for name, module in denoiser.named_modules()
+             if not (name and (name in excluded or any(matches(p, name) for p in excluded)))]
+    present = {type(module).__name__ for _name, module in named}
+    own = set(getattr(family, "attention_class_names", ()))
+    others = _attention_classes_of_other_families(own) if own & set(preset.get("target_module") or []) else set()
+    lines = []
+    model = type(denoiser).__name__
+    for target in dict.fromkeys([*(preset.get("target_module") or []), *(preset.get("module_algo_map") or {})]):
+        if target not in present and target not in others:
+            hint = f"; its attention class is {', '.join(sorted(own & present))}" if own & present else ""
+            lines.append(f"target_module {target!r} matches no layer of the {model}{hint}")
+    for pattern in dict.fromkeys([*(preset.get("target_name") or []), *(preset.get("name_algo_map") or {})]):
+        if not any(name == pattern or matches(pattern, name) for name, _module in named):
+            lines.append(f"target_name {pattern!r} matches no layer name of the {model}")
+    return lines
+
+
+def _name_matches(use_fnmatch: bool, pattern: str, name: str) -> bool:
+    return fnmatch.fnmatch(name, pattern) if use_fnmatch else bool(re.match(pattern, name))
+
+
+def _attention_classes_of_other_families(own: set[str]) -> set[str]:
+    from simpletuner.families.registry import available_families, get_family
+
+    return {name for family in available_families() for name in get_family(family).attention_class_names} - own
 
 
 def _module_counts(network: Any) -> dict[str, int]:

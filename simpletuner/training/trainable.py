@@ -111,7 +111,7 @@ class LycorisTraining:
     def prepare(self, denoiser: torch.nn.Module) -> None:
         from simpletuner.training.lycoris_adapter import attach_lycoris
 
-        self.network = attach_lycoris(denoiser, self.spec, self.config.lycoris_config)
+        self.network = attach_lycoris(denoiser, self.spec, self.config.lycoris_config, self.family)
 
     def parameters(self, denoiser: torch.nn.Module) -> list[torch.nn.Parameter]:
         return [p for p in self.network.parameters() if p.requires_grad]

@@ -31,7 +31,7 @@ from simpletuner.training.grad_checkpointing import enable_gradient_checkpointin
 from simpletuner.training.loss import weighted_mse
 from simpletuner.training.noise_schedule import training_noise_scheduler
 from simpletuner.training.optimizers import build_optimizer, set_optimizer_mode
-from simpletuner.training.regularisation import mix_targets, regularisation_mask
+from simpletuner.training.regularisation import check_something_to_learn, mix_targets, regularisation_mask
 from simpletuner.training.resume import load_training_state, resolve_resume_path, save_training_state
 from simpletuner.training.schedulers import build_lr_scheduler, scaled_learning_rate
 from simpletuner.training.setup import build_accelerator, training_dtype, write_run_config
@@ -73,7 +73,7 @@ class Trainer:
         """Train and return the folder holding the final weights."""
         config = self.config
         # 1. Checks that need no scanning, before anything is written.
-        self.source.check()
+        self.source.check(self.family)
         backends = load_backends(config)
         resume_path = resolve_resume_path(config, self.output_dir)
         # 2. Accelerator, output folder, log file, seed.
@@ -94,6 +94,7 @@ class Trainer:
         with self.accelerator.main_process_first():
             data = prepare_training_data(config, backends, self.accelerator.num_processes, self._progress_enabled())
         summary = self._log_summary(data, total_training_steps(config, data.report.batches_per_epoch), resume_path)
+        check_something_to_learn(backends.image_datasets, data.report, self.trainable)
         # 4. Caches: encode what is missing, then free the encoders.  Images that
         #    cannot be decoded are left out here, which can change the step count.
         self.lookup = prepare_caches(self.family, self.source, data, config, self.accelerator,
