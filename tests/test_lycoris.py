@@ -42,7 +42,7 @@ def test_the_example_config_validates(tmp_path: Path) -> None:
     assert (config.lora_type, config.lycoris_config) == ("lycoris", str(EXAMPLE))
     example = json.loads(EXAMPLE.read_text(encoding="utf-8"))
     assert read_lycoris_config(str(EXAMPLE)) == example
-    assert example["algo"] == "lokr" and example["apply_preset"]["target_module"] == ["Attention", "FeedForward"]
+    assert example["algo"] == "lokr" and example["apply_preset"]["target_module"] == ["Attention", "FluxAttention", "FeedForward"]
     # The example really went through the checks: the same file with one key misspelt does not.
     misspelt = tmp_path / "misspelt.json"
     misspelt.write_text(json.dumps({**example, "factr": example["factor"]}), encoding="utf-8")
