@@ -73,6 +73,8 @@ def dynamo_backend(env: Mapping[str, str]) -> Optional[str]:
     raw = env.get("TRAINING_DYNAMO_BACKEND", "").strip()
     if not raw:
         return None
+    if raw.lower() == "no":  # the wizard's default; no need to import accelerate (and torch) to know it
+        return "no"
     from accelerate.utils import DynamoBackend
 
     known = [backend.value.lower() for backend in DynamoBackend]
