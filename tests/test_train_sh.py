@@ -41,10 +41,34 @@ def test_a_typo_in_config_json_is_one_line_and_exit_2(project: Path) -> None:
     ]
 
 
-def test_two_processes_report_a_configuration_error_once(project: Path) -> None:
-    result = train_sh(project, "--learnin_rate", "1", env=user_env(TRAINING_NUM_PROCESSES="2"))
+def _with_hook(env: dict[str, str], hook_dir: Path, code: str) -> dict[str, str]:
+    """``code`` runs at the start of every Python process (as sitecustomize)."""
+    hook_dir.mkdir(exist_ok=True)
+    (hook_dir / "sitecustomize.py").write_text(code)
+    return {**env, "PYTHONPATH": f"{hook_dir}:{env['PYTHONPATH']}"}
+
+
+_NOTE_TRAINING_PROCESSES = """
+import os, pathlib
+if "LOCAL_RANK" in os.environ:  # set by the launcher for each training process
+    pathlib.Path(os.environ["MARKERS"], "rank" + os.environ["LOCAL_RANK"]).touch()
+"""
+
+
+def test_two_processes_report_a_configuration_error_once_before_starting_them(project: Path, tmp_path: Path) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = _with_hook(user_env(TRAINING_NUM_PROCESSES="2", MARKERS=str(markers)), tmp_path / "hook",
+                     _NOTE_TRAINING_PROCESSES)
+    result = train_sh(project, "--learnin_rate", "1", env=env)
     assert result.returncode == 2
     assert _error_lines(result) == ["error: command line: unknown option --learnin_rate; did you mean --learning_rate?"]
+    assert not list(markers.iterdir()), "training processes were started for a config that cannot train"
+
+    # The hook does see the training processes when a valid config starts them.
+    started = train_sh(project, "--print_config", env=env)
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert sorted(marker.name for marker in markers.iterdir()) == ["rank0", "rank1"]
 
 
 def test_the_environment_wins_over_config_env(project: Path) -> None:
@@ -114,11 +138,7 @@ def test_a_crash_is_one_line_and_exit_1_with_the_traceback_in_debug_log(
     project: Path, tmp_path: Path, processes: str
 ) -> None:
     # A bug, simulated: sitecustomize (imported by every Python process) breaks the loss.
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_CRASH)
-    env = user_env(TRAINING_NUM_PROCESSES=processes, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = f"{hook}:{env['PYTHONPATH']}"
+    env = _with_hook(user_env(TRAINING_NUM_PROCESSES=processes, OMP_NUM_THREADS="1"), tmp_path / "hook", _CRASH)
     result = train_sh(project, env=env)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
