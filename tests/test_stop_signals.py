@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from simpletuner.training.stop import DUPLICATE_WINDOW_S, StopSignals, StoppedAtOnce
-from train_sh import start_train_sh, tiny_project, train_sh, user_env
+from train_sh import kill_tree, start_train_sh, tiny_project, train_sh, user_env
 
 STEPS = 12
 PROGRESS_LINE = re.compile(
@@ -31,6 +32,16 @@ PROGRESS_LINE = re.compile(
 )
 STOPPED = re.compile(r"stopped after step (\d+), saved as checkpoint-\1; run again with "
                      r"--resume_from_checkpoint latest to continue from step \1")
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen]]:
+    """Processes a test starts; any still running when it ends (a failed test) are killed."""
+    processes: list[subprocess.Popen] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            kill_tree(process)
 
 
 def _wait_for(path: Path, pattern: re.Pattern, process: subprocess.Popen, timeout: float = 300) -> re.Match:
@@ -71,7 +82,7 @@ def test_without_a_terminal_progress_lines_reach_the_console_and_debug_log(refer
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_mid_training_checkpoints_and_the_resumed_run_is_bitwise(
-    reference: Path, signum: signal.Signals
+    reference: Path, signum: signal.Signals, started: list
 ) -> None:
     name = signum.name.lower()
     log = reference / f"{name}.console"
@@ -80,10 +91,12 @@ def test_a_signal_mid_training_checkpoints_and_the_resumed_run_is_bitwise(
         # the progress lines go to debug.log only, so watch that.
         env = user_env(SIMPLETUNER_PROGRESS="bar")
         process = start_train_sh(reference, log, "--output_dir", name, env=env)
+        started.append(process)
         seen = _wait_for(reference / name / "debug.log", re.compile(r"progress DEBUG step (\d+)/12 "), process)
         os.killpg(process.pid, signum)
     else:
         process = start_train_sh(reference, log, "--output_dir", name)
+        started.append(process)
         seen = _wait_for(log, PROGRESS_LINE, process)
         process.send_signal(signum)
     assert process.wait(timeout=300) == 128 + signum
@@ -109,11 +122,12 @@ def test_a_signal_mid_training_checkpoints_and_the_resumed_run_is_bitwise(
 
 
 @pytest.mark.slow
-def test_two_processes_stop_after_the_same_step(reference: Path) -> None:
+def test_two_processes_stop_after_the_same_step(reference: Path, started: list) -> None:
     # Only rank 1 is signalled: rank 0 learns of it through the per-step agreement.
     log = reference / "two.console"
     env = user_env(TRAINING_NUM_PROCESSES="2", OMP_NUM_THREADS="1")
     process = start_train_sh(reference, log, "--output_dir", "two", env=env)
+    started.append(process)
     seen = _wait_for(log, PROGRESS_LINE, process)
     workers = [child for child in psutil.Process(process.pid).children(recursive=True)
                if child.environ().get("LOCAL_RANK") == "1"]
@@ -130,10 +144,11 @@ def test_two_processes_stop_after_the_same_step(reference: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_signal_while_caching_keeps_the_caches(tmp_path: Path, tiny_sdxl: Path) -> None:
+def test_a_signal_while_caching_keeps_the_caches(tmp_path: Path, tiny_sdxl: Path, started: list) -> None:
     root = tiny_project(tmp_path, tiny_sdxl, images=24, max_train_steps=STEPS)
     log = tmp_path / "caching.console"
     process = start_train_sh(root, log)
+    started.append(process)
     _wait_for(log, re.compile(r"steps in total"), process)  # the summary, just before caching starts
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=300) == 143

@@ -55,7 +55,9 @@ if "LOCAL_RANK" in os.environ:  # set by the launcher for each training process
 """
 
 
-def test_two_processes_report_a_configuration_error_once_before_starting_them(project: Path, tmp_path: Path) -> None:
+def test_two_processes_report_a_configuration_error_once_before_starting_them(
+    project: Path, tmp_path: Path
+) -> None:
     markers = tmp_path / "markers"
     markers.mkdir()
     env = _with_hook(user_env(TRAINING_NUM_PROCESSES="2", MARKERS=str(markers)), tmp_path / "hook",
@@ -80,7 +82,9 @@ def test_the_environment_wins_over_config_env(project: Path) -> None:
 
     result = train_sh(project, env=user_env(SIMPLETUNER_LOG_LEVEL="chatty"))
     assert result.returncode == 2
-    assert _error_lines(result) == ["error: SIMPLETUNER_LOG_LEVEL=chatty: use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"]
+    assert _error_lines(result) == [
+        "error: SIMPLETUNER_LOG_LEVEL=chatty: use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+    ]
 
 
 def test_a_bad_value_in_config_env_names_the_file_and_a_variable_overrides_it(project: Path) -> None:

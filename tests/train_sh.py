@@ -74,3 +74,17 @@ def start_train_sh(cwd: Path, log: Path, *args: str, env: dict[str, str] | None 
     return subprocess.Popen(["bash", str(REPO / "train.sh"), *args], cwd=cwd, env=env or user_env(),
                             stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL ``process`` and everything it started (torch's launcher puts each worker in its own session)."""
+    import psutil
+
+    try:
+        tree = psutil.Process(process.pid)
+        for child in tree.children(recursive=True):
+            child.kill()
+        tree.kill()
+    except psutil.NoSuchProcess:
+        pass
+    process.wait()

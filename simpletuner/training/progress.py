@@ -81,7 +81,8 @@ class TrainingProgress:
         self.every = line_interval(total_steps)
         self.clock = clock
         self.loss = SmoothedLoss()
-        self._bar = tqdm(total=total_steps, initial=first_step, desc="Training", disable=not (bar and report), unit="step")
+        self._bar = tqdm(total=total_steps, initial=first_step, desc="Training", unit="step",
+                         disable=not (bar and report))
         self._last_line_at = clock()
         self._last_line_step = first_step
         self._seconds_per_step = 0.0
