@@ -34,11 +34,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _run(argv)
     except UserError as error:
         for line in str(error).splitlines():
-            print(f"error: {line}", file=sys.stderr)
+            _say(f"error: {line}")
         _leave_if_distributed(USER_ERROR_EXIT_CODE)  # here, while the traceback still holds the trainer
         return USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:  # before the run's own handlers are installed
-        print("interrupted before training started", file=sys.stderr)
+        _say("interrupted before training started")
         _leave_if_distributed(130)
         return 130
     except BaseException as error:
@@ -48,8 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             code = exit_code(error.signum)
         elif isinstance(error, StoppedAtOnce):
             code = exit_code(error.signum)
-            print(f"stopped by {signal_name(error.signum)} {_STOPPED_DURING.get(error.phase, '')}".rstrip(),
-                  file=sys.stderr)
+            _say(f"stopped by {signal_name(error.signum)} {_STOPPED_DURING.get(error.phase, '')}".rstrip())
         elif isinstance(error, Exception):
             code = CRASH_EXIT_CODE
             _report_crash(error)
@@ -57,6 +56,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         _leave_if_distributed(code)
         return code
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: several processes share the console, and
+    print's separate write of the newline lets their lines run together."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 def _report_crash(error: Exception) -> None:
@@ -73,13 +79,12 @@ def _report_crash(error: Exception) -> None:
         log_file = log_file.relative_to(os.getcwd())
     if log_file is None:
         traceback.print_exception(error, file=sys.stderr)
-        print(f"error: training crashed with {summary} (a bug: please report it with the traceback above)",
-              file=sys.stderr)
+        _say(f"error: training crashed with {summary} (a bug: please report it with the traceback above)")
         return
     # DEBUG records reach debug.log, and the console only at SIMPLETUNER_LOG_LEVEL=DEBUG.
     logging.getLogger("simpletuner.crash").debug("training crashed", exc_info=error)
-    print(f"error: training crashed with {summary}; the traceback is in {log_file} "
-          "(a bug: please report it with that file)", file=sys.stderr)
+    _say(f"error: training crashed with {summary}; the traceback is in {log_file} "
+         "(a bug: please report it with that file)")
 
 
 def _leave_if_distributed(code: int) -> None:
