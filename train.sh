@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Start training: read config/config.env (launch settings), then run train.py
-# under `accelerate launch`.  Options for the run itself live in
-# config/config.json; any arguments given here are passed on to train.py.
-# (--mixed_precision below only silences accelerate's launcher: the trainer
-# passes the config's --mixed_precision to Accelerator, which takes precedence.)
+# Start training: read config/config.env (launch settings), then hand over to
+# simpletuner.cli.launch, which checks those settings and trains in this
+# process, or starts several through accelerate's launcher.  Options for the
+# run itself live in config/config.json; arguments given here are passed on.
+#
+# A variable already set in the environment wins over config.env, so
+# `SIMPLETUNER_LOG_LEVEL=DEBUG ./train.sh` does what it says.
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,11 +14,33 @@ env_file="config/config.env"
 if [ -n "${ENV:-}" ] && [ "${ENV}" != "default" ]; then
     env_file="config/${ENV}/config.env"
 fi
-if [ -f "$env_file" ]; then
-    set -a
+
+# Read config.env in a subshell and take only the variables the environment
+# does not set already.  The names taken are passed on, so an error about one
+# of them can say it came from the file.
+load_env_file() {
+    local file="$1" loaded entry name taken=""
+    loaded="$(mktemp)"
     # shellcheck disable=SC1090
-    source "$env_file"
-    set +a
+    if ! (set -a; source "$file" >&2; env -0 > "$loaded"); then
+        rm -f "$loaded"
+        echo "error: $file could not be read (see the line above); it holds NAME=value lines" >&2
+        exit 2
+    fi
+    while IFS= read -r -d '' entry; do
+        name="${entry%%=*}"
+        [[ "$name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
+        if [ -z "${!name+set}" ]; then
+            export "$entry"
+            taken="$taken $name"
+        fi
+    done < "$loaded"
+    rm -f "$loaded"
+    export SIMPLETUNER_ENV_FILE="$file" SIMPLETUNER_ENV_FILE_VARS="${taken# }"
+}
+
+if [ -f "$env_file" ]; then
+    load_env_file "$env_file"
 fi
 
 venv="${VENV_PATH:-.venv}"
@@ -25,31 +49,12 @@ if [ -f "$venv/bin/activate" ]; then
     source "$venv/bin/activate"
 fi
 
-num_processes="${TRAINING_NUM_PROCESSES:-1}"
-# accelerate launch accepts backend names in lower case only (the trainer accepts both).
-dynamo_backend="$(printf '%s' "${TRAINING_DYNAMO_BACKEND:-no}" | tr '[:upper:]' '[:lower:]')"
-extra_args="${ACCELERATE_EXTRA_ARGS:-}"
-# Several processes on one machine need accelerate's multi-process launcher.
-if [ "$num_processes" -gt 1 ] && [[ "$extra_args" != *--multi_gpu* ]]; then
-    extra_args="--multi_gpu $extra_args"
-fi
-
-# accelerate launch pins each process to one CPU thread unless told otherwise,
-# which halves CPU-bound work on a 2-core machine.  Share the cores instead;
-# an OMP_NUM_THREADS set by the user wins.
-cores="$(nproc 2>/dev/null || echo 1)"
-threads="${OMP_NUM_THREADS:-$(( cores / num_processes > 0 ? cores / num_processes : 1 ))}"
-
-if ! command -v accelerate >/dev/null 2>&1; then
-    echo "error: 'accelerate' is not on PATH; install the project first (see README.md)" >&2
+python_bin="$(command -v python || command -v python3 || true)"
+if [ -z "$python_bin" ]; then
+    echo "error: no python on PATH; install the project first (see README.md) or set VENV_PATH in $env_file" >&2
     exit 2
 fi
 
-# shellcheck disable=SC2086
-exec accelerate launch $extra_args \
-    --num_processes="$num_processes" \
-    --num_machines=1 \
-    --num_cpu_threads_per_process="$threads" \
-    --mixed_precision=no \
-    --dynamo_backend="$dynamo_backend" \
-    "$script_dir/train.py" "$@"
+# This checkout's simpletuner, as train.py next to it would import.
+export PYTHONPATH="$script_dir${PYTHONPATH:+:$PYTHONPATH}"
+exec "$python_bin" -m simpletuner.cli.launch "$@"

@@ -1,7 +1,13 @@
 """``train.py``: load and validate the config, then train.
 
-User mistakes (``UserError``) end the process with one line on stderr and
-exit code 2; anything else is a bug and keeps its traceback.
+Exit codes, each with a short message on stderr and no traceback:
+
+* 2: a user mistake (``UserError``), one line saying what to fix;
+* 1: a crash (a bug): one line; the traceback goes to debug.log in the
+  output folder (to the console only when there is no debug.log yet, or at
+  SIMPLETUNER_LOG_LEVEL=DEBUG);
+* 130 / 143: stopped by SIGINT / SIGTERM (see training/stop.py): in the
+  training loop after saving a checkpoint, elsewhere at once.
 """
 
 from __future__ import annotations
@@ -13,6 +19,14 @@ from typing import Optional, Sequence
 
 from simpletuner.errors import USER_ERROR_EXIT_CODE, UserError
 
+CRASH_EXIT_CODE = 1
+_STOPPED_DURING = {
+    "start-up": "before training started",
+    "caching": "while caching; the cache entries written so far are kept and the next run reuses them",
+    "training": "at once; work since the last checkpoint is lost: run again with "
+                "--resume_from_checkpoint latest to continue from it",
+}
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -20,13 +34,57 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _run(argv)
     except UserError as error:
         for line in str(error).splitlines():
-            print(f"error: {line}", file=sys.stderr)
+            _say(f"error: {line}")
         _leave_if_distributed(USER_ERROR_EXIT_CODE)  # here, while the traceback still holds the trainer
         return USER_ERROR_EXIT_CODE
-    except KeyboardInterrupt:
-        print("interrupted; resume with --resume_from_checkpoint latest", file=sys.stderr)
+    except KeyboardInterrupt:  # before the run's own handlers are installed
+        _say("interrupted before training started")
         _leave_if_distributed(130)
         return 130
+    except BaseException as error:
+        from simpletuner.training.stop import RunStopped, StoppedAtOnce, exit_code, signal_name
+
+        if isinstance(error, RunStopped):  # the trainer has said where it stopped
+            code = exit_code(error.signum)
+        elif isinstance(error, StoppedAtOnce):
+            code = exit_code(error.signum)
+            _say(f"stopped by {signal_name(error.signum)} {_STOPPED_DURING.get(error.phase, '')}".rstrip())
+        elif isinstance(error, Exception):
+            code = CRASH_EXIT_CODE
+            _report_crash(error)
+        else:  # SystemExit and the like keep their own meaning
+            raise
+        _leave_if_distributed(code)
+        return code
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: several processes share the console, and
+    print's separate write of the newline lets their lines run together."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+
+
+def _report_crash(error: Exception) -> None:
+    """One line on the console; the traceback in debug.log when there is one."""
+    import logging
+    import traceback
+
+    from simpletuner.logs import log_file_path
+
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    summary = f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+    log_file = log_file_path()
+    if log_file is not None and log_file.is_relative_to(os.getcwd()):
+        log_file = log_file.relative_to(os.getcwd())
+    if log_file is None:
+        traceback.print_exception(error, file=sys.stderr)
+        _say(f"error: training crashed with {summary} (a bug: please report it with the traceback above)")
+        return
+    # DEBUG records reach debug.log, and the console only at SIMPLETUNER_LOG_LEVEL=DEBUG.
+    logging.getLogger("simpletuner.crash").debug("training crashed", exc_info=error)
+    _say(f"error: training crashed with {summary}; the traceback is in {log_file} "
+         "(a bug: please report it with that file)")
 
 
 def _leave_if_distributed(code: int) -> None:
@@ -48,6 +106,7 @@ def _leave_if_distributed(code: int) -> None:
 
 
 def _run(argv: list[str]) -> int:
+    from simpletuner.config.environment import launch_settings
     from simpletuner.config.loader import load_config
     from simpletuner.config.model import option_values, redacted_values
     from simpletuner.config.options import OPTIONS_BY_NAME
@@ -61,11 +120,14 @@ def _run(argv: list[str]) -> int:
     if config.list_model_families:
         _print_families()
         return 0
+    settings = launch_settings(os.environ)
     from simpletuner.logs import setup_logging
 
     secrets = [str(v) for k, v in option_values(config).items() if OPTIONS_BY_NAME[k].secret and v]
     setup_logging(os.environ, secrets)
     from simpletuner.logs import quiet_libraries
+    from simpletuner.training.progress import show_bar
+    from simpletuner.training.stop import StopSignals
     from simpletuner.training.trainer import Trainer
 
     if int(os.environ.get("RANK", "0")) == 0:  # once per run, not once per process
@@ -74,9 +136,10 @@ def _run(argv: list[str]) -> int:
         log_ignored_options(config)
     quiet_libraries()
 
-    trainer = Trainer(config, show_progress=sys.stderr.isatty() or bool(os.environ.get("SIMPLETUNER_PROGRESS")))
-    trainer.run()
-    _leave_if_distributed(0)  # before ``trainer`` is freed; see there
+    with StopSignals() as stop:
+        trainer = Trainer(config, show_progress=show_bar(settings.progress, sys.stderr.isatty()), stop=stop)
+        trainer.run()
+        _leave_if_distributed(0)  # before ``trainer`` is freed; see there
     return 0
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional, Sequence
 from simpletuner.config.inert import set_aside_inert
 from simpletuner.config.model import make_config
 from simpletuner.config.rules import information_only, rule_problems
-from simpletuner.config.sources import gather_values
+from simpletuner.config.sources import gather_values, locate_config_file
 from simpletuner.errors import ConfigError
 
 
@@ -28,9 +28,9 @@ def load_config(
     once every value could be read (a value left at its default by a typo
     would make them report mistakes the user did not make).
     """
-    values, explicit, path, problems = gather_values(
-        argv, os.environ if env is None else env, Path.cwd() if cwd is None else cwd
-    )
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    values, explicit, path, problems = gather_values(argv, env, cwd)
     values, ignored = set_aside_inert(values)
     if not problems:
         problems = rule_problems(values)
@@ -38,6 +38,14 @@ def load_config(
         from simpletuner.data.schema import data_backend_entry_problems
 
         problems += data_backend_entry_problems(values["data_backend_config"])
+    if problems and path is None and not values["model_family"]:
+        # No file and not even a family: most often train.sh/train.py was run
+        # from outside the project folder.
+        looked_for, _required = locate_config_file(env, cwd)
+        problems.append(
+            f"no config file was read: {looked_for} does not exist; run from your project folder "
+            "(the one holding config/) or set CONFIG_PATH=path/to/config.json"
+        )
     if problems:
         raise ConfigError("\n".join(problems))
     return make_config(values, explicit, path, ignored)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 
+from simpletuner.config.environment import dynamo_backend, where_set
 from simpletuner.config.model import redacted_values
 from simpletuner.errors import ConfigError
 
@@ -25,43 +25,16 @@ def tracker_names(config: Any) -> list[str]:
     return [name for name in (config.report_to or []) if name != "none"]
 
 
-def dynamo_backend(env: Mapping[str, str]) -> Optional[str]:
-    """The torch.compile backend TRAINING_DYNAMO_BACKEND names, checked; None when unset.
-
-    train.sh hands the same value to ``accelerate launch --dynamo_backend``;
-    reading it here as well makes ``python train.py`` compile too.
-    """
-    raw = env.get("TRAINING_DYNAMO_BACKEND", "").strip()
-    if not raw:
-        return None
-    from accelerate.utils import DynamoBackend
-
-    known = [backend.value.lower() for backend in DynamoBackend]
-    backend = raw.lower()
-    if backend not in known:
-        raise ConfigError(
-            f"TRAINING_DYNAMO_BACKEND={raw}: not a torch.compile backend accelerate knows; "
-            f"use no (no compilation), inductor, or one of: {', '.join(known)}"
-        )
-    if backend == "inductor" and not _cpp_compiler(env):
-        raise ConfigError(
-            "TRAINING_DYNAMO_BACKEND=inductor needs a C++ compiler (g++ or clang++, or one named by CXX) "
-            "on PATH; install one or set TRAINING_DYNAMO_BACKEND=no"
-        )
-    return backend
-
-
-def _cpp_compiler(env: Mapping[str, str]) -> Optional[str]:
-    candidates = [env.get("CXX", ""), "g++", "clang++", "c++"]
-    return next((found for name in candidates if name and (found := shutil.which(name))), None)
-
-
 def build_accelerator(config: Any, output_dir: Path, env: Optional[Mapping[str, str]] = None) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
     # Checked before the output folder exists, so a typo leaves nothing behind.
-    backend = dynamo_backend(os.environ if env is None else env)
+    env = os.environ if env is None else env
+    try:
+        backend = dynamo_backend(env)
+    except ConfigError as error:
+        raise ConfigError(f"{error}{where_set('TRAINING_DYNAMO_BACKEND', env)}") from None
     output_dir.mkdir(parents=True, exist_ok=True)
     logging_dir = output_dir / config.logging_dir
     # Unset leaves compilation to accelerate's own settings (accelerate launch/config).

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from simpletuner.data.pipeline import PreparedData, load_backends, prepare_training_data
 from simpletuner.errors import DataError, UserError
@@ -31,11 +30,13 @@ from simpletuner.training.grad_checkpointing import enable_gradient_checkpointin
 from simpletuner.training.loss import weighted_mse
 from simpletuner.training.noise_schedule import training_noise_scheduler
 from simpletuner.training.optimizers import build_optimizer, set_optimizer_mode
+from simpletuner.training.progress import TrainingProgress
 from simpletuner.training.regularisation import check_something_to_learn, mix_targets, regularisation_mask
 from simpletuner.training.resume import load_training_state, resolve_resume_path, save_training_state
 from simpletuner.training.schedulers import build_lr_scheduler, scaled_learning_rate
 from simpletuner.training.setup import build_accelerator, training_dtype, write_run_config
 from simpletuner.training.state import TrainState
+from simpletuner.training.stop import RunStopped, StopSignals
 from simpletuner.training.summary import Totals, log_changed_totals, log_summary, totals_of
 from simpletuner.training.trainable import trainable_for
 
@@ -61,9 +62,11 @@ def total_training_steps(config: Any, batches_per_epoch: int) -> int:
 
 
 class Trainer:
-    def __init__(self, config: Any, show_progress: bool = True) -> None:
+    def __init__(self, config: Any, show_progress: bool = True, stop: Optional[StopSignals] = None) -> None:
         self.config = config
         self.show_progress = show_progress
+        # Handlers installed by the caller (cli/train.py); without them no signal is deferred.
+        self.stop = stop or StopSignals()
         self.family: ModelFamily = get_family(config.model_family, config)
         self.source = ModelSource.from_config(config, self.family)
         self.output_dir = Path(config.output_dir)
@@ -97,6 +100,7 @@ class Trainer:
         check_something_to_learn(backends.image_datasets, data.report, self.trainable)
         # 4. Caches: encode what is missing, then free the encoders.  Images that
         #    cannot be decoded are left out here, which can change the step count.
+        self.stop.enter("caching")
         self.lookup = prepare_caches(self.family, self.source, data, config, self.accelerator,
                                      self._progress_enabled(), seed=self.state.seed)
         total_steps = total_training_steps(config, data.report.batches_per_epoch)
@@ -107,6 +111,7 @@ class Trainer:
             self.accelerator.end_training()
             return self.output_dir
         # 5. The denoiser with its trainable adapter.
+        self.stop.enter("start-up")
         denoiser = self._load_trainable_denoiser()
         self.objective = self.family.make_objective(self._load_noise_scheduler(), config)
         # 6. Optimizer, learning-rate schedule, sampler.
@@ -122,8 +127,9 @@ class Trainer:
         # 7. Resume.
         if resume_path is not None:
             load_training_state(self, resume_path)
-        # 8. The loop.
+        # 8. The loop; from here a signal stops it after a step, with a checkpoint.
         set_optimizer_mode(self.optimizer, training=True)
+        self.stop.enter("training", deferring=True)
         self._train_until(total_steps)
         # 9. Final weights.
         return self._save_final()
@@ -163,10 +169,10 @@ class Trainer:
         return training_noise_scheduler(self.family.load_noise_scheduler(self.source), self.config)
 
     def _train_until(self, total_steps: int) -> None:
-        progress = tqdm(
-            total=total_steps, initial=self.state.global_step, desc="Training",
-            disable=not self._progress_enabled(), unit="step",
-        )
+        samples_per_step = (self.config.train_batch_size * self.config.gradient_accumulation_steps
+                            * self.accelerator.num_processes)
+        progress = TrainingProgress(total_steps, self.state.global_step, self._progress_enabled(),
+                                    samples_per_step, report=self.accelerator.is_main_process)
         losses: list[float] = []
         started = time.perf_counter()
         batches = self.sampler.stream()
@@ -198,7 +204,8 @@ class Trainer:
             self.state.epoch = self.sampler.state_dict()["epoch"]
             step_loss = sum(losses) / len(losses)
             losses.clear()
-            self._after_step(step_loss, grad_norm, started, progress, total_steps)
+            self._after_step(step_loss, grad_norm, started, progress)
+            self._stop_if_signalled(progress)
             started = time.perf_counter()
         progress.close()
 
@@ -223,7 +230,7 @@ class Trainer:
             base = self.family.prediction(self.denoiser(**inputs), noised.noisy)
         return mix_targets(mask, base, noised.target)
 
-    def _after_step(self, loss: float, grad_norm: Any, started: float, progress: Any, total_steps: int) -> None:
+    def _after_step(self, loss: float, grad_norm: Any, started: float, progress: TrainingProgress) -> None:
         lr = self.lr_scheduler.get_last_lr()[0]
         step_time = time.perf_counter() - started
         samples = self.config.train_batch_size * self.config.gradient_accumulation_steps * self.accelerator.num_processes
@@ -232,18 +239,34 @@ class Trainer:
         if grad_norm is not None:
             logs["grad_norm"] = float(grad_norm)
         self.accelerator.log(logs, step=self.state.global_step)
-        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        progress.update(1)
+        progress.step(self.state.global_step, loss, lr)
+        if self.state.global_step % self.config.checkpointing_steps == 0:
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
+        # A finite loss can still come with an update that overflowed the
+        # weights; never let such weights become the newest checkpoint.
+        if not all(torch.isfinite(p).all() for p in self.trained_parameters):
+            raise TrainingDiverged(
+                f"weights became non-finite at step {self.state.global_step}; lower --learning_rate and "
+                "resume from the last checkpoint (--resume_from_checkpoint latest)"
+            )
+        save_training_state(self)
+
+    def _stop_if_signalled(self, progress: TrainingProgress) -> None:
+        """After SIGINT/SIGTERM (agreed by every rank): checkpoint this step and end the run."""
+        signum = self.stop.agreed(self.accelerator)
+        if signum is None:
+            return
+        progress.close()
         step = self.state.global_step
-        if step % self.config.checkpointing_steps == 0:
-            # A finite loss can still come with an update that overflowed the
-            # weights; never let such weights become the newest checkpoint.
-            if not all(torch.isfinite(p).all() for p in self.trained_parameters):
-                raise TrainingDiverged(
-                    f"weights became non-finite at step {step}; lower --learning_rate and resume from "
-                    "the last checkpoint (--resume_from_checkpoint latest)"
-                )
-            save_training_state(self)
+        if step % self.config.checkpointing_steps != 0:  # else _after_step has just saved it
+            self._save_checkpoint()
+        if self.accelerator.is_main_process:
+            logger.info("stopped after step %d, saved as checkpoint-%d; run again with "
+                        "--resume_from_checkpoint latest to continue from step %d", step, step, step)
+        self.accelerator.end_training()
+        raise RunStopped(signum, step)
 
     def _save_final(self) -> Path:
         self.accelerator.wait_for_everyone()
