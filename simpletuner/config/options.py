@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from simpletuner.config.option import Option
 from simpletuner.families.registry import FAMILY_NAMES, available_families
+from simpletuner.quantisation.precisions import PRECISION_NAMES
 
 # Group headings, in display order.
 CORE = "Core model"
@@ -118,15 +119,8 @@ LR_SCHEDULERS = (
     "linear",
 )
 
-BASE_MODEL_PRECISIONS = (
-    "no_change",
-    "int8-quanto",
-    "int4-quanto",
-    "fp8-quanto",
-    "fp8uz-quanto",
-    "int8-torchao",
-    "fp8-torchao",
-)
+# Every choice with its backend lives in simpletuner/quantisation/precisions.py.
+BASE_MODEL_PRECISIONS = PRECISION_NAMES
 
 OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------ Core model
