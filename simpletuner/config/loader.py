@@ -15,10 +15,14 @@ def load_config(
     argv: Sequence[str],
     env: Optional[Mapping[str, str]] = None,
     cwd: Optional[Path] = None,
+    hardware: Any = None,
 ) -> Any:
-    """Defaults < config file < command line, validated; raises ConfigError."""
-    values, explicit, path = collect_values(
-        argv, os.environ if env is None else env, Path.cwd() if cwd is None else cwd
-    )
-    validate(values)
+    """Defaults < config file < command line, validated; raises ConfigError.
+
+    ``hardware`` (a ``quantisation.matrix.Hardware``) stands in for the
+    detected accelerator, so tests can ask about GPU-only combinations.
+    """
+    env = os.environ if env is None else env
+    values, explicit, path = collect_values(argv, env, Path.cwd() if cwd is None else cwd)
+    validate(values, env, hardware)
     return make_config(values, explicit, path)

@@ -229,15 +229,33 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "base_model_precision", "str", "no_change",
-        "Quantise the frozen base model to save memory, with optimum-quanto or "
-        "torchao; no_change keeps the weights as loaded.",
-        PRECISION, choices=BASE_MODEL_PRECISIONS, implemented=False,
+        "Quantise the frozen base model to save memory, with optimum-quanto, torchao "
+        "or bitsandbytes; no_change keeps the weights as loaded.  Which choices work "
+        "on which hardware is in documentation/QUANTISATION.md.",
+        PRECISION, choices=BASE_MODEL_PRECISIONS,
     ),
     Option(
         "quantize_via", "str", "cpu",
         "Device that performs quantisation: cpu is slower but spares accelerator "
         "memory, accelerator is quicker but can run out of memory on big models.",
-        PRECISION, choices=("cpu", "accelerator"), implemented=False,
+        PRECISION, choices=("cpu", "accelerator"),
+    ),
+    Option(
+        "quantize_activations", "bool", False,
+        "Also quantise the activations of the quantised layers; refused where the "
+        "backend cannot train that way (see documentation/QUANTISATION.md).",
+        PRECISION,
+    ),
+    *(
+        Option(
+            f"text_encoder_{index}_precision", "str", "no_change",
+            f"Quantise text encoder {index} while the text-embed cache is built (same "
+            "choices as --base_model_precision); the cache key includes it.",
+            PRECISION, choices=BASE_MODEL_PRECISIONS, families=families,
+        )
+        for index, families in (
+            (1, None), (2, ("sdxl", "sd3", "flux")), (3, ("sd3",)), (4, ()),
+        )
     ),
     # -------------------------------------------------------------- Adapters
     Option(

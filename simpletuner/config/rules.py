@@ -341,10 +341,20 @@ _ALWAYS = (not_implemented, options_fit_the_family, training_length, lycoris_nee
            checkpointing_interval_needs_checkpointing, lycoris_config_valid, adapter_options_fit, loftq_unavailable)
 
 
-def validate(values: Values) -> None:
-    """Raise ConfigError listing every problem, or return quietly."""
+def validate(values: Values, env: Optional[Mapping[str, str]] = None, hardware: Any = None) -> None:
+    """Raise ConfigError listing every problem, or return quietly.
+
+    ``env`` (TRAINING_DYNAMO_BACKEND, process count) and ``hardware`` (a
+    ``quantisation.matrix.Hardware``; detected when None) feed the
+    quantisation support matrix.
+    """
     information_only = any(values.get(name) for name in INFORMATION_ONLY)
     rules = _ALWAYS if information_only else RULES
     problems = [message for rule in rules if (message := rule(values))]
+    if not information_only and not problems:
+        # Only once the options themselves are sound: the matrix reads several of them.
+        from simpletuner.quantisation.rules import quantisation_supported
+
+        problems += [message for message in [quantisation_supported(values, env or {}, hardware)] if message]
     if problems:
         raise ConfigError("\n".join(problems))

@@ -141,6 +141,10 @@ class ModelFamily:
     # Prefix of the kohya-layout LoRA names (--lora_format comfyui) that this
     # family's diffusers loader converts back; None where it cannot load them.
     kohya_lora_prefix: ClassVar[Optional[str]] = None
+    # Module-name patterns (fnmatch) of the denoiser that --base_model_precision
+    # leaves unquantised: each family names its embedders, norms and output
+    # projections; the backends skip non-Linear layers on their own.
+    quantisation_exclude: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None) -> None:
         # The run's options, for families whose inputs depend on them (Flux's
