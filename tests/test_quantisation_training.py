@@ -131,3 +131,49 @@ def test_lycoris_trains_on_a_quanto_base_and_loads_on_the_plain_one(tmp_path: Pa
     for key, value in network.state_dict().items():
         if key in trained:
             assert torch.equal(value.cpu().to(trained[key].dtype), trained[key]), key
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_on_a_quantised_base(tmp_path: Path, tiny_sdxl: Path, monkeypatch) -> None:
+    # aot_eager: the graph capture of TRAINING_DYNAMO_BACKEND without inductor's
+    # code generation, which takes minutes on a CPU (see test_dynamo.py).
+    from accelerate.state import AcceleratorState
+
+    project = write_project(tmp_path)
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
+    monkeypatch.setenv("TRAINING_DYNAMO_BACKEND", "aot_eager")
+    try:
+        trainer, _ = train(project, tiny_sdxl, "sdxl", "--base_model_precision", "int8-quanto",
+                           "--max_train_steps", "2", "--learning_rate", "1e-2")
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert hasattr(trainer.denoiser, "_orig_mod"), "the denoiser was not compiled"
+    assert quantised_layer_names(trained_denoiser(trainer))
+    saved = load_file(project / "output" / LORA_FILE)
+    assert any(v.abs().max() > 0 for k, v in saved.items() if "lora.up" in k or "lora_B" in k), "nothing trained"
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_a_quanto_base(tmp_path: Path, tiny_sdxl: Path) -> None:
+    from simpletuner.tools.demo_data import make_demo_dataset
+    from train_sh import run_train_sh, write_json
+
+    make_demo_dataset(tmp_path / "data", count=4)
+    write_json(tmp_path / "config" / "multidatabackend.json", [
+        {"id": "shapes", "type": "local", "instance_data_dir": "data", "cache_dir_vae": "cache/vae",
+         "caption_strategy": "textfile", "resolution": 64, "resolution_type": "pixel_area",
+         "crop": True, "crop_style": "center", "crop_aspect": "square"},
+        {"id": "text", "type": "local", "dataset_type": "text_embeds", "default": True, "cache_dir": "cache/text"},
+    ])
+    write_json(tmp_path / "config" / "config.json", {
+        "--model_family": "sdxl", "--pretrained_model_name_or_path": str(tiny_sdxl),
+        "--data_backend_config": "config/multidatabackend.json", "--output_dir": "output",
+        "--lora_rank": 4, "--learning_rate": 1e-2, "--max_train_steps": 2, "--seed": 3, "--mixed_precision": "no",
+        "--report_to": "none", "--base_model_precision": "int8-quanto",
+    })
+    (tmp_path / "config" / "config.env").write_text("TRAINING_NUM_PROCESSES=2\n", encoding="utf-8")
+    result = run_train_sh(tmp_path)
+    assert "x 2 process(es)" in result.stderr, result.stderr[-3000:]
+    assert "quantised" in result.stderr and "to int8-quanto" in result.stderr
+    saved = load_file(tmp_path / "output" / LORA_FILE)
+    assert any(v.abs().max() > 0 for k, v in saved.items() if "lora.up" in k or "lora_B" in k), "nothing trained"

@@ -111,7 +111,8 @@ ROWS: tuple[Row, ...] = (
         activations_why=_QUANTO_ACTIVATIONS),
     Row("fp8-quanto", True, (8, 0), False, LYCORIS_ALGOS, False, True, False,
         hardware_why="float8 weights need the MARLIN kernels of compute capability 8.0+ (MPS has no float8)",
-        dynamo_why="optimum-quanto's float8 layers do not compile with torch.compile",
+        dynamo_why="optimum-quanto's float8 layers do not compile with inductor (SimpleTuner switches "
+                   "compilation off for them)",
         activations_why=_QUANTO_ACTIVATIONS),
     Row("fp8uz-quanto", True, (8, 0), False, LYCORIS_ALGOS, True, True, False,
         hardware_why="float8 (e4m3fnuz) weights need compute capability 8.0+ (MPS has no float8)",
