@@ -88,7 +88,8 @@ def _replace_with_nf4(module: torch.nn.Module, exclude: Sequence[str], compute_d
 
 
 def _is_quantised(module: torch.nn.Module) -> bool:
-    weight = getattr(module, "weight", None)
+    # The module's own parameter: a PEFT wrapper's ``weight`` is its base layer's.
+    weight = module._parameters.get("weight")
     return weight is not None and type(weight) not in (torch.Tensor, torch.nn.Parameter)
 
 
