@@ -79,6 +79,19 @@ def test_check_fails_on_a_modified_dataloader_copy(tmp_path: Path):
     assert str(copy) in result.stderr
 
 
+def test_check_fails_on_a_stale_quantisation_matrix(tmp_path: Path):
+    copy = tmp_path / "QUANTISATION.md"
+    text = (REPO / "documentation" / "QUANTISATION.md").read_text(encoding="utf-8")
+    assert "| `nf4-bnb` | bnb |" in text, "the matrix doc should list every precision"
+    copy.write_text(text.replace("| `int8-torchao` | yes | no |", "| `int8-torchao` | yes | all algorithms |"),
+                    encoding="utf-8")
+    assert copy.read_text(encoding="utf-8") != text
+    result = run(["-m", "simpletuner.config.docgen", "--check", "--quantisation-output", str(copy)])
+    assert result.returncode == 1 and str(copy) in result.stderr
+    copy.write_text(text, encoding="utf-8")
+    assert run(["-m", "simpletuner.config.docgen", "--check", "--quantisation-output", str(copy)]).returncode == 0
+
+
 def test_check_fails_on_a_missing_file(tmp_path: Path):
     assert docgen_check(options_md=tmp_path / "absent.md").returncode == 1
 

@@ -51,6 +51,7 @@ DEFAULTS = [
     "",  # batch size
     "",  # checkpointing steps
     "",  # mixed precision
+    "",  # base model precision
     "",  # report_to
 ]
 
@@ -68,6 +69,7 @@ CUSTOM = [
     "2",
     "100",
     "no",
+    "int8-quanto",
     "tensorboard",
 ]
 
@@ -99,6 +101,7 @@ def test_custom_answers_write_files_that_load(cwd: Path, capsys):
     assert config.train_batch_size == 2
     assert config.checkpointing_steps == 100
     assert config.mixed_precision == "no"
+    assert config.base_model_precision == "int8-quanto"
     assert config.report_to == ["tensorboard"]
     assert config.data_backend_config == "config/multidatabackend.json"
     dataset = backends.image_datasets[0]
@@ -148,8 +151,13 @@ def test_prompts_come_from_the_option_table(cwd: Path):
     assert "fp16" not in precision_prompt  # registered but not implemented
 
 
-def test_bad_answers_are_asked_again_with_the_choices(cwd: Path, capsys):
+def test_bad_answers_are_asked_again_with_the_choices(cwd: Path, capsys, monkeypatch: pytest.MonkeyPatch):
+    from simpletuner.quantisation import matrix
+
+    monkeypatch.setattr(matrix, "detect_hardware", lambda: matrix.Hardware(matrix.CPU))
     answers = list(CUSTOM)
+    index = answers.index("int8-quanto")
+    answers[index:index + 1] = ["nf4-bnb", "int8-quanto"]  # needs a GPU, fine on a CPU
     answers[0:1] = ["nonsense", "sdxl"]  # not a choice, fine (every family is implemented)
     index = answers.index("32")
     answers[index:index + 1] = ["-3", "lots", "32"]  # below minimum, not a number, fine
@@ -161,6 +169,8 @@ def test_bad_answers_are_asked_again_with_the_choices(cwd: Path, capsys):
     assert "'nonsense' is not offered; choose one of: sdxl, legacy, sd3, flux, pixart_sigma, kolors" in out
     assert "--lora_rank must be at least 1" in out
     assert "'none' cannot be combined" in out
+    assert "  cannot run on a CPU without a GPU: bitsandbytes 4-bit" in out and "use int8-quanto" in out
+    assert sum(p.startswith("Quantise the base model") for p in script.prompts) == 2
     assert sum(p.startswith("Model family") for p in script.prompts) == 2
     assert json.loads((cwd / "config" / "config.json").read_text())["--lora_rank"] == 32
 

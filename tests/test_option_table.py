@@ -353,6 +353,9 @@ SLICE_FULLY = {
     "use_soft_min_snr", "soft_min_snr_sigma_data", "noise_offset", "noise_offset_probability",
     "input_perturbation", "timestep_bias_strategy", "timestep_bias_multiplier", "timestep_bias_begin",
     "timestep_bias_end", "timestep_bias_portion",
+    # quantised base models (issue 13): every choice works or the support matrix refuses it
+    "base_model_precision", "quantize_via", "quantize_activations", "text_encoder_1_precision",
+    "text_encoder_2_precision", "text_encoder_3_precision", "text_encoder_4_precision",
 }
 
 

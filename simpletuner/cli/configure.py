@@ -251,6 +251,9 @@ def _ask_everything(input_fn: InputFn) -> dict[str, Any]:
     a["train_batch_size"] = ask_option(input_fn, "train_batch_size", "Batch size")
     a["checkpointing_steps"] = ask_option(input_fn, "checkpointing_steps", "Checkpointing steps")
     a["mixed_precision"] = ask_option(input_fn, "mixed_precision", "Mixed precision")
+    a["base_model_precision"] = ask_option(
+        input_fn, "base_model_precision", "Quantise the base model", check=_runs_here
+    )
     a["report_to"] = ask_option(
         input_fn, "report_to", "Report to", check=_not_none_with_trackers
     )
@@ -262,6 +265,14 @@ def _acts(name: str, answers: dict[str, Any]) -> bool:
     values = {option.name: option.default for option in OPTIONS}
     values.update({key: value for key, value in answers.items() if key in values})
     return OPTIONS_BY_NAME[name].inert_reason(values) is None
+
+
+def _runs_here(value: Any) -> Optional[str]:
+    """The support matrix's refusal of a LoRA on this machine at that precision."""
+    from simpletuner.quantisation.matrix import Combination, check, detect_hardware
+
+    problem = check(Combination(value), detect_hardware())
+    return problem.split(": ", 1)[1] if problem else None
 
 
 def _whole_pixels(value: Any) -> Optional[str]:

@@ -3,7 +3,9 @@
 * ``documentation/OPTIONS.md`` from the option table
   (:data:`simpletuner.config.options.OPTIONS`);
 * ``documentation/DATALOADER_KEYS.md`` from the multidatabackend.json schema
-  (:data:`simpletuner.data.schema.DATASET_KEYS`).
+  (:data:`simpletuner.data.schema.DATASET_KEYS`);
+* ``documentation/QUANTISATION.md`` from the quantisation support matrix
+  (:mod:`simpletuner.quantisation.matrix`).
 
 Run ``python -m simpletuner.config.docgen`` after changing an option or a
 dataset key; ``--check`` writes nothing and exits 1 when either file is stale
@@ -23,6 +25,7 @@ from simpletuner.config.options import ENVIRONMENT, GROUPS, OPTIONS
 DOCS_DIR = Path(__file__).resolve().parents[2] / "documentation"
 DEFAULT_PATH = DOCS_DIR / "OPTIONS.md"
 DATALOADER_PATH = DOCS_DIR / "DATALOADER_KEYS.md"
+QUANTISATION_PATH = DOCS_DIR / "QUANTISATION.md"
 
 
 def _anchor(text: str) -> str:
@@ -177,14 +180,20 @@ def _check(path: Path, text: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if either file is stale")
+                        help="write nothing; exit 1 if any file is stale")
     parser.add_argument("--output", type=Path, default=DEFAULT_PATH,
                         help="where OPTIONS.md is (default: documentation/OPTIONS.md)")
     parser.add_argument("--dataloader-output", "--dataloader_output", dest="dataloader_output",
                         type=Path, default=DATALOADER_PATH,
                         help="where DATALOADER_KEYS.md is (default: documentation/DATALOADER_KEYS.md)")
+    parser.add_argument("--quantisation-output", "--quantisation_output", dest="quantisation_output",
+                        type=Path, default=QUANTISATION_PATH,
+                        help="where QUANTISATION.md is (default: documentation/QUANTISATION.md)")
     args = parser.parse_args(argv)
-    documents = ((args.output, render()), (args.dataloader_output, render_dataloader()))
+    from simpletuner.quantisation.docs import render as render_quantisation
+
+    documents = ((args.output, render()), (args.dataloader_output, render_dataloader()),
+                 (args.quantisation_output, render_quantisation()))
     if args.check:
         fresh = [_check(path, text) for path, text in documents]
         return 0 if all(fresh) else 1

@@ -18,6 +18,7 @@ def load_config(
     env: Optional[Mapping[str, str]] = None,
     cwd: Optional[Path] = None,
     check_datasets: bool = False,
+    hardware: Any = None,
 ) -> Any:
     """Defaults < config file < command line, validated; raises ConfigError.
 
@@ -26,14 +27,16 @@ def load_config(
     ``check_datasets`` also those of the --data_backend_config file, so that
     one run shows every mistake of both files.  Cross-option rules are judged
     once every value could be read (a value left at its default by a typo
-    would make them report mistakes the user did not make).
+    would make them report mistakes the user did not make).  ``hardware`` (a
+    ``quantisation.matrix.Hardware``) stands in for the detected accelerator,
+    so tests can ask about GPU-only combinations.
     """
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
     values, explicit, path, problems = gather_values(argv, env, cwd)
     values, ignored = set_aside_inert(values)
     if not problems:
-        problems = rule_problems(values)
+        problems = rule_problems(values, env, hardware)
     if check_datasets and values["data_backend_config"] and not information_only(values):
         from simpletuner.data.schema import data_backend_entry_problems
 

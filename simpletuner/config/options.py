@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from simpletuner.config.option import AppliesWhen, Option
 from simpletuner.families.registry import FAMILY_NAMES, available_families
+from simpletuner.quantisation.precisions import PRECISION_NAMES
 
 # Group headings, in display order.
 CORE = "Core model"
@@ -141,15 +142,8 @@ LR_SCHEDULERS = (
     "linear",
 )
 
-BASE_MODEL_PRECISIONS = (
-    "no_change",
-    "int8-quanto",
-    "int4-quanto",
-    "fp8-quanto",
-    "fp8uz-quanto",
-    "int8-torchao",
-    "fp8-torchao",
-)
+# Every choice with its backend lives in simpletuner/quantisation/precisions.py.
+BASE_MODEL_PRECISIONS = PRECISION_NAMES
 
 OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------ Core model
@@ -258,15 +252,33 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "base_model_precision", "str", "no_change",
-        "Quantise the frozen base model to save memory, with optimum-quanto or "
-        "torchao; no_change keeps the weights as loaded.",
-        PRECISION, choices=BASE_MODEL_PRECISIONS, implemented=False,
+        "Quantise the frozen base model to save memory, with optimum-quanto, torchao "
+        "or bitsandbytes; no_change keeps the weights as loaded.  Which choices work "
+        "on which hardware is in documentation/QUANTISATION.md.",
+        PRECISION, choices=BASE_MODEL_PRECISIONS,
     ),
     Option(
         "quantize_via", "str", "cpu",
         "Device that performs quantisation: cpu is slower but spares accelerator "
         "memory, accelerator is quicker but can run out of memory on big models.",
-        PRECISION, choices=("cpu", "accelerator"), implemented=False,
+        PRECISION, choices=("cpu", "accelerator"),
+    ),
+    Option(
+        "quantize_activations", "bool", False,
+        "Also quantise the activations of the quantised layers; refused where the "
+        "backend cannot train that way (see documentation/QUANTISATION.md).",
+        PRECISION,
+    ),
+    *(
+        Option(
+            f"text_encoder_{index}_precision", "str", "no_change",
+            f"Quantise text encoder {index} while the text-embed cache is built (same "
+            "choices as --base_model_precision); the cache key includes it.",
+            PRECISION, choices=BASE_MODEL_PRECISIONS, families=families,
+        )
+        for index, families in (
+            (1, None), (2, ("sdxl", "sd3", "flux")), (3, ("sd3",)), (4, ()),
+        )
     ),
     # -------------------------------------------------------------- Adapters
     Option(

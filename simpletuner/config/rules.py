@@ -268,14 +268,26 @@ def information_only(values: Values) -> bool:
     return any(values.get(name) for name in INFORMATION_ONLY)
 
 
-def rule_problems(values: Values) -> list[str]:
-    """Every cross-option problem, one message each (a message may hold several lines)."""
-    rules = _ALWAYS if information_only(values) else RULES
-    return [message for rule in rules if (message := rule(values))]
+def rule_problems(values: Values, env: Optional[Mapping[str, str]] = None, hardware: Any = None) -> list[str]:
+    """Every cross-option problem, one message each (a message may hold several lines).
+
+    ``env`` (TRAINING_DYNAMO_BACKEND, process count) and ``hardware`` (a
+    ``quantisation.matrix.Hardware``; detected when None) feed the
+    quantisation support matrix.
+    """
+    asking_only = information_only(values)
+    rules = _ALWAYS if asking_only else RULES
+    problems = [message for rule in rules if (message := rule(values))]
+    if not asking_only and not problems:
+        # Only once the options themselves are sound: the matrix reads several of them.
+        from simpletuner.quantisation.rules import quantisation_supported
+
+        problems += [message for message in [quantisation_supported(values, env or {}, hardware)] if message]
+    return problems
 
 
-def validate(values: Values) -> None:
+def validate(values: Values, env: Optional[Mapping[str, str]] = None, hardware: Any = None) -> None:
     """Raise ConfigError listing every problem, or return quietly."""
-    problems = rule_problems(values)
+    problems = rule_problems(values, env, hardware)
     if problems:
         raise ConfigError("\n".join(problems))

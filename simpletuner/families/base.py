@@ -152,6 +152,10 @@ class ModelFamily:
     # target by name; a preset naming several families' classes is expected to
     # miss the others' (see training/lycoris_adapter.py).
     attention_class_names: ClassVar[tuple[str, ...]] = ("Attention",)
+    # Module-name patterns (fnmatch) of the denoiser that --base_model_precision
+    # leaves unquantised: each family names its embedders, norms and output
+    # projections; the backends skip non-Linear layers on their own.
+    quantisation_exclude: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any = None) -> None:
         # The run's options, for families whose inputs depend on them (Flux's

@@ -23,6 +23,9 @@ class FluxFamily(FlowMatchingFamily):
         "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
         "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
     )
+    # Kept unquantised under --base_model_precision: the input and output
+    # projections, the final adaptive norm and the timestep/text embedders.
+    quantisation_exclude = ("x_embedder", "context_embedder", "time_text_embed*", "norm_out*", "proj_out")
     default_resolution = 1024
     # kohya names of the diffusers module paths, which FluxPipeline converts back
     # for the attention projections (the trainer checks the targets before training).

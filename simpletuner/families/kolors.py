@@ -25,6 +25,10 @@ class KolorsFamily(TextTimeConditioning, ModelFamily):
     # The attention projections; KolorsPipeline.load_lora_weights
     # (StableDiffusionLoraLoaderMixin) maps them onto the UNet.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    # Kept unquantised under --base_model_precision: the first and last
+    # convolutions and the timestep/conditioning embedders, which are small and
+    # whose precision every output depends on.
+    quantisation_exclude = ("conv_in", "conv_out", "time_embedding*", "add_embedding*", "encoder_hid_proj")
     # kohya names of the diffusers module paths; the SD/SDXL loaders convert them back.
     kohya_lora_prefix = "lora_unet"
     default_resolution = 1024

@@ -25,6 +25,10 @@ class LegacyFamily(ModelFamily):
     # The attention projections, the set diffusers' SD LoRA training script
     # uses and StableDiffusionPipeline.load_lora_weights maps onto the UNet.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    # Kept unquantised under --base_model_precision: the first and last
+    # convolutions and the timestep embedder, which are small and
+    # whose precision every output depends on.
+    quantisation_exclude = ("conv_in", "conv_out", "time_embedding*")
     # kohya names of the diffusers module paths; the SD/SDXL loaders convert them back.
     kohya_lora_prefix = "lora_unet"
     # SD 1.x trains at 512px; SD 2.x's v-prediction models at 768px.

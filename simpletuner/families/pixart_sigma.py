@@ -27,6 +27,9 @@ class PixArtSigmaFamily(ModelFamily):
     denoiser_class_name = "PixArtTransformer2DModel"
     # Self- and cross-attention projections of every block (SimpleTuner's default).
     default_lora_targets = ("to_k", "to_q", "to_v", "to_out.0")
+    # Kept unquantised under --base_model_precision: the input and output
+    # projections, the final adaptive norm and the timestep/text embedders.
+    quantisation_exclude = ("pos_embed*", "adaln_single*", "caption_projection*", "proj_out")
     default_resolution = 1024
     text_components = ("text_encoder", "tokenizer")
     t5_components = ("text_encoder", "tokenizer")

@@ -22,6 +22,9 @@ class SD3Family(FlowMatchingFamily):
         "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
         "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
     )
+    # Kept unquantised under --base_model_precision: the input and output
+    # projections, the final adaptive norm and the timestep/text embedders.
+    quantisation_exclude = ("pos_embed*", "context_embedder", "time_text_embed*", "norm_out*", "proj_out")
     default_resolution = 1024
     text_components = (
         "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3",

@@ -18,6 +18,10 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     denoiser_class_name = "UNet2DConditionModel"
     # The attention projections, as diffusers' SDXL LoRA loader expects them.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
+    # Kept unquantised under --base_model_precision: the first and last
+    # convolutions and the timestep/conditioning embedders, which are small and
+    # whose precision every output depends on.
+    quantisation_exclude = ("conv_in", "conv_out", "time_embedding*", "add_embedding*")
     # kohya names of the diffusers module paths; the SD/SDXL loaders convert them back.
     kohya_lora_prefix = "lora_unet"
     default_resolution = 1024

@@ -28,6 +28,7 @@ from simpletuner.data.records import TrainingSample
 from simpletuner.data.transforms import load_pixels
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.storage.datasets import latents_of, text_cache_of
+from simpletuner.quantisation.text_encoders import identity_suffix, quantise_text_encoders
 from simpletuner.training.batches import CacheLookup
 from simpletuner.training.epoch_latents import EpochCrops
 
@@ -76,7 +77,7 @@ def prepare_caches(
         text_stores={d.id: TensorStore(text_cache_of(data.backends.text_embeds_for(d)), compress)
                      for d in data.backends.image_datasets},
         vae_identity=source.identity("vae"),
-        text_identity=text_encoder_identity(source, family),
+        text_identity=text_encoder_identity(source, family) + identity_suffix(config),
         normalisation=family.latent_normalisation,
         scale_factor=family.vae_scale_factor,
     )
@@ -134,7 +135,7 @@ def _build_text_caches(
         text_config = data.backends.text_embeds_for(dataset_id)
         configs[text_config.id] = text_config
         captions.setdefault(text_config.id, []).extend(s.caption for s in samples)
-    encoders = _Loaded(lambda: _text_encoders_on(family.load_text_encoders(source), accelerator.device))
+    encoders = _Loaded(lambda: quantise_text_encoders(family.load_text_encoders(source), config, accelerator.device))
     for text_id, texts in captions.items():
         report = build_text_cache(
             texts,
@@ -199,9 +200,3 @@ def _process_tag(accelerator: Any) -> str:
     if accelerator.num_processes == 1:
         return ""
     return f" (rank {accelerator.process_index} of {accelerator.num_processes})"
-
-
-def _text_encoders_on(text: Any, device: Any) -> Any:
-    for encoder in text.encoders:
-        encoder.to(device)
-    return text

@@ -22,6 +22,7 @@ from simpletuner.errors import DataError, UserError
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.families.registry import get_family
 from simpletuner.logs import attach_log_file
+from simpletuner.quantisation.apply import place
 from simpletuner.training.batches import caption_dropout, collate, to_device
 from simpletuner.training.caches import prepare_caches
 from simpletuner.training.checkpoint import publish
@@ -152,7 +153,9 @@ class Trainer:
     def _load_trainable_denoiser(self) -> torch.nn.Module:
         denoiser = self.family.load_denoiser(self.source)
         denoiser.requires_grad_(False)
-        denoiser.to(self.device, dtype=self.trainable.frozen_dtype(self.dtype))
+        # Cast, quantise (--base_model_precision) and move, in the order --quantize_via says.
+        place(denoiser, self.config.base_model_precision, self.family.quantisation_exclude, self.device,
+              self.trainable.frozen_dtype(self.dtype), self.config.quantize_via)
         self.trainable.prepare(denoiser)
         if self.config.lora_format == "comfyui":
             from simpletuner.training.adapters import diffusers_lora_state
