@@ -1,7 +1,9 @@
 """``train.py``: load and validate the config, then train.
 
 User mistakes (``UserError``) end the process with one line on stderr and
-exit code 2; anything else is a bug and keeps its traceback.
+exit code 2; output that could not be written (a full disk) with one line and
+exit code 3; anything else is a bug and keeps its traceback.  The codes are
+listed in documentation/EXIT_CODES.md.
 """
 
 from __future__ import annotations
@@ -11,18 +13,19 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from simpletuner.errors import USER_ERROR_EXIT_CODE, UserError
+from simpletuner.errors import OUTPUT_WRITE_EXIT_CODE, USER_ERROR_EXIT_CODE, OutputWriteError, UserError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return _run(argv)
-    except UserError as error:
+    except (UserError, OutputWriteError) as error:
+        code = OUTPUT_WRITE_EXIT_CODE if isinstance(error, OutputWriteError) else USER_ERROR_EXIT_CODE
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
-        _leave_if_distributed(USER_ERROR_EXIT_CODE)  # here, while the traceback still holds the trainer
-        return USER_ERROR_EXIT_CODE
+        _leave_if_distributed(code)  # here, while the traceback still holds the trainer
+        return code
     except KeyboardInterrupt:
         print("interrupted; resume with --resume_from_checkpoint latest", file=sys.stderr)
         _leave_if_distributed(130)
