@@ -49,7 +49,10 @@ def small_disk(tmp_path: Path):
             subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def _project(root: Path) -> Path:
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One project for both runs, so the second reuses the first one's caches."""
+    root = tmp_path_factory.mktemp("disk_full")
     make_demo_dataset(root / "data", count=8, sizes=((64, 64),))
     (root / "mdb.json").write_text(json.dumps([
         {"id": "pics", "type": "local", "instance_data_dir": "data", "cache_dir_vae": "cache/vae",
@@ -79,10 +82,10 @@ def _the_error_line(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.slow
-def test_a_checkpoint_that_does_not_fit_stops_with_one_line(tmp_path: Path, tiny_sdxl: Path, small_disk) -> None:
+def test_a_checkpoint_that_does_not_fit_stops_with_one_line(project: Path, tiny_sdxl: Path, small_disk) -> None:
     # A checkpoint of this run is about 1.1 MB: the first fits in 1.5 MB, the second does not.
     output = small_disk("1500k") / "out"
-    result = _train(_project(tmp_path), tiny_sdxl, output, "--max_train_steps", "6", "--checkpointing_steps", "2")
+    result = _train(project, tiny_sdxl, output, "--max_train_steps", "6", "--checkpointing_steps", "2")
     line = _the_error_line(result)
     for fragment in ("could not write checkpoint-4", "No space left on device", "free there",
                      "checkpoint-2, the last complete checkpoint, is intact", "--resume_from_checkpoint latest"):
@@ -102,10 +105,10 @@ def test_a_checkpoint_that_does_not_fit_stops_with_one_line(tmp_path: Path, tiny
 
 
 @pytest.mark.slow
-def test_final_weights_that_do_not_fit_stop_with_one_line(tmp_path: Path, tiny_sdxl: Path, small_disk) -> None:
+def test_final_weights_that_do_not_fit_stop_with_one_line(project: Path, tiny_sdxl: Path, small_disk) -> None:
     # The final LoRA is about 270 KB; no checkpoint is written before it.
     output = small_disk("200k") / "out"
-    result = _train(_project(tmp_path), tiny_sdxl, output, "--max_train_steps", "1", "--checkpointing_steps", "100")
+    result = _train(project, tiny_sdxl, output, "--max_train_steps", "1", "--checkpointing_steps", "100")
     line = _the_error_line(result)
     assert "could not write the final weights" in line and "no checkpoint had been saved yet" in line, line
     assert not (output / ".final.partial").exists()

@@ -69,7 +69,7 @@ def _start(root: Path, model: Path, *flags: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_two_runs_on_one_folder_then_a_killed_runs_lock(tmp_path: Path, tiny_sdxl: Path) -> None:
+def test_a_second_run_on_a_busy_folder_stops_naming_the_first(tmp_path: Path, tiny_sdxl: Path) -> None:
     make_demo_dataset(tmp_path / "data", count=4, sizes=((64, 64),))
     (tmp_path / "mdb.json").write_text(json.dumps([
         {"id": "pics", "type": "local", "instance_data_dir": "data", "cache_dir_vae": "cache/vae",
@@ -93,12 +93,5 @@ def test_two_runs_on_one_folder_then_a_killed_runs_lock(tmp_path: Path, tiny_sdx
     assert "Traceback" not in stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"in use by another training run (PID {first.pid}," in errors[0], stderr[-3000:]
-
-    # SIGKILL left the lock file naming the dead run; the next run takes it over.
+    # SIGKILL leaves the file naming the dead run; taking it over is shown above and in test_sigkill.py.
     assert json.loads(lock.read_text())["pid"] == first.pid
-    third = _start(tmp_path, tiny_sdxl, "--max_train_steps", "1")
-    _, stderr = third.communicate(timeout=300)
-    assert third.returncode == 0, stderr[-3000:]
-    notices = [line for line in stderr.splitlines() if "took over the lock" in line]
-    assert len(notices) == 1 and f"PID {first.pid}" in notices[0] and "no longer running" in notices[0], stderr[-3000:]
-    assert not lock.exists()

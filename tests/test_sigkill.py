@@ -3,8 +3,9 @@
 Training checkpoints every 2 steps (keeping 2).  Each attempt resumes from
 the newest checkpoint, and is killed only once it has written a checkpoint of
 its own, so every kill costs real progress that the next attempt must restore:
-half the kills land mid-step at a random moment, half while a checkpoint is
-being written (the moment its temporary folder appears).  After every kill
+half the kills land at a random moment within the next two steps (timed from
+the uninterrupted run), half while a checkpoint is being written (the moment
+its temporary folder appears).  After every kill
 each visible checkpoint must be complete and loadable; every attempt must
 resume from the newest one, each from a later step; after the last kill the
 run finishes, and its weights equal those of a run that was never stopped.
@@ -32,7 +33,7 @@ from simpletuner.training.state_files import read_state
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 KILLS = 6
-STEPS = 30
+STEPS = 32
 STATE_PARTS = ("optimizer", "lr_scheduler", "rng_state")
 
 
@@ -76,6 +77,20 @@ def _newest_step(output: Path) -> int:
     return max((int(name.split("-")[1]) for name in names), default=0)
 
 
+def _seconds_between_checkpoints(process: subprocess.Popen, output: Path) -> float:
+    """Watch an uninterrupted run: the median time from one checkpoint to the next (two steps)."""
+    seen: list[float] = []
+    step = 0
+    while process.poll() is None:
+        if _newest_step(output) > step:
+            step = _newest_step(output)
+            seen.append(time.monotonic())
+        time.sleep(0.01)
+    gaps = sorted(b - a for a, b in zip(seen, seen[1:]))
+    assert gaps, "the reference run wrote fewer than two checkpoints"
+    return gaps[len(gaps) // 2]
+
+
 def _complete_checkpoints(output: Path) -> list[int]:
     """Steps of the visible checkpoints, each checked complete and loadable."""
     steps = []
@@ -94,6 +109,7 @@ def _complete_checkpoints(output: Path) -> list[int]:
 def test_random_sigkills_never_lose_a_checkpoint(tmp_path: Path, tiny_sdxl: Path) -> None:
     root = _project(tmp_path, tiny_sdxl)
     reference = _start(root, "reference", tmp_path / "reference.log")
+    save_interval = _seconds_between_checkpoints(reference, root / "reference")
     assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
 
     output = root / "killed"
@@ -109,8 +125,8 @@ def test_random_sigkills_never_lose_a_checkpoint(tmp_path: Path, tiny_sdxl: Path
             mid_save = attempt % 2 == 1
             if mid_save:  # the next save has begun: its temporary folder exists
                 _wait_until(lambda: any(output.glob(".checkpoint-*.partial")), process, log)
-            else:
-                time.sleep(rng.uniform(0.0, 1.0))
+            else:  # somewhere in the next two steps or the save after them
+                time.sleep(rng.uniform(0.0, save_interval))
             process.send_signal(signal.SIGKILL)
             kills += 1
         returncode = process.wait(timeout=300)
