@@ -35,9 +35,11 @@ def test_a_second_holder_is_refused_naming_the_pid(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=rf"--output_dir={output} is in use by another training run \(PID {os.getpid()},"):
             with output_folder_lock(output, env={}):
                 pass
-    assert not (output / LOCK_FILE).exists(), "a finished run leaves no lock behind"
+    assert not output.exists(), "a run that wrote nothing leaves no folder behind"
     with output_folder_lock(output, env={}):  # free again
-        pass
+        (output / "weights.safetensors").write_bytes(b"kept")
+    assert not (output / LOCK_FILE).exists(), "a finished run leaves no lock behind"
+    assert (output / "weights.safetensors").read_bytes() == b"kept"
 
 
 def test_other_processes_of_the_same_run_are_not_refused(tmp_path: Path) -> None:
