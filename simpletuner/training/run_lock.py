@@ -36,6 +36,7 @@ def output_folder_lock(output_dir: Path, env: Optional[Mapping[str, str]] = None
         yield
         return
     path = output_dir / LOCK_FILE
+    created = not output_dir.exists()
     descriptor = _acquire(path, output_dir)
     try:
         yield
@@ -44,6 +45,8 @@ def output_folder_lock(output_dir: Path, env: Optional[Mapping[str, str]] = None
         # finds it replaced when it checks (see _acquire) and starts over.
         path.unlink(missing_ok=True)
         os.close(descriptor)
+        if created:
+            _remove_if_empty(output_dir)  # a run rejected at start-up leaves no folder behind
 
 
 def _acquire(path: Path, output_dir: Path) -> int:
@@ -70,6 +73,13 @@ def _acquire(path: Path, output_dir: Path) -> int:
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, record.encode("utf-8"), 0)
     return descriptor
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # fails, harmlessly, on a folder with anything in it
+    except OSError:
+        pass
 
 
 def _still_at(path: Path, descriptor: int) -> bool:
