@@ -64,7 +64,7 @@ def test_ema_adapter_is_saved_and_resumed_exactly(tmp_path: Path, tiny_sdxl: Pat
     averaged = load_file(output / "ema" / "pytorch_lora_weights.safetensors")
     assert live.keys() == averaged.keys()
     assert any(not torch.equal(live[k], averaged[k]) for k in live), "EMA adapter equals the live one"
-    assert (output / "checkpoint-3" / "ema.pt").is_file()
+    assert (output / "checkpoint-3" / "ema.safetensors").is_file()
 
     shutil.copytree(output / "checkpoint-3", project / "resumed" / "checkpoint-3")
     resumed = train_in_process(

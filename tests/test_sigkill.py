@@ -1,9 +1,14 @@
 """Checkpoints survive SIGKILL at any moment, and resuming loses nothing.
 
-Training checkpoints every 2 steps (keeping 2), so random kills land during
-steps, saves and prunes alike.  After every kill each visible checkpoint must
-be complete and loadable; after the last kill the run finishes, and its
-weights equal those of a run that was never stopped.
+Training checkpoints every 2 steps (keeping 2).  Each attempt resumes from
+the newest checkpoint, and is killed only once it has written a checkpoint of
+its own, so every kill costs real progress that the next attempt must restore:
+half the kills land at a random moment within the next two steps (timed from
+the uninterrupted run), half while a checkpoint is being written (the moment
+its temporary folder appears).  After every kill
+each visible checkpoint must be complete and loadable; every attempt must
+resume from the newest one, each from a later step; after the last kill the
+run finishes, and its weights equal those of a run that was never stopped.
 """
 
 from __future__ import annotations
@@ -16,18 +21,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from simpletuner.tools.demo_data import make_demo_dataset
+from simpletuner.training.state_files import read_state
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-KILLS = 10
-STEPS = 60
-TRAINING_STARTED = "text-embed cache:"  # logged once caches are ready, just before the loop
+KILLS = 6
+STEPS = 32
+STATE_PARTS = ("optimizer", "lr_scheduler", "rng_state")
 
 
 def _project(root: Path, model: Path) -> Path:
@@ -49,32 +56,51 @@ def _project(root: Path, model: Path) -> Path:
 def _start(root: Path, output: str, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("ENV", "CONFIG_BACKEND")}
     env["CONFIG_PATH"] = str(root / "config.json")
+    env["PYTHONPATH"] = str(REPO)
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), "--output_dir", output],
         cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
     )
 
 
-def _wait_for(log: Path, text: str, process: subprocess.Popen, timeout: float = 120) -> bool:
+def _wait_until(condition: Callable[[], bool], process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text(errors="replace"):
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.02)
-    raise AssertionError(f"{text!r} not logged within {timeout}s:\n{log.read_text()[-2000:]}")
+    while not condition():
+        assert process.poll() is None, f"the run ended first:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"not reached within {timeout}s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.002)
 
 
-def _assert_checkpoints_complete(output: Path) -> list[int]:
+def _newest_step(output: Path) -> int:
+    """Cheap enough to poll: complete checkpoints are the only folders named checkpoint-N."""
+    names = [p.name for p in output.glob("checkpoint-*")] if output.is_dir() else []
+    return max((int(name.split("-")[1]) for name in names), default=0)
+
+
+def _seconds_between_checkpoints(process: subprocess.Popen, output: Path) -> float:
+    """Watch an uninterrupted run: the median time from one checkpoint to the next (two steps)."""
+    seen: list[float] = []
+    step = 0
+    while process.poll() is None:
+        if _newest_step(output) > step:
+            step = _newest_step(output)
+            seen.append(time.monotonic())
+        time.sleep(0.01)
+    gaps = sorted(b - a for a, b in zip(seen, seen[1:]))
+    assert gaps, "the reference run wrote fewer than two checkpoints"
+    return gaps[len(gaps) // 2]
+
+
+def _complete_checkpoints(output: Path) -> list[int]:
+    """Steps of the visible checkpoints, each checked complete and loadable."""
     steps = []
     for folder in sorted(output.glob("checkpoint-*")):
         state = json.loads((folder / "trainer_state.json").read_text())
         assert folder.name == f"checkpoint-{state['global_step']}"
         load_file(folder / "trainable.safetensors")
-        torch.load(folder / "optimizer.pt", weights_only=False)
-        torch.load(folder / "lr_scheduler.pt", weights_only=False)
-        torch.load(folder / "rng_state.pt", weights_only=False)
+        load_file(folder / "pytorch_lora_weights.safetensors")
+        for part in STATE_PARTS:
+            read_state(folder / f"{part}.safetensors")
         json.loads((folder / "sampler.json").read_text())
         steps.append(state["global_step"])
     return steps
@@ -83,34 +109,49 @@ def _assert_checkpoints_complete(output: Path) -> list[int]:
 def test_random_sigkills_never_lose_a_checkpoint(tmp_path: Path, tiny_sdxl: Path) -> None:
     root = _project(tmp_path, tiny_sdxl)
     reference = _start(root, "reference", tmp_path / "reference.log")
+    save_interval = _seconds_between_checkpoints(reference, root / "reference")
     assert reference.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()[-3000:]
 
+    output = root / "killed"
     rng = random.Random(1234)
-    kills, attempt, finished = 0, 0, False
-    while not finished:
-        newest = max(_assert_checkpoints_complete(root / "killed"), default=None)
+    kills, mid_save_kills, resumed_at = 0, 0, []
+    for attempt in range(KILLS + 1):
+        newest = max(_complete_checkpoints(output), default=0)
         log = tmp_path / f"attempt{attempt}.log"
         process = _start(root, "killed", log)
-        attempt += 1
-        if kills < KILLS and _wait_for(log, TRAINING_STARTED, process):
-            time.sleep(rng.uniform(0.05, 0.6))
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                kills += 1
+        if attempt < KILLS:
+            # Only once this attempt has saved a checkpoint of its own does a kill cost progress.
+            _wait_until(lambda: _newest_step(output) > newest, process, log)
+            mid_save = attempt % 2 == 1
+            if mid_save:  # the next save has begun: its temporary folder exists
+                _wait_until(lambda: any(output.glob(".checkpoint-*.partial")), process, log)
+            else:  # somewhere in the next two steps or the save after them
+                time.sleep(rng.uniform(0.0, save_interval))
+            process.send_signal(signal.SIGKILL)
+            kills += 1
         returncode = process.wait(timeout=300)
-        _assert_checkpoints_complete(root / "killed")
         text = log.read_text(errors="replace")
         assert "Traceback" not in text, text[-3000:]
-        finished = returncode == 0
-        if newest is not None and ("resumed from" in text or finished):
-            # every resume starts from the newest complete checkpoint
+        if attempt < KILLS:
+            assert returncode == -signal.SIGKILL, f"attempt {attempt} ended by itself:\n{text[-3000:]}"
+            if mid_save and any(output.glob(".checkpoint-*.partial")):
+                mid_save_kills += 1  # the kill caught a checkpoint half-written
+        else:
+            assert returncode == 0, text[-3000:]
+        _complete_checkpoints(output)
+        if attempt > 0:
+            # every resume starts from the newest complete checkpoint, after taking over the killed run's lock
             assert f"checkpoint-{newest} at step {newest}" in text, text[-3000:]
-        if not finished:
-            assert returncode == -signal.SIGKILL, text[-3000:]
-        assert attempt < KILLS + 20, "training never finished"
-    assert kills >= KILLS, f"only {kills} kills landed before training finished"
+            assert "took over the lock" in text, text[-3000:]
+            resumed_at.append(newest)
+
+    assert kills == KILLS
+    assert resumed_at == sorted(set(resumed_at)) and resumed_at[0] > 0, f"resumes did not progress: {resumed_at}"
+    assert len(resumed_at) == KILLS
+    assert mid_save_kills >= 1, "no kill landed while a checkpoint was being written"
+    assert not any(output.glob(".checkpoint-*")), "the finished run left partial checkpoints behind"
 
     expected = load_file(root / "reference" / "pytorch_lora_weights.safetensors")
-    actual = load_file(root / "killed" / "pytorch_lora_weights.safetensors")
+    actual = load_file(output / "pytorch_lora_weights.safetensors")
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key

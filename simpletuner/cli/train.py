@@ -3,11 +3,15 @@
 Exit codes, each with a short message on stderr and no traceback:
 
 * 2: a user mistake (``UserError``), one line saying what to fix;
+* 3: output that could not be written (a full disk): one line naming what,
+  the free space and the last complete checkpoint;
 * 1: a crash (a bug): one line; the traceback goes to debug.log in the
   output folder (to the console only when there is no debug.log yet, or at
   SIMPLETUNER_LOG_LEVEL=DEBUG);
 * 130 / 143: stopped by SIGINT / SIGTERM (see training/stop.py): in the
   training loop after saving a checkpoint, elsewhere at once.
+
+The codes are listed in documentation/EXIT_CODES.md.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from simpletuner.errors import USER_ERROR_EXIT_CODE, UserError
+from simpletuner.errors import OUTPUT_WRITE_EXIT_CODE, USER_ERROR_EXIT_CODE, OutputWriteError, UserError
 
 CRASH_EXIT_CODE = 1
 _STOPPED_DURING = {
@@ -32,11 +36,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return _run(argv)
-    except UserError as error:
+    except (UserError, OutputWriteError) as error:
+        code = OUTPUT_WRITE_EXIT_CODE if isinstance(error, OutputWriteError) else USER_ERROR_EXIT_CODE
         for line in str(error).splitlines():
             _say(f"error: {line}")
-        _leave_if_distributed(USER_ERROR_EXIT_CODE)  # here, while the traceback still holds the trainer
-        return USER_ERROR_EXIT_CODE
+        _leave_if_distributed(code)  # here, while the traceback still holds the trainer
+        return code
     except KeyboardInterrupt:  # before the run's own handlers are installed
         _say("interrupted before training started")
         _leave_if_distributed(130)

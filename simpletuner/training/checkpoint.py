@@ -42,9 +42,13 @@ def latest_checkpoint(output_dir: Path) -> Optional[Path]:
 
 
 def capture_rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a step draws from, as plain values and uint8 tensors (no pickle needed)."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        "numpy": {"bit_generator": kind, "keys": keys.tolist(), "pos": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
         "trainer_generator": generator.get_state(),
     }
@@ -54,8 +58,11 @@ def capture_rng_state(generator: torch.Generator) -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["bit_generator"], np.array(numpy["keys"], dtype=np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     generator.set_state(state["trainer_generator"])
     if "cuda" in state and torch.cuda.is_available():
@@ -70,7 +77,8 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint atomically and prune old ones beyond ``total_limit``.
 
-    ``write_parts(folder)`` writes the state files into ``folder``.  Every
+    ``write_parts(folder)`` writes the state files into ``folder``; if it
+    fails (a full disk), the partial folder is removed at once.  Every
     step that removes or replaces a folder first renames it out of the way,
     so a kill at any instant leaves complete checkpoints plus hidden
     leftovers that :func:`remove_partial_checkpoints` cleans up or restores.
@@ -78,9 +86,13 @@ def save_checkpoint(
     final = output_dir / f"checkpoint-{step}"
     temporary = output_dir / f".checkpoint-{step}.partial"
     shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    write_parts(temporary)
-    _fsync_folder(temporary)
+    try:
+        temporary.mkdir(parents=True)
+        write_parts(temporary)
+        _fsync_folder(temporary)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     if final.exists():  # re-saving a step after a resume: keep the old copy until the new one is in place
         replaced = output_dir / f".checkpoint-{step}.replaced"
         shutil.rmtree(replaced, ignore_errors=True)

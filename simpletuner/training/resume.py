@@ -1,4 +1,10 @@
-"""Saving and restoring everything a resumed run needs to continue exactly."""
+"""Saving and restoring everything a resumed run needs to continue exactly.
+
+Every part is written without pickle (see ``state_files``), so resuming from a
+checkpoint someone else made cannot run code.  Checkpoints from earlier
+versions hold ``*.pt`` pickles instead; ``legacy_state`` loads those only as
+far as that is safe.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +25,19 @@ from simpletuner.training.checkpoint import (
     save_checkpoint,
     write_json,
 )
+from simpletuner.training.disk_space import writing
+from simpletuner.training.legacy_state import LEGACY_SUFFIX, read_legacy_part
+from simpletuner.training.setup import RUN_CONFIG_FILE
+from simpletuner.training.state_files import read_state, write_state
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZER_FILE = "optimizer.pt"
-SCHEDULER_FILE = "lr_scheduler.pt"
-RNG_FILE = "rng_state.pt"
+STATE_SUFFIX = ".safetensors"
+OPTIMIZER_PART = "optimizer"
+SCHEDULER_PART = "lr_scheduler"
+RNG_PART = "rng_state"
+EMA_PART = "ema"
 SAMPLER_FILE = "sampler.json"
-EMA_FILE = "ema.pt"
 
 
 def resolve_resume_path(config: Any, output_dir: Path) -> Optional[Path]:
@@ -64,33 +75,63 @@ def save_training_state(trainer: Any) -> Optional[Path]:
 
     def write_parts(folder: Path) -> None:
         trainer.trainable.save_state(denoiser, folder)
-        torch.save(trainer.optimizer.state_dict(), folder / OPTIMIZER_FILE)
-        torch.save(trainer.lr_scheduler.state_dict(), folder / SCHEDULER_FILE)
-        torch.save({"per_rank": rng_states}, folder / RNG_FILE)
+        write_state(state_file(folder, OPTIMIZER_PART), trainer.optimizer.state_dict())
+        write_state(state_file(folder, SCHEDULER_PART), trainer.lr_scheduler.state_dict())
+        write_state(state_file(folder, RNG_PART), {"per_rank": rng_states})
         write_json(folder / SAMPLER_FILE, trainer.sampler.state_dict())
         if trainer.ema is not None:
-            torch.save(trainer.ema.state_dict(), folder / EMA_FILE)
+            write_state(state_file(folder, EMA_PART), trainer.ema.state_dict())
         write_json(folder / TRAINER_STATE_FILE, trainer.state.state_dict())
 
-    path = save_checkpoint(
-        trainer.output_dir, trainer.state.global_step, write_parts, trainer.config.checkpoints_total_limit
-    )
+    step = trainer.state.global_step
+    with writing(f"checkpoint-{step}", trainer.output_dir):
+        path = save_checkpoint(trainer.output_dir, step, write_parts, trainer.config.checkpoints_total_limit)
     logger.info("saved checkpoint %s", path)
     return path
 
 
+def state_file(folder: Path, part: str) -> Path:
+    return folder / f"{part}{STATE_SUFFIX}"
+
+
+def has_part(folder: Path, part: str) -> bool:
+    return state_file(folder, part).is_file() or (folder / f"{part}{LEGACY_SUFFIX}").is_file()
+
+
+def read_part(folder: Path, part: str) -> Any:
+    """One saved state, from today's format or, where that is safe, an earlier version's pickle."""
+    current = state_file(folder, part)
+    if current.is_file():
+        return read_state(current)
+    legacy = folder / f"{part}{LEGACY_SUFFIX}"
+    if legacy.is_file():
+        return read_legacy_part(legacy)
+    raise ConfigError(f"{folder}: {current.name} is missing, so the checkpoint is incomplete; resume from another one")
+
+
 def load_training_state(trainer: Any, path: Path) -> None:
+    if trainer.ema is not None and not has_part(path, EMA_PART):
+        raise ConfigError(f"{path} has no EMA weights; it was saved without --use_ema")
+    # Every part is read (and checked) before anything is changed.
+    optimizer_state = read_part(path, OPTIMIZER_PART)
+    scheduler_state = read_part(path, SCHEDULER_PART)
+    rng_states = read_part(path, RNG_PART)["per_rank"]
+    ema_state = read_part(path, EMA_PART) if trainer.ema is not None else None
     denoiser = trainer.accelerator.unwrap_model(trainer.denoiser, keep_torch_compile=False)
-    trainer.trainable.load_state(denoiser, path)
-    trainer.optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, weights_only=False))
-    trainer.lr_scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, weights_only=False))
+    try:
+        trainer.trainable.load_state(denoiser, path)
+        trainer.optimizer.load_state_dict(optimizer_state)
+        trainer.lr_scheduler.load_state_dict(scheduler_state)
+        if ema_state is not None:
+            trainer.ema.load_state_dict(ema_state)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise ConfigError(
+            f"{path} does not fit this run ({str(error).splitlines()[0]}); resume it with the options it was "
+            f"saved with (see {path.parent / RUN_CONFIG_FILE})"
+        ) from None
     trainer.sampler.load_state_dict(read_json(path / SAMPLER_FILE))
-    if trainer.ema is not None:
-        if not (path / EMA_FILE).is_file():
-            raise ConfigError(f"{path} has no EMA weights; it was saved without --use_ema")
-        trainer.ema.load_state_dict(torch.load(path / EMA_FILE, weights_only=False))
     trainer.state.load_state_dict(read_json(path / TRAINER_STATE_FILE))
-    _restore_this_ranks_rng(trainer, torch.load(path / RNG_FILE, weights_only=False)["per_rank"])
+    _restore_this_ranks_rng(trainer, rng_states)
     logger.info("resumed from %s at step %d", path, trainer.state.global_step)
 
 

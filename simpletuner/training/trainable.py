@@ -67,6 +67,13 @@ class LoraTraining:
     def load_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         adapters.load_adapter_state(denoiser, load_file(str(folder / WEIGHTS_FILE)))
 
+    def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
+        return 2 * _state_bytes(adapters.adapter_state(denoiser))  # the state and its LoRA-file copy
+
+    def final_bytes(self, denoiser: torch.nn.Module, source: Any) -> int:
+        # pissa/olora runs save a LoRA of twice the rank (see _save_lora).
+        return (1 if self.initial is None else 2) * _state_bytes(adapters.adapter_state(denoiser))
+
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
         self._save_lora(denoiser, output_dir)
 
@@ -129,6 +136,12 @@ class LycorisTraining:
 
         load_lycoris(self.network, folder / LORA_FILE)
 
+    def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
+        return _state_bytes(self.network.state_dict())
+
+    def final_bytes(self, denoiser: torch.nn.Module, source: Any) -> int:
+        return _state_bytes(self.network.state_dict())
+
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
         self._save(output_dir)
 
@@ -172,6 +185,18 @@ class FullTraining:
     def load_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         denoiser.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
 
+    def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
+        return _state_bytes(denoiser.state_dict())
+
+    def final_bytes(self, denoiser: torch.nn.Module, source: Any) -> int:
+        """The trained denoiser plus the base pipeline's other components, when those are local files."""
+        base = Path(source.base).expanduser()
+        others = 0
+        if base.is_dir():
+            skipped = base / self.family.denoiser_component
+            others = sum(f.stat().st_size for f in base.rglob("*") if f.is_file() and skipped not in f.parents)
+        return _state_bytes(denoiser.state_dict()) + others
+
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
         """A complete diffusers model folder: the base pipeline with the trained denoiser."""
         self.family.save_full_pipeline(output_dir, denoiser, source)
@@ -179,6 +204,10 @@ class FullTraining:
     def save_ema(self, denoiser: torch.nn.Module, output_dir: Path) -> None:
         """The averaged denoiser beside the pipeline, as unet_ema/ or transformer_ema/."""
         denoiser.save_pretrained(str(output_dir / f"{self.family.denoiser_component}_ema"), safe_serialization=True)
+
+
+def _state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
 
 
 def trainable_for(config: Any, family: Any) -> Any:

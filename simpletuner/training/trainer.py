@@ -26,6 +26,7 @@ from simpletuner.quantisation.apply import place
 from simpletuner.training.batches import caption_dropout, collate, to_device
 from simpletuner.training.caches import prepare_caches
 from simpletuner.training.checkpoint import publish
+from simpletuner.training.disk_space import run_space_needed, space_warning, writing
 from simpletuner.training.ema import build_ema
 from simpletuner.training.grad_checkpointing import enable_gradient_checkpointing
 from simpletuner.training.loss import weighted_mse
@@ -34,6 +35,7 @@ from simpletuner.training.optimizers import build_optimizer, set_optimizer_mode
 from simpletuner.training.progress import TrainingProgress
 from simpletuner.training.regularisation import check_something_to_learn, mix_targets, regularisation_mask
 from simpletuner.training.resume import load_training_state, resolve_resume_path, save_training_state
+from simpletuner.training.run_lock import output_folder_lock
 from simpletuner.training.schedulers import build_lr_scheduler, scaled_learning_rate
 from simpletuner.training.setup import build_accelerator, training_dtype, write_run_config
 from simpletuner.training.state import TrainState
@@ -75,6 +77,11 @@ class Trainer:
 
     def run(self) -> Path:
         """Train and return the folder holding the final weights."""
+        # 0. One run per output folder, claimed before anything is written there.
+        with output_folder_lock(self.output_dir):
+            return self._run_steps()
+
+    def _run_steps(self) -> Path:
         config = self.config
         # 1. Checks that need no scanning, before anything is written.
         self.source.check(self.family)
@@ -125,9 +132,10 @@ class Trainer:
         self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, optimizer)
         self.lr_scheduler, self.sampler = lr_scheduler, sampler
         self.generator = torch.Generator().manual_seed(self.state.seed + self.accelerator.process_index)
-        # 7. Resume.
+        # 7. Resume, then warn when the disk cannot hold what the run will write.
         if resume_path is not None:
             load_training_state(self, resume_path)
+        self._warn_if_short_of_space(total_steps)
         # 8. The loop; from here a signal stops it after a step, with a checkpoint.
         set_optimizer_mode(self.optimizer, training=True)
         self.stop.enter("training", deferring=True)
@@ -278,15 +286,24 @@ class Trainer:
             denoiser = self.accelerator.unwrap_model(self.denoiser, keep_torch_compile=False)
             staging = self.output_dir / ".final.partial"
             shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
-            self.trainable.save_final(denoiser, staging, self.source)
-            if self.ema is not None:
-                with self.ema.swapped_in():
-                    self.trainable.save_ema(denoiser, staging)
-            publish(staging, self.output_dir)
+            with writing("the final weights", self.output_dir, partial=staging):
+                staging.mkdir()
+                self.trainable.save_final(denoiser, staging, self.source)
+                if self.ema is not None:
+                    with self.ema.swapped_in():
+                        self.trainable.save_ema(denoiser, staging)
+                publish(staging, self.output_dir)
             logger.info("saved %s weights to %s", self.config.model_type, self.output_dir)
         self.accelerator.end_training()
         return self.output_dir
+
+    def _warn_if_short_of_space(self, total_steps: int) -> None:
+        if self.accelerator.is_main_process:
+            needed = run_space_needed(self, total_steps)
+            logger.debug("disk space this run will need: %s", needed)
+            warning = space_warning(self.output_dir, needed)
+            if warning:
+                logger.warning(warning)
 
     def _log_summary(self, data: PreparedData, total_steps: int, resume_path: Optional[Path]) -> Optional[Totals]:
         if not self.accelerator.is_main_process:
