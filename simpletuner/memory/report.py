@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import torch
 
-from simpletuner.errors import ConfigError
+from simpletuner.errors import ConfigError, UserError
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.memory.estimate import MemoryEstimate, estimate_memory
 from simpletuner.memory.precision import quantised_weight_bytes
@@ -85,7 +85,14 @@ def check_memory(config: Any, family: ModelFamily, source: ModelSource, counts: 
     import logging
 
     bucket = largest_bucket(counts) or planned_bucket(config)
-    estimate = estimate_for_run(config, family, source, bucket)
+    try:
+        estimate = estimate_for_run(config, family, source, bucket)
+    except UserError:
+        raise
+    except Exception as error:  # an estimate that cannot be made must not stop a run that can
+        logging.getLogger(__name__).warning("memory estimate failed (%s: %s); not checked",
+                                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        return
     if log:
         for line in summary_lines(estimate, config):
             logging.getLogger(__name__).info(line)
