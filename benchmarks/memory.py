@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/memory.py [--models sdxl,flux] [--cases bf16,int8-quanto,int4-quanto,int8-torchao]
-                                [--resolution 256] [--workdir DIR]
+                                [--resolution 128] [--case_timeout 420] [--workdir DIR]
 
 What runs
 ---------
@@ -209,7 +209,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="sdxl,flux")
     parser.add_argument("--cases", default="bf16,int8-quanto,int4-quanto,int8-torchao")
-    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--case_timeout", type=int, default=420)
     parser.add_argument("--workdir", default=str(Path.home() / ".cache" / "simpletuner-memory-benchmark"))
     parser.add_argument("--case", help=argparse.SUPPRESS)  # model:precision, run in a subprocess
     parser.add_argument("--build", help=argparse.SUPPRESS)  # model, written in a subprocess
@@ -234,8 +235,13 @@ def main() -> None:
             print(f"flux full 19+38 estimate (headers only): {_gb(needed)}, "
                   f"{estimate.components['transformer'].parameters / 1e9:.2f} B parameters")
         for precision in args.cases.split(","):
-            done = subprocess.run([sys.executable, __file__, "--case", f"{model}:{precision}", "--workdir", str(root),
-                                   "--resolution", str(args.resolution)], capture_output=True, text=True)
+            try:
+                done = subprocess.run([sys.executable, __file__, "--case", f"{model}:{precision}", "--workdir",
+                                       str(root), "--resolution", str(args.resolution)],
+                                      capture_output=True, text=True, timeout=args.case_timeout)
+            except subprocess.TimeoutExpired:
+                print(f"{model} {precision}: took longer than --case_timeout {args.case_timeout} s", flush=True)
+                continue
             if done.returncode != 0:
                 print(f"{model} {precision}: failed: {done.stderr.strip().splitlines()[-1]}")
                 continue
