@@ -347,6 +347,8 @@ SLICE_FULLY = {
     "flow_weighting_scheme", "flow_logit_mean", "flow_logit_std", "flow_mode_scale", "flow_shift",
     "flow_resolution_shifting", "flow_base_seq_len", "flow_max_seq_len", "flow_base_shift",
     "flow_max_shift", "flux_guidance_value", "sd3_skip_t5",
+    # memory estimate (issue 13)
+    "estimate_memory", "memory_limit_gb", "skip_memory_check",
     # LoRA layout, checkpointing interval, schedule-free variants (issue 7)
     "optimizer", "lora_format", "gradient_checkpointing_interval",
     # loss and noise (issue 7)

@@ -129,7 +129,11 @@ def _run(argv: list[str]) -> int:
     from simpletuner.logs import setup_logging
 
     secrets = [str(v) for k, v in option_values(config).items() if OPTIONS_BY_NAME[k].secret and v]
+    # Before torch is imported: library import chatter stays off the console.
     setup_logging(os.environ, secrets)
+    if config.estimate_memory:
+        _print_memory_estimate(config)
+        return 0
     from simpletuner.logs import quiet_libraries
     from simpletuner.training.progress import show_bar
     from simpletuner.training.stop import StopSignals
@@ -146,6 +150,21 @@ def _run(argv: list[str]) -> int:
         trainer.run()
         _leave_if_distributed(0)  # before ``trainer`` is freed; see there
     return 0
+
+
+def _print_memory_estimate(config: object) -> None:
+    """The start-up summary's memory lines, from configs and file headers only."""
+    from simpletuner.families.base import ModelSource
+    from simpletuner.families.registry import get_family
+    from simpletuner.logs import quiet_libraries
+    from simpletuner.memory.report import planned_bucket, estimate_for_run, summary_lines
+
+    quiet_libraries()
+    family = get_family(config.model_family, config)
+    source = ModelSource.from_config(config, family)
+    source.check(family)
+    for line in summary_lines(estimate_for_run(config, family, source, planned_bucket(config)), config):
+        print(line)
 
 
 def _print_families() -> None:

@@ -969,10 +969,29 @@ OPTIONS: tuple[Option, ...] = (
         "Needs H100/H200-class hardware with Flash Attention 3.",
         HARDWARE, implemented=False,
     ),
+    Option(
+        "memory_limit_gb", "float", None,
+        "Memory in GiB the run may use, checked against the memory estimate before "
+        "loading. Unset uses what the device reports free (system RAM when training "
+        "on the CPU).",
+        HARDWARE, minimum=0,
+    ),
+    Option(
+        "skip_memory_check", "bool", False,
+        "Start even when the memory estimate exceeds the memory available, instead "
+        "of stopping before anything is loaded.",
+        HARDWARE,
+    ),
     # ------------------------------------------------------------ Run control
     Option(
         "print_config", "bool", False,
         "Print the fully resolved configuration, with secrets hidden, and exit.",
+        RUN,
+    ),
+    Option(
+        "estimate_memory", "bool", False,
+        "Print the memory the run would need (parameters from the model's config and "
+        "safetensors headers, no weights loaded), and exit.",
         RUN,
     ),
     Option(

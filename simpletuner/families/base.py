@@ -104,6 +104,12 @@ class ModelSource:
                     parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
         return "|".join(parts)
 
+    def local_folder(self, component: str) -> Optional[Path]:
+        """The component's folder on this machine; None for a Hub id."""
+        path, subfolder = self.overrides.get(component, (self.base, component))
+        folder = Path(path).expanduser() / (subfolder or "")
+        return folder if folder.is_dir() else None
+
     def load_pipeline(self, pipeline_class: Any, **components: Any) -> Any:
         """The whole pipeline from the base path, with some components replaced."""
         try:
@@ -208,7 +214,22 @@ class ModelFamily:
     def load_denoiser(self, source: ModelSource) -> Any:
         import diffusers
 
-        return source.load(getattr(diffusers, self.denoiser_class_name), self.denoiser_component)
+        denoiser = source.load(getattr(diffusers, self.denoiser_class_name), self.denoiser_component)
+        self.denoiser_loaded(denoiser)
+        return denoiser
+
+    def denoiser_loaded(self, denoiser: Any) -> None:
+        """Note what the family needs from the denoiser's config (real or meta-device)."""
+
+    def weight_components(self) -> tuple[str, ...]:
+        """Folders holding weights: the text encoders, the VAE, the denoiser."""
+        encoders = tuple(c for c in self.text_components if not c.startswith("tokenizer"))
+        return encoders + ("vae", self.denoiser_component)
+
+    def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
+        """Cached-text tensors of the shapes a batch holds (on the current default
+        device, the meta device for the memory estimate), for ``model_inputs``."""
+        raise NotImplementedError
 
     def load_noise_scheduler(self, source: ModelSource) -> Any:
         """The training scheduler, read from the pipeline's scheduler config.

@@ -51,9 +51,18 @@ class FluxFamily(FlowMatchingFamily):
         from diffusers import FluxTransformer2DModel
 
         transformer = source.load(FluxTransformer2DModel, "transformer")
-        # dev embeds the guidance value; schnell has no guidance embedder.
-        self.guidance_embeds = bool(transformer.config.guidance_embeds)
+        self.denoiser_loaded(transformer)
         return transformer
+
+    def denoiser_loaded(self, denoiser: Any) -> None:
+        # dev embeds the guidance value; schnell has no guidance embedder.
+        self.guidance_embeds = bool(denoiser.config.guidance_embeds)
+
+    def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
+        return {
+            "prompt_embeds": torch.zeros(batch_size, self.max_sequence_length, denoiser_config.joint_attention_dim),
+            "pooled_prompt_embeds": torch.zeros(batch_size, denoiser_config.pooled_projection_dim),
+        }
 
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
         # The pipeline's encode_prompt: T5's hidden states and CLIP's pooled

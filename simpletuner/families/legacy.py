@@ -58,6 +58,9 @@ class LegacyFamily(ModelFamily):
             )
         return [{"prompt_embeds": embeds[i].cpu()} for i in range(len(prompts))]
 
+    def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
+        return {"prompt_embeds": torch.zeros(batch_size, 77, denoiser_config.cross_attention_dim)}
+
     def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
         return {"sample": noisy_latents, "timestep": timesteps, "encoder_hidden_states": batch["prompt_embeds"]}
 

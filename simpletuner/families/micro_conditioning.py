@@ -32,6 +32,18 @@ class TextTimeConditioning:
     def sample_conditioning(self, samples: list) -> dict[str, torch.Tensor]:
         return {"time_ids": size_and_crop_time_ids(samples)}
 
+    def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
+        # The pooled vector is what the added embedding takes besides the six time ids.
+        pooled = denoiser_config.projection_class_embeddings_input_dim - 6 * denoiser_config.addition_time_embed_dim
+        tokens = getattr(self, "max_sequence_length", 77)
+        # Kolors' UNet projects ChatGLM's wider states down itself (encoder_hid_dim).
+        width = getattr(denoiser_config, "encoder_hid_dim", None) or denoiser_config.cross_attention_dim
+        return {
+            "prompt_embeds": torch.zeros(batch_size, tokens, width),
+            "pooled_prompt_embeds": torch.zeros(batch_size, pooled),
+            "time_ids": torch.zeros(batch_size, 6),
+        }
+
     def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
         return {
             "sample": noisy_latents,

@@ -73,6 +73,14 @@ class PixArtSigmaFamily(ModelFamily):
             "aspect_ratio": torch.tensor([[s.target_size[0] / s.target_size[1]] for s in samples]),
         }
 
+    def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
+        return {
+            "prompt_embeds": torch.zeros(batch_size, self.max_sequence_length, denoiser_config.caption_channels),
+            "prompt_attention_mask": torch.ones(batch_size, self.max_sequence_length),
+            "resolution": torch.zeros(batch_size, 2),
+            "aspect_ratio": torch.ones(batch_size, 1),
+        }
+
     def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
         return {
             "hidden_states": noisy_latents,

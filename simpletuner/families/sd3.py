@@ -78,6 +78,15 @@ class SD3Family(FlowMatchingFamily):
             for i in range(len(prompts))
         ]
 
+    def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
+        # CLIP-L and CLIP-G side by side, zero-padded to T5's width, as encode_prompt does.
+        width = denoiser_config.joint_attention_dim
+        return {
+            "clip_prompt_embeds": torch.zeros(batch_size, 77, width),
+            "t5_prompt_embeds": torch.zeros(batch_size, self.max_sequence_length, width),
+            "pooled_prompt_embeds": torch.zeros(batch_size, denoiser_config.pooled_projection_dim),
+        }
+
     def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
         t5 = batch["t5_prompt_embeds"]
         if self.option("sd3_skip_t5", False):

@@ -56,6 +56,7 @@ def quantise(module: torch.nn.Module, precision: str, exclude: Sequence[str] = (
 
         quanto.quantize(module, weights=getattr(quanto, _QUANTO_WEIGHTS[precision]), exclude=list(exclude) or None)
         quanto.freeze(module)
+        _feed_contiguous_inputs(module)
     elif backend == "torchao":
         from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
@@ -67,6 +68,20 @@ def quantise(module: torch.nn.Module, precision: str, exclude: Sequence[str] = (
     count = sum(1 for m in module.modules() if _is_quantised(m))
     logger.info("quantised %d layers of %s to %s", count, type(module).__name__, precision)
     return module
+
+
+def _contiguous_input(_module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else args
+
+
+def _feed_contiguous_inputs(module: torch.nn.Module) -> None:
+    """quanto's packed int8/int4 CPU matmuls refuse bf16 inputs that are not
+    contiguous (``_weight_int8pack_mm_cpu : A must be contiguous``), which
+    SDXL's permuted ``proj_in`` input is at full size; ``contiguous()`` costs
+    nothing for inputs that already are."""
+    for layer in module.modules():
+        if _is_quantised(layer):
+            layer.register_forward_pre_hook(_contiguous_input)
 
 
 def _replace_with_nf4(module: torch.nn.Module, exclude: Sequence[str], compute_dtype: torch.dtype) -> None:

@@ -22,6 +22,7 @@ from simpletuner.errors import DataError, UserError
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.families.registry import get_family
 from simpletuner.logs import attach_log_file
+from simpletuner.memory.report import check_memory
 from simpletuner.quantisation.apply import place
 from simpletuner.training.batches import caption_dropout, collate, to_device
 from simpletuner.training.caches import prepare_caches
@@ -106,6 +107,8 @@ class Trainer:
             data = prepare_training_data(config, backends, self.accelerator.num_processes, self._progress_enabled())
         summary = self._log_summary(data, total_training_steps(config, data.report.batches_per_epoch), resume_path)
         check_something_to_learn(backends.image_datasets, data.report, self.trainable)
+        check_memory(config, self.family, self.source, data.report.counts, self.device,
+                     log=self.accelerator.is_main_process)
         # 4. Caches: encode what is missing, then free the encoders.  Images that
         #    cannot be decoded are left out here, which can change the step count.
         self.stop.enter("caching")

@@ -1,0 +1,43 @@
+"""Bytes per weight and per optimizer state, by option value.
+
+``quantised_weight_bytes`` is the one place the estimate depends on
+quantisation; the figure itself comes from the quantisation package's record
+of each format (``quantisation.precisions``), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from simpletuner.quantisation.precisions import NO_CHANGE, bytes_per_parameter
+
+
+def quantised_weight_bytes(base_model_precision: str) -> Optional[float]:
+    """Bytes per quantised Linear weight parameter, scales included; None for no_change."""
+    if base_model_precision == NO_CHANGE:
+        return None
+    return bytes_per_parameter(base_model_precision)
+
+
+def optimizer_state_bytes(optimizer: str) -> float:
+    """Bytes of optimizer state per fp32 trained parameter.
+
+    Adam-style optimizers keep two moments; Lion and SGD one; Prodigy four
+    (moments, s, initial weights); Adan, Ranger and AdEMAMix three.  8-bit
+    states take a byte each, 4-bit half a byte, fp8 a byte.
+    """
+    name = optimizer.removesuffix("-paged")
+    states = 2
+    if any(key in name for key in ("lion", "sgd", "adagrad")):
+        states = 1
+    elif "prodigy" in name:
+        states = 4
+    elif any(key in name for key in ("adan", "ranger", "ademamix")):
+        states = 3
+    if "8bit" in name or "fp8" in name:
+        per_state = 1.0
+    elif "4bit" in name:
+        per_state = 0.5
+    else:
+        per_state = 4.0
+    return states * per_state

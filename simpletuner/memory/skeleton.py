@@ -1,0 +1,59 @@
+"""The denoiser as the run will train it, built on the meta device.
+
+Built from the component's ``config.json`` with the run's adapter attached,
+it has every module and parameter shape of the real thing and no storage,
+so the estimate can count what the adapter trains, which weights sit in
+Linear layers (what quantisation shrinks) and trace the forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from simpletuner.families.base import ModelFamily, ModelSource
+
+
+@dataclass
+class Skeleton:
+    module: torch.nn.Module
+    frozen_parameters: int
+    linear_weight_parameters: int  # frozen nn.Linear weights: what weight quantisation shrinks
+    trained_parameters: int
+
+
+def build_skeleton(family: ModelFamily, source: ModelSource, config: Any, frozen_dtype: torch.dtype) -> Optional[Skeleton]:
+    """The meta-device denoiser with the run's adapter; None when its config is not on this machine."""
+    import diffusers
+
+    from simpletuner.config.model import replace
+    from simpletuner.training.trainable import trainable_for
+
+    folder = source.local_folder(family.denoiser_component)
+    if folder is None or not (folder / "config.json").is_file():
+        return None
+    model_class = getattr(diffusers, family.denoiser_class_name)
+    with torch.device("meta"):
+        module = model_class.from_config(model_class.load_config(str(folder)))
+    module.requires_grad_(False)
+    module.to(dtype=frozen_dtype)
+    family.denoiser_loaded(module)
+    # Weight-aware initialisations (pissa, olora) compute from real weights;
+    # the default initialisation has the same shapes and needs none.
+    adapter_config = replace(config, lora_init_type="default") if config.model_type == "lora" else config
+    trainable = trainable_for(adapter_config, family)
+    linear = _linear_weight_parameters(module)
+    with torch.device("meta"):
+        trainable.prepare(module)
+    trained = trainable.parameters(module)
+    trained_ids = {id(p) for p in trained}
+    frozen = sum(p.numel() for p in module.parameters() if id(p) not in trained_ids)
+    if config.model_type == "full":
+        frozen, linear = 0, 0
+    return Skeleton(module, frozen, linear, sum(p.numel() for p in trained))
+
+
+def _linear_weight_parameters(module: torch.nn.Module) -> int:
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
