@@ -94,6 +94,8 @@ def train(root: Path, model: Path, family: str, *flags: str, output_name: str = 
 
     def recording_inputs(batch: Any, noisy: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
         inputs = model_inputs(batch, noisy, timesteps)
+        if noisy.device.type == "meta":  # the memory estimate's shape-only trace, not a training step
+            return inputs
         recorded.inputs.append(_clone(inputs))
         recorded.noisy.append(noisy.detach().clone())
         return inputs
