@@ -126,8 +126,20 @@ def _cache_run(root: Path, model: Path, caplog: Any, encoded: list, *flags: str)
     return (int(found[-1][0]), int(found[-1][1])), list(encoded)
 
 
-def _stored_latents(root: Path) -> int:
-    return len(list((root / "cache" / "vae" / "latents").rglob("*.safetensors")))
+def _stored_latents(root: Path) -> set[str]:
+    return {path.name for path in (root / "cache" / "vae" / "latents").rglob("*.safetensors")}
+
+
+def _unused_latents(root: Path, model: Path, *flags: str) -> set[str]:
+    """The latent entries ``prune_cache`` would remove for a run with these options."""
+    from simpletuner.families.base import ModelSource
+    from simpletuner.families.registry import get_family
+    from simpletuner.tools.prune_cache import _orphans
+
+    config = _config(root, model, "--mixed_precision", "no", *flags)
+    family = get_family("sdxl", config)
+    found = dict(_orphans(config, family, ModelSource.from_config(config, family)))
+    return {Path(name).name for name in found["dataset 'classes' latents"].names}
 
 
 def test_vae_dtype_encodes_in_that_dtype_and_keys_the_cache(tmp_path: Path, tiny_sdxl: Path, caplog,
@@ -136,7 +148,8 @@ def test_vae_dtype_encodes_in_that_dtype_and_keys_the_cache(tmp_path: Path, tiny
     root = write_project(tmp_path)  # 4 images, every one in the same bucket
     counts, default_batches = _cache_run(root, tiny_sdxl, caplog, encoded)
     assert counts == (0, 4) and {dtype for dtype, _ in default_batches} == {FP32}
-    assert _stored_latents(root) == 4
+    default_entries = _stored_latents(root)
+    assert len(default_entries) == 4
 
     # bf16: another key, so every latent is encoded again, by a bf16 VAE, into different latents.
     counts, bf16_batches = _cache_run(root, tiny_sdxl, caplog, encoded, "--vae_dtype", "bf16")
@@ -145,12 +158,17 @@ def test_vae_dtype_encodes_in_that_dtype_and_keys_the_cache(tmp_path: Path, tiny
     bf16_latents = torch.cat([latents for _, latents in bf16_batches])
     assert not torch.equal(default_latents, bf16_latents)
     assert torch.allclose(default_latents, bf16_latents, atol=0.1, rtol=0.1), "bf16 should be close, not unrelated"
-    assert _stored_latents(root) == 8, "the default-dtype entries must be kept beside the bf16 ones"
+    bf16_entries = _stored_latents(root) - default_entries
+    assert len(bf16_entries) == 4, "the default-dtype entries must be kept beside the bf16 ones"
 
     # Unchanged: reused.  fp32 is what default means, so it reuses the default entries.
     assert _cache_run(root, tiny_sdxl, caplog, encoded, "--vae_dtype", "bf16") == ((4, 0), [])
     assert _cache_run(root, tiny_sdxl, caplog, encoded, "--vae_dtype", "fp32") == ((4, 0), [])
     assert _cache_run(root, tiny_sdxl, caplog, encoded) == ((4, 0), [])
+
+    # The cache pruner keys entries the same way: each dtype's run uses only its own.
+    assert _unused_latents(root, tiny_sdxl, "--vae_dtype", "bf16") == default_entries
+    assert _unused_latents(root, tiny_sdxl) == bf16_entries
 
 
 def test_fp16_warns_for_the_stock_sdxl_vae_only(tmp_path: Path, tiny_sdxl: Path, tiny_legacy: Path, caplog) -> None:
