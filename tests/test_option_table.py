@@ -358,6 +358,8 @@ SLICE_FULLY = {
     # quantised base models (issue 13): every choice works or the support matrix refuses it
     "base_model_precision", "quantize_via", "quantize_activations", "text_encoder_1_precision",
     "text_encoder_2_precision", "text_encoder_3_precision", "text_encoder_4_precision",
+    # dtypes of the frozen base and of the VAE while caching (issue 13)
+    "base_model_default_dtype", "vae_dtype",
 }
 
 

@@ -94,6 +94,10 @@ BIAS_PORTION = AppliesWhen("timestep_bias_strategy", ("earlier", "later"), "only
                            "or later uses it, not {timestep_bias_strategy}")
 SOFT_MIN_SNR = AppliesWhen("use_soft_min_snr", (True,), "only --use_soft_min_snr uses it")
 NOISE_OFFSET = AppliesWhen("noise_offset", (0, 0.0, None), "--noise_offset is 0, so no offset is added", unless=True)
+FROZEN_BASE = AppliesWhen("model_type", ("lora",), "a full fine-tune trains every weight, kept in fp32 (see "
+                          "--model_type)")
+BF16_COMPUTE = AppliesWhen("mixed_precision", ("bf16",), "with --mixed_precision {mixed_precision} nothing "
+                           "computes in bf16, so the frozen base stays fp32")
 CHECKPOINTING = AppliesWhen("gradient_checkpointing", (True,), "only --gradient_checkpointing uses it")
 
 OPTIMIZERS = (
@@ -256,6 +260,15 @@ OPTIONS: tuple[Option, ...] = (
         "or bitsandbytes; no_change keeps the weights as loaded.  Which choices work "
         "on which hardware is in documentation/QUANTISATION.md.",
         PRECISION, choices=BASE_MODEL_PRECISIONS,
+    ),
+    Option(
+        "base_model_default_dtype", "str", "bf16",
+        "Storage dtype of the frozen base model's weights that are not quantised (the "
+        "whole frozen denoiser when --base_model_precision is no_change): bf16 halves "
+        "their memory, fp32 keeps full precision (autocast still computes in bf16). "
+        "Trained adapter weights stay fp32 either way.",
+        PRECISION, choices=("bf16", "fp32"),
+        applies_when=(FROZEN_BASE, BF16_COMPUTE),
     ),
     Option(
         "quantize_via", "str", "cpu",
@@ -787,6 +800,15 @@ OPTIONS: tuple[Option, ...] = (
         "text_encoder_batch_size", "int", 8,
         "Captions encoded together when filling the text-embed cache.",
         CACHING, minimum=1,
+    ),
+    Option(
+        "vae_dtype", "str", "default",
+        "Dtype the VAE runs in while encoding the latent cache: default keeps the "
+        "family's choice (fp32); fp16 or bf16 encode faster in less memory but give "
+        "slightly different latents (a different cache key, so they are encoded "
+        "again). The stock SDXL VAE overflows in fp16: use an fp16-safe VAE "
+        "(--pretrained_vae_model_name_or_path) with fp16.",
+        CACHING, choices=("default", "fp16", "bf16", "fp32"),
     ),
     Option(
         "vae_cache_scan_behaviour", "str", "recreate",

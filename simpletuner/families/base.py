@@ -151,6 +151,9 @@ class ModelFamily:
     latent_normalisation: ClassVar[str]
     # Pixels per latent cell along each side (every family here uses an 8x VAE).
     vae_scale_factor: ClassVar[int] = 8
+    # The stock VAE's activations exceed fp16's range, so encoding in fp16
+    # gives inf/NaN latents (--vae_dtype fp16 warns unless the VAE is replaced).
+    vae_overflows_in_fp16: ClassVar[bool] = False
     # Prefix of the kohya-layout LoRA names (--lora_format comfyui) that this
     # family's diffusers loader converts back; None where it cannot load them.
     kohya_lora_prefix: ClassVar[Optional[str]] = None
@@ -203,12 +206,13 @@ class ModelFamily:
     def load_text_encoders(self, source: ModelSource) -> TextEncoders:
         raise NotImplementedError
 
-    def load_vae(self, source: ModelSource) -> Any:
+    def load_vae(self, source: ModelSource, dtype: torch.dtype = torch.float32) -> Any:
         from diffusers import AutoencoderKL
 
-        # Encoding runs once per cache entry, so it always runs in fp32: the
-        # SD/SDXL VAEs overflow in fp16 and the cache stores fp32 latents anyway.
-        vae = source.load(AutoencoderKL, "vae", torch_dtype=torch.float32)
+        # Encoding runs once per cache entry, so by default it runs in fp32: the
+        # SDXL VAE overflows in fp16 and the cache stores fp32 latents anyway.
+        # --vae_dtype picks another dtype (caching/vae_dtype.py).
+        vae = source.load(AutoencoderKL, "vae", torch_dtype=dtype)
         return vae.requires_grad_(False).eval()
 
     def load_denoiser(self, source: ModelSource) -> Any:

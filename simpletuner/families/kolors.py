@@ -34,6 +34,8 @@ class KolorsFamily(TextTimeConditioning, ModelFamily):
     default_resolution = 1024
     text_components = ("text_encoder", "tokenizer")
     latent_normalisation = "kolors:scaling_factor"
+    # Kolors ships the SDXL VAE, with its fp16 overflow.
+    vae_overflows_in_fp16 = True
     # KolorsPipeline's default and maximum prompt length.
     max_sequence_length = 256
 

@@ -27,6 +27,8 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     default_resolution = 1024
     text_components = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     latent_normalisation = "sdxl:scaling_factor"
+    # Known fault of the stock SDXL VAE; madebyollin/sdxl-vae-fp16-fix is the usual fp16-safe replacement.
+    vae_overflows_in_fp16 = True
 
     def load_text_encoders(self, source: ModelSource) -> TextEncoders:
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer

@@ -49,6 +49,13 @@ def render() -> str:
         "base: it loads on the ordinary base model in diffusers.  `--text_encoder_N_precision` quantises a "
         "text encoder while the text-embed cache is built; the cache key includes it.",
         "",
+        "`--base_model_default_dtype` says what the rest of the frozen base is stored in: the layers left "
+        "unquantised, or the whole frozen denoiser with `no_change`.  `bf16` (the default) halves their "
+        "memory; `fp32` keeps them at full precision while autocast still computes in bf16.  It acts on an "
+        "adapter run under `--mixed_precision bf16`; with `--mixed_precision no` the base stays fp32 (nothing "
+        "computes in bf16), and a full fine-tune trains every weight in fp32, so there it is set aside with "
+        "a warning.  Trained adapter weights are fp32 either way.",
+        "",
         "Every combination below is checked before anything loads: one that cannot work stops with exit "
         "code 2 and one line saying why and what would work instead.",
         "",

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 from simpletuner.caching.latents import build_latent_cache, latent_keys, scan_latents
 from simpletuner.caching.store import TensorStore
+from simpletuner.caching.vae_dtype import vae_dtype, vae_identity, warn_if_vae_overflows
 from simpletuner.caching.text_embeds import build_text_cache
 from simpletuner.data.pipeline import PreparedData
 from simpletuner.data.records import TrainingSample
@@ -76,12 +77,13 @@ def prepare_caches(
                        for d in data.backends.image_datasets},
         text_stores={d.id: TensorStore(text_cache_of(data.backends.text_embeds_for(d)), compress)
                      for d in data.backends.image_datasets},
-        vae_identity=source.identity("vae"),
+        vae_identity=vae_identity(source, config),
         text_identity=text_encoder_identity(source, family) + identity_suffix(config),
         normalisation=family.latent_normalisation,
         scale_factor=family.vae_scale_factor,
     )
-    vae = _Loaded(lambda: family.load_vae(source).to(accelerator.device))
+    warn_if_vae_overflows(family, source, config)
+    vae = _Loaded(lambda: family.load_vae(source, vae_dtype(config)).to(accelerator.device))
     failed: dict[str, list[str]] = {}
     for dataset_id in list(data.samples):
         if "vae" in data.backends.dataset(dataset_id).skip_file_discovery:

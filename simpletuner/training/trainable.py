@@ -37,7 +37,7 @@ class LoraTraining:
         self.initial: Optional[dict[str, torch.Tensor]] = None
 
     def frozen_dtype(self, training_dtype: torch.dtype) -> torch.dtype:
-        return training_dtype
+        return frozen_base_dtype(self.config, training_dtype)
 
     def summary(self) -> str:
         """What the start-up summary says after the model type."""
@@ -110,7 +110,7 @@ class LycorisTraining:
         self.network: Any = None
 
     def frozen_dtype(self, training_dtype: torch.dtype) -> torch.dtype:
-        return training_dtype
+        return frozen_base_dtype(self.config, training_dtype)
 
     def summary(self) -> str:
         return f" LyCORIS {self.spec['algo']}"
@@ -204,6 +204,17 @@ class FullTraining:
     def save_ema(self, denoiser: torch.nn.Module, output_dir: Path) -> None:
         """The averaged denoiser beside the pipeline, as unet_ema/ or transformer_ema/."""
         denoiser.save_pretrained(str(output_dir / f"{self.family.denoiser_component}_ema"), safe_serialization=True)
+
+
+def frozen_base_dtype(config: Any, training_dtype: torch.dtype) -> torch.dtype:
+    """Storage dtype of an adapter run's frozen base (its unquantised weights).
+
+    The mixed-precision dtype, unless --base_model_default_dtype fp32 keeps it
+    at full precision (autocast still computes in bf16).  With
+    --mixed_precision no the option is set aside (config/inert.py), so the
+    base stays fp32 as the fp32 compute needs.
+    """
+    return torch.float32 if config.base_model_default_dtype == "fp32" else training_dtype
 
 
 def _state_bytes(state: dict[str, torch.Tensor]) -> int:
