@@ -39,6 +39,15 @@ def test_the_cache_key_includes_the_precisions(tmp_path: Path, tiny_sdxl: Path) 
     one = identity_suffix(_config(tmp_path, tiny_sdxl, "--text_encoder_2_precision", "int8-quanto"))
     other = identity_suffix(_config(tmp_path, tiny_sdxl, "--text_encoder_2_precision", "int4-quanto"))
     assert one and other and one != other
+    # The identity the cache and prune_cache both key text embeds by carries it too.
+    from simpletuner.training.caches import text_encoder_identity
+
+    identities = set()
+    for flags in ((), ("--text_encoder_2_precision", "int8-quanto")):
+        config = _config(tmp_path, tiny_sdxl, *flags)
+        family = get_family("sdxl", config)
+        identities.add(text_encoder_identity(ModelSource.from_config(config, family), family, config))
+    assert len(identities) == 2
 
 
 def test_a_new_precision_re_encodes_the_text_cache(tmp_path: Path, tiny_sdxl: Path, caplog) -> None:

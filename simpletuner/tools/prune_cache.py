@@ -72,15 +72,15 @@ def _orphans(config: Any, family: Any, source: Any) -> list[tuple[str, Any]]:
     from simpletuner.caching.latents import latent_keys
     from simpletuner.caching.prune import orphaned_entries
     from simpletuner.caching.store import TensorStore
-    from simpletuner.caching.vae_dtype import vae_identity as latent_vae_identity
     from simpletuner.caching.text_embeds import EMPTY_PROMPT
+    from simpletuner.caching.vae_dtype import vae_identity as latent_vae_identity
     from simpletuner.data.pipeline import load_backends, plan_one
     from simpletuner.storage.datasets import latents_of, text_cache_of
     from simpletuner.training.caches import text_encoder_identity
 
     backends = load_backends(config)
     vae_identity = latent_vae_identity(source, config)
-    text_identity = text_encoder_identity(source, family)
+    text_identity = text_encoder_identity(source, family, config)
     results: list[tuple[str, Any]] = []
     captions: dict[str, set[str]] = {}
     text_configs = {}

@@ -28,17 +28,20 @@ from simpletuner.data.pipeline import PreparedData
 from simpletuner.data.records import TrainingSample
 from simpletuner.data.transforms import load_pixels
 from simpletuner.families.base import ModelFamily, ModelSource
-from simpletuner.storage.datasets import latents_of, text_cache_of
 from simpletuner.quantisation.text_encoders import identity_suffix, quantise_text_encoders
+from simpletuner.storage.datasets import latents_of, text_cache_of
 from simpletuner.training.batches import CacheLookup
 from simpletuner.training.epoch_latents import EpochCrops
 
 logger = logging.getLogger(__name__)
 
 
-def text_encoder_identity(source: ModelSource, family: ModelFamily) -> str:
+def text_encoder_identity(source: ModelSource, family: ModelFamily, config: Any = None) -> str:
+    """What the text-embed cache key says about the encoders: their files and, with
+    ``config``, the precision they run at (quantised encoders give other embeds)."""
     parts = [source.identity(component) for component in family.text_components]
-    return family.name + "|" + "||".join(parts)
+    suffix = identity_suffix(config) if config is not None else ""
+    return family.name + "|" + "||".join(parts) + suffix
 
 
 class _Loaded:
@@ -78,7 +81,7 @@ def prepare_caches(
         text_stores={d.id: TensorStore(text_cache_of(data.backends.text_embeds_for(d)), compress)
                      for d in data.backends.image_datasets},
         vae_identity=vae_identity(source, config),
-        text_identity=text_encoder_identity(source, family) + identity_suffix(config),
+        text_identity=text_encoder_identity(source, family, config),
         normalisation=family.latent_normalisation,
         scale_factor=family.vae_scale_factor,
     )
