@@ -73,3 +73,10 @@ def test_tensorboard_still_receives_metrics_alongside(tracked_run) -> None:
     accumulator = EventAccumulator(str(events.parent))
     accumulator.Reload()
     assert [e.step for e in accumulator.Scalars("samples_per_second")] == list(range(1, STEPS + 1))
+
+
+def test_comet_does_not_report_errors_to_sentry(tracked_run) -> None:
+    """comet_ml would send its own errors (with environment details) to Sentry for half its users."""
+    from comet_ml import error_tracking
+
+    assert not error_tracking.enabled_in_config()

@@ -74,7 +74,8 @@ def tracker_init_kwargs(config: Any, logging_dir: Path) -> dict[str, dict[str, A
     comet_ml is told not to parse the command line or upload source code:
     either could carry a secret given as a flag, and the logged options are
     already the redacted ones.  Its automatic metric logging is off because it
-    would also copy every TensorBoard scalar, logging each metric twice.
+    would also copy every TensorBoard scalar, logging each metric twice, and
+    so is its error reporting to Sentry.
     """
     kwargs: dict[str, dict[str, Any]] = {}
     names = tracker_names(config)
@@ -82,6 +83,10 @@ def tracker_init_kwargs(config: Any, logging_dir: Path) -> dict[str, dict[str, A
         logging_dir.mkdir(parents=True, exist_ok=True)
         kwargs["wandb"] = {"dir": str(logging_dir), "name": config.tracker_run_name}
     if "comet_ml" in names:
+        # comet_ml reports its own errors (with environment details) to Sentry
+        # for half its users, chosen at random; a trainer should not phone home
+        # unasked.  Read at import; a user's own setting wins.
+        os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
         import comet_ml
 
         kwargs["comet_ml"] = {
