@@ -151,3 +151,45 @@ def test_the_trainer_loader_streams_only_what_it_quantises(tiny_sdxl: Path, capl
         plain = load_placed_denoiser(family, source, "no_change", "cpu", torch.bfloat16)
     assert "blocks" not in caplog.text and not quantised_layer_names(plain)
     assert {p.dtype for p in plain.parameters()} == {torch.bfloat16}
+
+
+_PEAK_PROBE = """
+import sys, torch, diffusers, optimum.quanto
+from pathlib import Path
+from simpletuner.quantisation.streaming import load_quantised, weight_files
+def status(field):  # VmHWM, not ru_maxrss: that one starts from pytest's own RSS, inherited over fork + exec
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field))
+folder = Path(sys.argv[1])
+# What loads lazily (the model class, quanto's kernels) is not the load's to count.
+diffusers.FluxTransformer2DModel
+warm = torch.nn.Sequential(torch.nn.Linear(64, 64)).to(torch.bfloat16)
+optimum.quanto.quantize(warm, weights=optimum.quanto.qint8)
+optimum.quanto.freeze(warm)
+base = status("VmRSS:")
+load_quantised(diffusers.FluxTransformer2DModel, folder, weight_files(folder), "int8-quanto", (), "cpu",
+               torch.bfloat16, block_parameters=4 * 2**20)
+print(status("VmHWM:") - base)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the process's memory from /proc (Linux)")
+def test_an_int8_load_peaks_below_the_bf16_file(tmp_path: Path) -> None:
+    """The issue's bound: loading + quantising to int8 stays under the model's bf16 size
+    (a plain load then quantise peaked at ~1.9x; so did this one before it returned freed memory)."""
+    import os
+    import subprocess
+    import sys
+
+    import diffusers
+
+    torch.manual_seed(0)
+    # Full-width-ish Flux blocks, 140 M parameters: big enough that RSS noise is small.
+    diffusers.FluxTransformer2DModel(num_layers=2, num_single_layers=4, attention_head_dim=128, num_attention_heads=8,
+                                     joint_attention_dim=1024, pooled_projection_dim=256
+                                     ).to(torch.bfloat16).save_pretrained(tmp_path / "transformer")
+    size = (tmp_path / "transformer" / WEIGHTS).stat().st_size
+    done = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(tmp_path / "transformer")], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+    peak = int(done.stdout.strip().splitlines()[-1])
+    assert peak <= 1.0 * size, f"loading + quantising peaked at {peak / size:.2f}x the bf16 file"

@@ -17,6 +17,7 @@ way.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import defaultdict
@@ -105,9 +106,35 @@ def load_quantised(model_class: Any, folder: Path, files: dict[str, Path], preci
             # Only whole modules can hold a Linear; a parent's own tensors are never one.
             quantise_under(model, precision, exclude, prefix or None)
         blocks += 1
+        _return_freed_memory()
     logger.info("loaded %s in %d blocks and quantised %d layers to %s", model_class.__name__, blocks,
                 len(quantised_layer_names(model)), precision)
     return model.to(device)
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc only; elsewhere nothing).
+
+    Each block's bf16 copies and quantisation temporaries are freed, but glibc
+    keeps freed heap memory for reuse, and the long-lived quantised tensors
+    allocated in between fragment it so it is seldom reused: without this, the
+    SDXL UNet's int8 load peaked at 7.9 GiB instead of 2.9 GiB (4.8 GiB in bf16).
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 def blocks_of(module: torch.nn.Module, limit: int, prefix: str = "") -> Iterator[tuple[str, torch.nn.Module, bool]]:
