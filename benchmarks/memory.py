@@ -122,7 +122,9 @@ def _config(model: str, folder: Path, precision: str, resolution: int):
     from simpletuner.config.loader import load_config
 
     config = load_config(["--model_family", model, "--pretrained_model_name_or_path", str(folder),
-                          "--data_backend_config", "unused.json", "--resolution", str(resolution)], env={}, cwd=REPO)
+                          "--data_backend_config", "unused.json", "--resolution", str(resolution),
+                          "--base_model_precision", "no_change" if precision == "bf16" else precision],
+                         env={}, cwd=REPO)
     return config, precision
 
 
