@@ -15,9 +15,11 @@ What runs
   transformer is written as headers only (no data) and estimated too: the
   estimate never reads a weight.
 * Each case in its own subprocess, one after another: load the denoiser in
-  bf16 (``from_pretrained(torch_dtype=bfloat16)``), quantise it (optimum-quanto
-  ``quantize`` + ``freeze``, or torchao ``quantize_(Int8WeightOnlyConfig())``)
-  unless bf16, add the trainer's LoRA (rank 16, the family's default targets),
+  bf16 (``from_pretrained(torch_dtype=bfloat16)``), or for a quantised case
+  load it as the trainer does (``simpletuner.quantisation.streaming``: built on
+  the meta device, each block read from the file and quantised with quanto
+  ``quantize`` + ``freeze`` or torchao ``Int8WeightOnlyConfig`` before the
+  next, the family's keep-unquantised layers left alone), add the trainer's LoRA (rank 16, the family's default targets),
   build the trainer's optimizer (adamw_bf16), and run one training step
   (forward under bf16 autocast, backward, optimizer step) at one
   ``--resolution`` square, batch 1.
@@ -120,7 +122,9 @@ def _config(model: str, folder: Path, precision: str, resolution: int):
     from simpletuner.config.loader import load_config
 
     config = load_config(["--model_family", model, "--pretrained_model_name_or_path", str(folder),
-                          "--data_backend_config", "unused.json", "--resolution", str(resolution)], env={}, cwd=REPO)
+                          "--data_backend_config", "unused.json", "--resolution", str(resolution),
+                          "--base_model_precision", "no_change" if precision == "bf16" else precision],
+                         env={}, cwd=REPO)
     return config, precision
 
 
@@ -136,34 +140,19 @@ def _estimate(model: str, folder: Path, precision: str, resolution: int):
     config, _ = _config(model, folder, precision, resolution)
     family = get_family(model, config)
     estimate = estimate_memory(config, family, ModelSource(base=str(folder)), (resolution, resolution),
-                               torch.bfloat16, quantised_weight_bytes(precision))
+                               torch.bfloat16,
+                               quantised_weight_bytes("no_change" if precision == "bf16" else precision))
     return estimate, required_memory(estimate, torch.device("cpu"))
 
 
 # ------------------------------------------------------------------- one case
-def _quantise(denoiser, precision: str) -> None:
-    if precision.endswith("-quanto"):
-        from optimum.quanto import freeze, qint4, qint8, quantize
-
-        quantize(denoiser, weights={"int8-quanto": qint8, "int4-quanto": qint4}[precision])
-        freeze(denoiser)
-        # quanto's CPU int8/int4 matmuls reject inputs that are not contiguous
-        # (the UNet's permuted proj_in input); a real run needs the same fix.
-        for module in denoiser.modules():
-            if type(module).__name__ == "QLinear":
-                module.register_forward_pre_hook(lambda _m, args: (args[0].contiguous(), *args[1:]))
-    elif precision == "int8-torchao":
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_
-
-        quantize_(denoiser, Int8WeightOnlyConfig())
-
-
 def run_case(model: str, folder: Path, precision: str, resolution: int) -> dict:
     import torch
     import diffusers
 
     from simpletuner.config.model import replace
     from simpletuner.families.registry import get_family
+    from simpletuner.quantisation.streaming import load_quantised, weight_files
     from simpletuner.training.optimizers import build_optimizer
     from simpletuner.training.trainable import trainable_for
 
@@ -173,10 +162,15 @@ def run_case(model: str, folder: Path, precision: str, resolution: int) -> dict:
     family = get_family(model, config)
     baseline = _rss()
     started = time.perf_counter()
-    denoiser = getattr(diffusers, class_name).from_pretrained(str(folder / component), torch_dtype=torch.bfloat16)
+    if precision == "bf16":
+        denoiser = getattr(diffusers, class_name).from_pretrained(str(folder / component), torch_dtype=torch.bfloat16)
+        denoiser.requires_grad_(False)
+    else:
+        # The trainer's loader: built on the meta device, read and quantised block by block.
+        denoiser = load_quantised(getattr(diffusers, class_name), folder / component,
+                                  weight_files(folder / component), precision, family.quantisation_exclude,
+                                  "cpu", torch.bfloat16)
     family.denoiser_loaded(denoiser)
-    denoiser.requires_grad_(False)
-    _quantise(denoiser, precision)
     load_peak, load_time = _peak() - baseline, time.perf_counter() - started
     trainable = trainable_for(config, family)
     trainable.prepare(denoiser)

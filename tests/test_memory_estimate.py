@@ -171,3 +171,19 @@ def test_a_run_that_cannot_fit_stops_before_loading_unless_overridden(tmp_path: 
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert any((tmp_path / "vae").rglob("*.safetensors"))  # it went on to load the VAE and encode
     assert "memory estimate (batch 1 at 64x64" in allowed.stderr
+
+
+def test_a_quantised_load_is_estimated_block_by_block(tiny_sdxl: Path, monkeypatch) -> None:
+    """quanto/torchao load block by block (quantisation/streaming.py): RAM holds the quantised
+    model plus one block, never the whole model at full width as an unquantised load does."""
+    from simpletuner.memory.report import estimate_for_run
+
+    # Blocks as small against the tiny model as real blocks are against SDXL's UNet.
+    monkeypatch.setattr("simpletuner.quantisation.streaming.BLOCK_PARAMETERS", 4096)
+    family = get_family("sdxl", None)
+    plain = estimate_for_run(_config("sdxl", tiny_sdxl), family, ModelSource(base=str(tiny_sdxl)), (64, 64))
+    quantised = estimate_for_run(_config("sdxl", tiny_sdxl, "--base_model_precision", "int8-quanto"), family,
+                                 ModelSource(base=str(tiny_sdxl)), (64, 64))
+    trained = quantised.training["trained weights"]
+    assert quantised.loading - trained < plain.loading - plain.training["trained weights"]
+    assert quantised.loading - trained >= quantised.training["frozen weights"]

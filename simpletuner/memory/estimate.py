@@ -83,11 +83,25 @@ def estimate_memory(
     caching = sum(c.stored_bytes for n, c in components.items() if n not in ("vae", family.denoiser_component))
     if "vae" in components:
         caching += components["vae"].parameters * FP32
-    # Loading reads the weights at the frozen dtype; quantising replaces them
-    # block by block, so the full-width model is the most RAM holds at once.
-    loading = max(at_dtype, frozen) + trained * FP32
+    loading = _loading_peak(config, skeleton.module, at_dtype, frozen, quantised_bytes, dtype_bytes) + trained * FP32
     return MemoryEstimate(components, bucket, config.train_batch_size, loading, caching, training, in_ram,
                           activations, bool(config.gradient_checkpointing))
+
+
+def _loading_peak(config: Any, module: torch.nn.Module, at_dtype: int, frozen: int, quantised_bytes: Optional[float],
+                  dtype_bytes: int) -> int:
+    """RAM while the denoiser loads.  Unquantised, or nf4-bnb: the weights at the
+    frozen dtype.  quanto/torchao load block by block (quantisation/streaming.py):
+    the quantised model so far plus one block twice over (its mapped file pages
+    and the copy read from them), at most the largest block."""
+    from simpletuner.quantisation.precisions import get_precision
+    from simpletuner.quantisation.streaming import BLOCK_PARAMETERS, blocks_of
+
+    if quantised_bytes is None or get_precision(config.base_model_precision).backend not in ("quanto", "torchao"):
+        return max(at_dtype, frozen)
+    largest = max(sum(p.numel() for p in (block.parameters() if whole else block.parameters(recurse=False)))
+                  for _, block, whole in blocks_of(module, BLOCK_PARAMETERS))
+    return frozen + 2 * largest * dtype_bytes
 
 
 def _activations(config: Any, family: ModelFamily, source: ModelSource, module: torch.nn.Module,

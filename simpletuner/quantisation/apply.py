@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from fnmatch import fnmatch
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -50,37 +50,55 @@ def place(module: torch.nn.Module, precision: str, exclude: Sequence[str], devic
 
 def quantise(module: torch.nn.Module, precision: str, exclude: Sequence[str] = ()) -> torch.nn.Module:
     """Quantise ``module``'s Linear weights in place (quanto or torchao) and freeze them."""
+    if get_precision(precision).backend == "bnb":
+        raise ValueError("nf4-bnb quantises while moving to the GPU; call place()")
+    quantise_under(module, precision, exclude)
+    count = sum(1 for m in module.modules() if _is_quantised(m))
+    logger.info("quantised %d layers of %s to %s", count, type(module).__name__, precision)
+    return module
+
+
+def quantise_under(module: torch.nn.Module, precision: str, exclude: Sequence[str] = (),
+                   prefix: Optional[str] = None) -> None:
+    """Quantise the quanto/torchao layers of ``module`` named ``prefix`` or below it (all when None).
+
+    Names, and so ``exclude``, stay relative to ``module``: the streamed loader
+    (streaming.py) quantises one loaded block of the whole denoiser at a time
+    and the family's patterns mean the same as when the whole model is done.
+    """
     backend = get_precision(precision).backend
     if backend == "quanto":
         import optimum.quanto as quanto
 
-        quanto.quantize(module, weights=getattr(quanto, _QUANTO_WEIGHTS[precision]), exclude=list(exclude) or None)
+        include = None if prefix is None else [prefix, f"{prefix}.*"]
+        quanto.quantize(module, weights=getattr(quanto, _QUANTO_WEIGHTS[precision]), include=include,
+                        exclude=list(exclude) or None)
         quanto.freeze(module)
-        _feed_contiguous_inputs(module)
+        _feed_contiguous_inputs(module, prefix)
     elif backend == "torchao":
         from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
         config = Int8WeightOnlyConfig() if precision == "int8-torchao" else Float8WeightOnlyConfig()
-        quantize_(module, config,
-                  filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and not excluded(name, exclude))
-    elif backend == "bnb":
-        raise ValueError("nf4-bnb quantises while moving to the GPU; call place()")
-    count = sum(1 for m in module.modules() if _is_quantised(m))
-    logger.info("quantised %d layers of %s to %s", count, type(module).__name__, precision)
-    return module
+        quantize_(module, config, filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and _under(name, prefix)
+                  and not excluded(name, exclude))
+
+
+def _under(name: str, prefix: Optional[str]) -> bool:
+    return prefix is None or name == prefix or name.startswith(prefix + ".")
 
 
 def _contiguous_input(_module: torch.nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else args
 
 
-def _feed_contiguous_inputs(module: torch.nn.Module) -> None:
+def _feed_contiguous_inputs(module: torch.nn.Module, prefix: Optional[str] = None) -> None:
     """quanto's packed int8/int4 CPU matmuls refuse bf16 inputs that are not
     contiguous (``_weight_int8pack_mm_cpu : A must be contiguous``), which
     SDXL's permuted ``proj_in`` input is at full size; ``contiguous()`` costs
-    nothing for inputs that already are."""
-    for layer in module.modules():
-        if _is_quantised(layer):
+    nothing for inputs that already are.  Only layers under ``prefix`` get the
+    hook, so quantising block by block registers it once per layer."""
+    for name, layer in module.named_modules():
+        if _under(name, prefix) and _is_quantised(layer):
             layer.register_forward_pre_hook(_contiguous_input)
 
 

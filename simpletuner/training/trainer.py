@@ -23,7 +23,7 @@ from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.families.registry import get_family
 from simpletuner.logs import attach_log_file
 from simpletuner.memory.report import check_memory
-from simpletuner.quantisation.apply import place
+from simpletuner.quantisation.streaming import load_placed_denoiser
 from simpletuner.training.batches import caption_dropout, collate, to_device
 from simpletuner.training.caches import prepare_caches
 from simpletuner.training.checkpoint import publish
@@ -162,11 +162,10 @@ class Trainer:
         return self.show_progress and self.accelerator.is_local_main_process
 
     def _load_trainable_denoiser(self) -> torch.nn.Module:
-        denoiser = self.family.load_denoiser(self.source)
-        denoiser.requires_grad_(False)
-        # Cast, quantise (--base_model_precision) and move, in the order --quantize_via says.
-        place(denoiser, self.config.base_model_precision, self.family.quantisation_exclude, self.device,
-              self.trainable.frozen_dtype(self.dtype), self.config.quantize_via)
+        # Load frozen, cast, quantise (--base_model_precision; block by block when it
+        # quantises) and move, in the order --quantize_via says.
+        denoiser = load_placed_denoiser(self.family, self.source, self.config.base_model_precision, self.device,
+                                        self.trainable.frozen_dtype(self.dtype), self.config.quantize_via)
         self.trainable.prepare(denoiser)
         if self.config.lora_format == "comfyui":
             from simpletuner.training.adapters import diffusers_lora_state
