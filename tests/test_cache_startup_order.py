@@ -26,8 +26,8 @@ def test_text_encoders_load_only_after_the_vae_is_freed(tmp_path: Path, tiny_sdx
     real_load_vae, real_load_text, real_encode = (
         SDXLFamily.load_vae, SDXLFamily.load_text_encoders, SDXLFamily.encode_images)
 
-    def load_vae(self, source):
-        vae = real_load_vae(self, source)
+    def load_vae(self, source, *args, **kwargs):
+        vae = real_load_vae(self, source, *args, **kwargs)
         vaes.append(weakref.ref(vae))
         events.append("load vae")
         return vae

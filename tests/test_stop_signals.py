@@ -150,7 +150,8 @@ def test_a_signal_while_caching_keeps_the_caches(tmp_path: Path, tiny_sdxl: Path
     log = tmp_path / "caching.console"
     process = start_train_sh(root, log)
     started.append(process)
-    _wait_for(log, re.compile(r"steps in total"), process)  # the summary, just before caching starts
+    # The start-up summary ends with the memory estimate, just before caching starts.
+    _wait_for(log, re.compile(r"peak: .* on the training device"), process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=300) == 143
     console = log.read_text()

@@ -8,8 +8,10 @@ Linear layers (what quantisation shrinks) and trace the forward pass.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -45,7 +47,9 @@ def build_skeleton(family: ModelFamily, source: ModelSource, config: Any, frozen
     adapter_config = replace(config, lora_init_type="default") if config.model_type == "lora" else config
     trainable = trainable_for(adapter_config, family)
     linear = _linear_weight_parameters(module)
-    with torch.device("meta"):
+    # The real run prepares the adapter again and says what it has to say
+    # (a LyCORIS preset that misses, say); this shape-only copy stays quiet.
+    with torch.device("meta"), _quiet("simpletuner.training"):
         trainable.prepare(module)
     trained = trainable.parameters(module)
     trained_ids = {id(p) for p in trained}
@@ -53,6 +57,17 @@ def build_skeleton(family: ModelFamily, source: ModelSource, config: Any, frozen
     if config.model_type == "full":
         frozen, linear = 0, 0
     return Skeleton(module, frozen, linear, sum(p.numel() for p in trained))
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _linear_weight_parameters(module: torch.nn.Module) -> int:
