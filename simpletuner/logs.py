@@ -7,11 +7,12 @@ user sees our messages, not theirs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 _NOISY_LOGGERS = ("torchao", "bitsandbytes", "torch.utils._pytree", "torch._dynamo", "diffusers", "transformers")
 
@@ -91,3 +92,15 @@ def log_file_path() -> Optional[Path]:
         if isinstance(handler, logging.FileHandler):
             return Path(handler.baseFilename)
     return None
+
+
+@contextlib.contextmanager
+def quieted(logger_name: str) -> Iterator[None]:
+    """Only errors from ``logger_name`` (and its children) while the block runs."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -8,14 +8,13 @@ Linear layers (what quantisation shrinks) and trace the forward pass.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 
 from simpletuner.families.base import ModelFamily, ModelSource
+from simpletuner.logs import quieted
 
 
 @dataclass
@@ -49,7 +48,7 @@ def build_skeleton(family: ModelFamily, source: ModelSource, config: Any, frozen
     linear = _linear_weight_parameters(module)
     # The real run prepares the adapter again and says what it has to say
     # (a LyCORIS preset that misses, say); this shape-only copy stays quiet.
-    with torch.device("meta"), _quiet("simpletuner.training"):
+    with torch.device("meta"), quieted("simpletuner.training"):
         trainable.prepare(module)
     trained = trainable.parameters(module)
     trained_ids = {id(p) for p in trained}
@@ -57,17 +56,6 @@ def build_skeleton(family: ModelFamily, source: ModelSource, config: Any, frozen
     if config.model_type == "full":
         frozen, linear = 0, 0
     return Skeleton(module, frozen, linear, sum(p.numel() for p in trained))
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _linear_weight_parameters(module: torch.nn.Module) -> int:

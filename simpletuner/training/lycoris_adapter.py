@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from simpletuner.errors import ConfigError
+from simpletuner.logs import quieted
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +32,6 @@ CHILD_NAME = "lycoris_network"
 # each build so one run's preset never leaks into another in the same process.
 _PRESET_ATTRIBUTES = ("ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "MODULE_ALGO_MAP",
                       "NAME_ALGO_MAP", "LORA_PREFIX", "USE_FNMATCH", "TARGET_EXCLUDE_NAME")
-
-
-@contextmanager
-def _quiet_lycoris() -> Iterator[None]:
-    """LyCORIS prints its progress to stdout at INFO; our own summary replaces it."""
-    lycoris_logger = logging.getLogger("LyCORIS")
-    level = lycoris_logger.level
-    lycoris_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        lycoris_logger.setLevel(level)
 
 
 @contextmanager
@@ -72,7 +61,8 @@ def attach_lycoris(denoiser: torch.nn.Module, spec: dict[str, Any], source: str,
     # create_lycoris applies a built-in preset of its own after ours; the
     # built-ins differ only in enable_conv, so pick the one matching the file.
     builtin = "full" if preset.get("enable_conv", True) else "full-lin"
-    with _quiet_lycoris(), _preset_applied(preset):
+    # LyCORIS prints its progress to stdout at INFO; our own summary replaces it.
+    with quieted("LyCORIS"), _preset_applied(preset):
         network = create_lycoris(
             denoiser,
             float(spec.get("multiplier", 1.0)),
@@ -89,7 +79,7 @@ def attach_lycoris(denoiser: torch.nn.Module, spec: dict[str, Any], source: str,
         )
     for message in unmatched_targets(denoiser, preset, family):
         logger.warning("--lycoris_config=%s: %s", source, message)
-    with _quiet_lycoris():
+    with quieted("LyCORIS"):
         network.apply_to()
     device = next(denoiser.parameters()).device
     network.to(device=device, dtype=torch.float32)
