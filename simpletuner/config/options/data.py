@@ -1,0 +1,163 @@
+"""Options: datasets, image and text processing, caching."""
+
+from __future__ import annotations
+
+from simpletuner.config.option import Option
+from simpletuner.config.options.common import (
+    CACHING,
+    DATA,
+    IMAGES,
+)
+
+OPTIONS: tuple[Option, ...] = (
+    # ------------------------------------------------------------------ Data
+    Option(
+        "data_backend_config", "path", None,
+        "The multidatabackend.json file that lists the datasets to train on and "
+        "their caches.",
+        DATA,
+    ),
+    Option(
+        "data_backend_sampling", "str", "auto-weighting",
+        "How batches are shared between datasets: auto-weighting by each "
+        "dataset's size and repeats, or uniform by their probabilities alone.",
+        DATA, choices=("uniform", "auto-weighting"),
+    ),
+    Option(
+        "override_dataset_config", "bool", False,
+        "Accept a change to a dataset's size or crop settings after its latents "
+        "were cached: rebuild its buckets and encode again, instead of stopping.",
+        DATA,
+    ),
+    Option(
+        "preserve_data_backend_cache", "bool", False,
+        "Keep each dataset's saved file list and bucket metadata as they are "
+        "instead of refreshing them at start-up.",
+        DATA,
+    ),
+    Option(
+        "skip_file_discovery", "list", None,
+        "Start-up checks every dataset skips unless it sets its own: aspect and "
+        "metadata trust the saved file list, vae and text assume the latent and "
+        "text-embed caches are complete.",
+        DATA, choices=("vae", "aspect", "text", "metadata"),
+    ),
+    Option(
+        "caption_dropout_probability", "float", 0.0,
+        "Chance of training a sample with the empty prompt's embeddings instead "
+        "of its caption's, which teaches unconditional generation (for CFG).",
+        DATA, minimum=0, maximum=1,
+    ),
+    Option(
+        "dataloader_prefetch", "bool", False,
+        "Prepare batches ahead of time in the background, for runs where reading "
+        "files is the bottleneck.",
+        DATA, implemented=False,
+    ),
+    Option(
+        "dataloader_prefetch_qlen", "int", 10,
+        "How many prepared batches each process keeps ready when prefetching.",
+        DATA, minimum=1, implemented=False,
+    ),
+    # --------------------------------------------- Image and text processing
+    Option(
+        "resolution", "float", 1024,
+        "Training size used by datasets that set none: pixels for pixel and "
+        "pixel_area, megapixels for area.",
+        IMAGES, minimum=0,
+    ),
+    Option(
+        "resolution_type", "str", "pixel_area",
+        "How --resolution is read: pixel sets the shorter edge, pixel_area sets "
+        "an area of resolution squared split into aspect buckets, area "
+        "(deprecated) is pixel_area given in megapixels (1.0 = 1000x1000).",
+        IMAGES, choices=("pixel", "area", "pixel_area"),
+    ),
+    Option(
+        "aspect_bucket_alignment", "int", 64,
+        "Bucket widths and heights are rounded to a multiple of this many pixels.",
+        IMAGES, minimum=8,
+    ),
+    Option(
+        "aspect_bucket_rounding", "int", None,
+        "Round each image's aspect ratio to this many decimal places before "
+        "bucketing, merging near-identical aspects. Unset keeps buckets exact.",
+        IMAGES, minimum=1, maximum=9,
+    ),
+    Option(
+        "minimum_image_size", "float", None,
+        "Leave out images smaller than this (same unit as --resolution). Unset "
+        "keeps them all.",
+        IMAGES, minimum=0,
+    ),
+    Option(
+        "crop", "bool", False,
+        "Crop newly discovered images to their bucket's shape instead of only "
+        "resizing them.",
+        IMAGES,
+    ),
+    Option(
+        "crop_style", "str", "random",
+        "Which part is kept when cropping: the center, the bottom-right corner, a "
+        "random window, or the largest face.",
+        IMAGES, choices=("center", "corner", "random", "face"), aliases={"centre": "center"},
+    ),
+    Option(
+        "crop_aspect", "str", "square",
+        "Shape of crops: square, preserve (the image's own aspect), or closest or "
+        "random from --crop_aspect_buckets.",
+        IMAGES, choices=("square", "preserve", "closest", "random"),
+    ),
+    Option(
+        "crop_aspect_buckets", "list", None,
+        "Aspect ratios (width / height) that the closest and random crop aspects "
+        "choose from.",
+        IMAGES,
+    ),
+    Option(
+        "caption_strategy", "str", "filename",
+        "Where captions come from: a .txt file beside each image, the cleaned-up "
+        "file name, a parquet table, or the dataset's instance_prompt.",
+        IMAGES, choices=("textfile", "filename", "parquet", "instanceprompt"),
+    ),
+    # --------------------------------------------------------------- Caching
+    Option(
+        "vae_batch_size", "int", 4,
+        "Images encoded together when filling the latent cache.",
+        CACHING, minimum=1,
+    ),
+    Option(
+        "text_encoder_batch_size", "int", 8,
+        "Captions encoded together when filling the text-embed cache.",
+        CACHING, minimum=1,
+    ),
+    Option(
+        "vae_dtype", "str", "default",
+        "Dtype the VAE runs in while encoding the latent cache: default keeps the "
+        "family's choice (fp32); fp16 or bf16 encode faster in less memory but give "
+        "slightly different latents (a different cache key, so they are encoded "
+        "again). The stock SDXL VAE overflows in fp16: use an fp16-safe VAE "
+        "(--pretrained_vae_model_name_or_path) with fp16.",
+        CACHING, choices=("default", "fp16", "bf16", "fp32"),
+    ),
+    Option(
+        "vae_cache_scan_behaviour", "str", "recreate",
+        "What a dataset's scan_for_errors check does with a bad latent: recreate "
+        "deletes it to be encoded again; sync keeps a sound latent of another size "
+        "and moves its image to the bucket that latent fits.",
+        CACHING, choices=("recreate", "sync"),
+    ),
+    Option(
+        "compress_disk_cache", "bool", False,
+        "Compress cached latents and text embeds on disk; saves much space on "
+        "padded T5 embeds. Entries of either form are read whatever this is set to.",
+        CACHING,
+    ),
+    Option(
+        "offload_during_startup", "bool", False,
+        "Keep the text encoders off the accelerator while the latent cache is "
+        "built. Always the case here: text encoders load only after the VAE is "
+        "freed, so this setting changes nothing.",
+        CACHING,
+    ),
+)

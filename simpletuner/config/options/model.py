@@ -1,0 +1,162 @@
+"""Options: core model, its components, precision and quantisation."""
+
+from __future__ import annotations
+
+from simpletuner.config.option import Option
+from simpletuner.config.options.common import (
+    BASE_MODEL_PRECISIONS,
+    BF16_COMPUTE,
+    COMPONENTS,
+    CORE,
+    FROZEN_BASE,
+    MODEL_FAMILIES,
+    PRECISION,
+    T5_FAMILIES,
+)
+from simpletuner.families.registry import available_families
+
+OPTIONS: tuple[Option, ...] = (
+    # ------------------------------------------------------------ Core model
+    Option(
+        "model_type", "str", "lora",
+        "Train a small adapter on top of the frozen base model (lora), or update "
+        "every weight of the model (full).",
+        CORE, choices=("lora", "full"),
+    ),
+    Option(
+        "model_family", "str", None,
+        "The model architecture being trained. It has no default: name the family "
+        "that matches the base model (see --list_model_families).",
+        CORE, choices=MODEL_FAMILIES, implemented=available_families(),
+    ),
+    Option(
+        "pretrained_model_name_or_path", "path", None,
+        "The base model to start from: a Hugging Face Hub id or a local folder in "
+        "diffusers layout.",
+        CORE,
+    ),
+    Option(
+        "revision", "str", None,
+        "Branch, tag or commit of the base model's Hub repository to load.",
+        CORE,
+    ),
+    Option(
+        "variant", "str", None,
+        "Weight variant of the base model to load (for example fp16), where the "
+        "repository publishes one.",
+        CORE,
+    ),
+    Option(
+        "output_dir", "path", "output/models",
+        "Folder that receives checkpoints and the final trained weights.",
+        CORE,
+    ),
+    Option(
+        "refiner_training", "bool", False,
+        "Train one stage of a two-model (mixture-of-experts) setup in which each "
+        "model handles its own part of the noise schedule.",
+        CORE, implemented=False,
+    ),
+    # ------------------------------------------------------ Model components
+    Option(
+        "pretrained_vae_model_name_or_path", "path", None,
+        "Take the VAE from this Hub id or folder instead of from the base model.",
+        COMPONENTS,
+    ),
+    Option(
+        "pretrained_vae_subfolder", "str", None,
+        "Folder holding the VAE inside --pretrained_vae_model_name_or_path (unset: its "
+        "root), or inside the base model when no separate path is given.",
+        COMPONENTS,
+    ),
+    Option(
+        "pretrained_unet_model_name_or_path", "path", None,
+        "Take the UNet from this Hub id or folder instead of from the base model "
+        "(UNet families only).",
+        COMPONENTS,
+        families=("sdxl", "legacy", "kolors"),
+    ),
+    Option(
+        "pretrained_unet_subfolder", "str", None,
+        "Folder holding the UNet inside --pretrained_unet_model_name_or_path (unset: its "
+        "root), or inside the base model when no separate path is given.",
+        COMPONENTS,
+        families=("sdxl", "legacy", "kolors"),
+    ),
+    Option(
+        "pretrained_transformer_model_name_or_path", "path", None,
+        "Take the diffusion transformer from this Hub id or folder instead of from "
+        "the base model (transformer families only).",
+        COMPONENTS,
+        families=("sd3", "flux", "pixart_sigma"),
+    ),
+    Option(
+        "pretrained_transformer_subfolder", "str", None,
+        "Folder holding the transformer inside --pretrained_transformer_model_name_or_path (unset: its "
+        "root), or inside the base model when no separate path is given.",
+        COMPONENTS,
+        families=("sd3", "flux", "pixart_sigma"),
+    ),
+    Option(
+        "pretrained_t5_model_name_or_path", "path", None,
+        "Load the T5 text encoder and tokenizer from this Hub id or diffusers model "
+        "folder (same subfolder names as the base model), so one local copy can "
+        "serve several base models.",
+        COMPONENTS,
+        families=T5_FAMILIES,
+    ),
+    Option(
+        "sd3_skip_t5", "bool", False,
+        "For SD3, feed zeros in place of the T5 part of the prompt embeddings while "
+        "training, as the pipeline does when loaded without T5, so the model "
+        "learns to do without it.",
+        COMPONENTS,
+        families=("sd3",),
+    ),
+    # -------------------------------------------- Precision and quantisation
+    Option(
+        "mixed_precision", "str", "bf16",
+        "Number format used for the forward and backward passes: bf16, fp16, or no "
+        "for plain fp32.",
+        PRECISION, choices=("no", "bf16", "fp16"), implemented=("no", "bf16"),
+    ),
+    Option(
+        "base_model_precision", "str", "no_change",
+        "Quantise the frozen base model to save memory, with optimum-quanto, torchao "
+        "or bitsandbytes; no_change keeps the weights as loaded.  Which choices work "
+        "on which hardware is in documentation/QUANTISATION.md.",
+        PRECISION, choices=BASE_MODEL_PRECISIONS,
+    ),
+    Option(
+        "base_model_default_dtype", "str", "bf16",
+        "Storage dtype of the frozen base model's weights that are not quantised (the "
+        "whole frozen denoiser when --base_model_precision is no_change): bf16 halves "
+        "their memory, fp32 keeps full precision (autocast still computes in bf16). "
+        "Trained adapter weights stay fp32 either way.",
+        PRECISION, choices=("bf16", "fp32"),
+        applies_when=(FROZEN_BASE, BF16_COMPUTE),
+    ),
+    Option(
+        "quantize_via", "str", "cpu",
+        "Device that performs quantisation: cpu is slower but spares accelerator "
+        "memory, accelerator is quicker but can run out of memory on big models.",
+        PRECISION, choices=("cpu", "accelerator"),
+    ),
+    Option(
+        "quantize_activations", "bool", False,
+        "Also quantise the activations of the quantised layers; refused where the "
+        "backend cannot train that way (see documentation/QUANTISATION.md).",
+        PRECISION,
+    ),
+    *(
+        Option(
+            f"text_encoder_{index}_precision", "str", "no_change",
+            f"Quantise text encoder {index} while the text-embed cache is built (same "
+            "choices as --base_model_precision); the cache key includes it.",
+            PRECISION, choices=BASE_MODEL_PRECISIONS, families=families,
+        )
+        for index, families in (
+            (1, None), (2, ("sdxl", "sd3", "flux")), (3, ("sd3",)), (4, ()),
+        )
+    ),
+)

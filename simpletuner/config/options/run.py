@@ -1,0 +1,81 @@
+"""Options: hardware, performance and run control."""
+
+from __future__ import annotations
+
+from simpletuner.config.option import Option
+from simpletuner.config.options.common import (
+    CHECKPOINTING,
+    HARDWARE,
+    RUN,
+)
+
+OPTIONS: tuple[Option, ...] = (
+    # ---------------------------------------------- Hardware and performance
+    Option(
+        "gradient_checkpointing", "bool", False,
+        "Recompute activations during the backward pass instead of storing them: "
+        "much less memory, somewhat slower steps.",
+        HARDWARE,
+    ),
+    Option(
+        "gradient_checkpointing_interval", "int", None,
+        "Checkpoint only every n-th block (1 checkpoints them all, 2 every other "
+        "one), trading some memory back for speed. Needs --gradient_checkpointing.",
+        HARDWARE, minimum=1,
+        applies_when=(CHECKPOINTING,),
+    ),
+    Option(
+        "attention_mechanism", "str", "diffusers",
+        "Attention implementation: diffusers (PyTorch SDPA), xformers, or "
+        "sageattention (mainly for inference, see --sageattention_usage).",
+        HARDWARE, choices=("diffusers", "xformers", "sageattention"), implemented=False,
+    ),
+    Option(
+        "sageattention_usage", "str", "inference",
+        "When SageAttention is used. Using it for training leaves the attention "
+        "projections without gradients, so those layers do not learn.",
+        HARDWARE, choices=("training", "inference", "training+inference"),
+        implemented=False,
+    ),
+    Option(
+        "fused_qkv_projections", "bool", False,
+        "Merge the query, key and value projections of attention into one matmul. "
+        "Needs H100/H200-class hardware with Flash Attention 3.",
+        HARDWARE, implemented=False,
+    ),
+    Option(
+        "memory_limit_gb", "float", None,
+        "Memory in GiB the run may use, checked against the memory estimate before "
+        "loading. Unset uses what the device reports free (system RAM when training "
+        "on the CPU).",
+        HARDWARE, minimum=0,
+    ),
+    Option(
+        "skip_memory_check", "bool", False,
+        "Start even when the memory estimate exceeds the memory available, instead "
+        "of stopping before anything is loaded.",
+        HARDWARE,
+    ),
+    # ----------------------------------------------------------- Run control
+    Option(
+        "print_config", "bool", False,
+        "Print the fully resolved configuration, with secrets hidden, and exit.",
+        RUN,
+    ),
+    Option(
+        "estimate_memory", "bool", False,
+        "Print the memory the run would need (parameters from the model's config and "
+        "safetensors headers, no weights loaded), and exit.",
+        RUN,
+    ),
+    Option(
+        "list_model_families", "bool", False,
+        "List the model families that can be trained, and exit.",
+        RUN,
+    ),
+    Option(
+        "cache_only", "bool", False,
+        "Build every latent and text-embed cache, then exit without training.",
+        RUN,
+    ),
+)
