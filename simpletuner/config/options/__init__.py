@@ -62,6 +62,11 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
         "How much the trainer logs; DEBUG adds detail useful in bug reports.",
     ),
     (
+        "SIMPLETUNER_PROGRESS", "auto",
+        "How training progress is shown: auto draws a bar on a terminal and otherwise "
+        "prints a line every few seconds; bar and lines force one or the other.",
+    ),
+    (
         "VENV_PATH", ".venv",
         "Python virtual environment that train.sh activates.",
     ),
