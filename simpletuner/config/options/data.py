@@ -73,7 +73,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "print_sampler_statistics", "bool", False,
-        "Show the start-up summary's per-bucket image and batch counts of each dataset.",
+        "Show how many images and batches each bucket of each dataset gives. Always the "
+        "case here: the start-up summary lists them, so this changes nothing.",
         DATA,
     ),
     Option(
