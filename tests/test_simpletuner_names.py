@@ -190,7 +190,7 @@ def test_offset_noise_turns_the_offset_on_with_simpletuners_strength(tmp_path: P
 def test_options_md_shows_spellings_and_why_names_are_refused():
     text = render()
     section = text.split("### `--checkpointing_steps`")[1].split("### ")[0]
-    assert "`--checkpoint_step_interval`" in section
+    assert "- **Also spelled**: `--checkpoint_step_interval`" in section
     controlnet = text.split("### `--controlnet`")[1].split("### ")[0]
     assert "ControlNet training is outside this trainer's scope" in controlnet
     workers = text.split("### `--max_workers`")[1].split("### ")[0]
