@@ -302,10 +302,15 @@ def test_implemented_tuples_are_nonempty_subsets_of_choices():
             assert option.implemented in (True, False), option.name
 
 
+# SimpleTuner names whose default true describes what this trainer always does
+# (text encoders stay frozen; each process already gets its own seed).
+ON_BY_DEFAULT_AND_DONE = {"freeze_encoder", "seed_for_each_device"}
+
+
 def test_not_implemented_options_default_to_off():
     # A default config must validate, so nothing unimplemented may be on by default.
     for option in OPTIONS:
-        if option.implemented is False and option.kind == "bool":
+        if option.implemented is False and option.kind == "bool" and option.name not in ON_BY_DEFAULT_AND_DONE:
             assert option.default is False, option.name
 
 
@@ -360,6 +365,20 @@ SLICE_FULLY = {
     "text_encoder_2_precision", "text_encoder_3_precision", "text_encoder_4_precision",
     # dtypes of the frozen base and of the VAE while caching (issue 13)
     "base_model_default_dtype", "vae_dtype",
+    # SimpleTuner's global dataset defaults, quarantine and noise-offset switch (issue 16)
+    "instance_prompt", "only_instance_prompt", "prepend_instance_prompt", "maximum_image_size",
+    "target_downsample_size", "cache_dir_vae", "cache_dir_text", "parquet_caption_column",
+    "parquet_filename_column", "aspect_bucket_worker_count", "print_filenames", "print_sampler_statistics",
+    "ignore_missing_files", "delete_problematic_images", "delete_unwanted_images", "offset_noise",
+}
+# Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's
+# tuning knobs for machinery this trainer does not have (issue 16).
+NO_EFFECT = {
+    "metadata_update_interval", "fully_unload_text_encoder", "i_know_what_i_am_doing",
+    "disable_segmented_timestep_sampling", "ema_foreach_disable", "aspect_bucket_disable_rebuild",
+    "enable_multiprocessing", "max_workers", "read_batch_size", "write_batch_size",
+    "image_processing_batch_size", "debug_aspect_buckets", "debug_dataset_loader", "aws_max_pool_connections",
+    "keep_vae_loaded", "local_rank",
 }
 
 
@@ -367,6 +386,8 @@ def test_implemented_matches_the_first_slice_exactly():
     for option in OPTIONS:
         if option.name in SLICE:
             assert option.implemented == SLICE[option.name], option.name
+        elif option.name in NO_EFFECT:
+            assert option.implemented is True and option.no_effect, option.name
         elif option.name in SLICE_FULLY:
             assert option.implemented is True, option.name
         else:

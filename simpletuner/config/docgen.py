@@ -43,16 +43,22 @@ def _format_default(option: Option) -> str:
 
 
 def _status(option: Option) -> str:
+    if option.no_effect:
+        return f"accepted for SimpleTuner configs, no effect here: {option.no_effect} (a set value is named at start-up)"
     if option.implemented is True:
         return "implemented"
     if option.implemented is False:
-        return "not implemented yet (only the default is accepted)"
+        why = f": {option.refusal}" if option.refusal else ""
+        return f"not implemented yet (only the default is accepted){why}"
     return "implemented for: " + ", ".join(f"`{c}`" for c in option.implemented)
 
 
 def _option_section(option: Option, heading: str | None = None, inherits: bool = False) -> list[str]:
     lines = [heading or f"### `--{option.name}`", "", option.help, ""]
     lines.append(f"- **Type**: {option.kind}")
+    if option.spellings:
+        lines.append("- **Also spelled**: " + ", ".join(f"`--{s}`" for s in option.spellings)
+                     + " (SimpleTuner's names; read as this option)")
     default = f"`{_format_default(option)}`"
     if inherits:
         default = f"the global `--{option.name}` option, else {default}"
@@ -99,6 +105,11 @@ def render() -> str:
         "without the leading `--`. String spellings such as `\"true\"` or `\"1e-4\"` are accepted",
         "in config files. The command line wins over the file. Options marked *not implemented",
         "yet* are rejected when set to anything but their default.",
+        "",
+        "Every option name of SimpleTuner v1.x and the renamed spellings of its current release are",
+        "understood: as one of ours (*Also spelled*), refused with the reason, or accepted and named at",
+        "start-up as having no effect here. Two spellings of one option set to different values are an",
+        "error. Family names `sd1x`/`sd2x` mean `legacy`, `pixart` means `pixart_sigma`.",
         "",
         "## Contents",
         "",

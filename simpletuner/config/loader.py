@@ -10,6 +10,7 @@ from simpletuner.config.inert import set_aside_inert
 from simpletuner.config.model import make_config
 from simpletuner.config.rules import information_only, rule_problems
 from simpletuner.config.sources import gather_values, locate_config_file
+from simpletuner.config.spellings import apply_simpletuner_meanings, respell
 from simpletuner.errors import ConfigError
 
 
@@ -33,10 +34,11 @@ def load_config(
     """
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
-    values, explicit, path, problems = gather_values(argv, env, cwd)
-    values, ignored = set_aside_inert(values)
+    values, explicit, path, problems, spelled = gather_values(argv, env, cwd)
+    values, ignored = set_aside_inert(apply_simpletuner_meanings(values))
+    ignored = tuple(respell(ignored, spelled))
     if not problems:
-        problems = rule_problems(values, env, hardware)
+        problems = respell(rule_problems(values, env, hardware), spelled)
     if check_datasets and values["data_backend_config"] and not information_only(values):
         from simpletuner.data.schema import data_backend_entry_problems
 

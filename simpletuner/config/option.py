@@ -44,6 +44,17 @@ class Option:
         applies_when: further :class:`AppliesWhen` conditions under which the
             option has an effect; when one is not met the run names the
             option and the condition's reason at start-up and ignores it.
+        spellings: other names of the option (SimpleTuner's renamed
+            spellings, ``checkpoint_step_interval`` for ``checkpointing_steps``),
+            accepted on the command line and in config files and read as this
+            option; ``--print_config`` shows the canonical name.
+        refusal: why a not-implemented option is refused, shown with "not
+            implemented yet" (for example that it belongs to a model family
+            this trainer does not support).
+        no_effect: why the option never changes anything here (a tuning knob
+            of SimpleTuner's own machinery that this design does not have); a
+            set value is named once at start-up and ignored, like an option
+            whose ``applies_when`` is not met.
     """
 
     name: str
@@ -59,6 +70,9 @@ class Option:
     aliases: Optional[dict] = None
     families: Optional[tuple] = None
     applies_when: tuple["AppliesWhen", ...] = ()
+    spellings: tuple[str, ...] = ()
+    refusal: Optional[str] = None
+    no_effect: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -76,6 +90,8 @@ class Option:
 
     def inert_reason(self, values: Mapping[str, Any]) -> Optional[str]:
         """Why this option has no effect with these ``values``, or None when it has one."""
+        if self.no_effect:
+            return self.no_effect
         family = values.get("model_family")
         if self.families and family and family not in self.families:
             return f"only --model_family {', '.join(self.families)} use{'s' if len(self.families) == 1 else ''} it, not {family}"

@@ -38,8 +38,9 @@ def not_implemented(values: Values) -> Optional[str]:
                     f"{option.flag}={_show(value)} is not implemented yet (working choices: {works})"
                 )
             else:
+                why = f" ({option.refusal})" if option.refusal else ""
                 problems.append(
-                    f"{option.flag} is not implemented yet; remove it or set it to "
+                    f"{option.flag} is not implemented yet{why}; remove it or set it to "
                     f"{_show(option.default)}"
                 )
     return "\n".join(problems) or None

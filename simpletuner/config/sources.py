@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from simpletuner.config.coerce import coerce_value, unknown_key_message
 from simpletuner.config.option import Option
-from simpletuner.config.options import GROUPS, OPTIONS, OPTIONS_BY_NAME
+from simpletuner.config.options import GROUPS, OPTIONS, OPTIONS_BY_NAME, SPELLING_TO_NAME
 from simpletuner.errors import ConfigError
 from simpletuner.json_errors import describe_json_error
 
@@ -109,19 +109,64 @@ def _read_file(path: Path, default_format: str) -> dict[str, Any]:
     return data
 
 
-def _normalise_keys(data: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
-    """{option name: typed value} of the good keys; one line per bad one added to ``problems``."""
+def _normalise_keys(
+    data: Mapping[str, Any], where: str, problems: list[str], spelled: Optional[dict[str, str]] = None
+) -> dict[str, Any]:
+    """{option name: typed value} of the good keys; one line per bad one added to ``problems``.
+
+    A key may be another spelling of an option (``checkpoint_step_interval``);
+    its value is stored under the option's name and ``spelled`` (when given)
+    records option name -> the spelling used.
+    """
     values: dict[str, Any] = {}
+    seen: dict[str, str] = {}
     for raw_key, value in data.items():
         key = str(raw_key).lstrip("-")
-        if key not in OPTIONS_BY_NAME:
-            problems.append(unknown_key_message(key, OPTIONS_BY_NAME, where))
+        name = SPELLING_TO_NAME.get(key, key)
+        if name not in OPTIONS_BY_NAME:
+            problems.append(unknown_key_message(key, _KNOWN_NAMES, where))
             continue
         try:
-            values[key] = coerce_value(OPTIONS_BY_NAME[key], value, where)
+            converted = _coerce_spelled(OPTIONS_BY_NAME[name], key, value, where)
         except ConfigError as error:
             problems.append(str(error))
+            continue
+        _store(values, seen, name, key, converted, where, problems)
+    if spelled is not None:
+        spelled.update({name: key for name, key in seen.items() if key != name})
     return values
+
+
+# Every name the loaders accept, for "did you mean" hints.
+_KNOWN_NAMES: tuple[str, ...] = tuple(OPTIONS_BY_NAME) + tuple(SPELLING_TO_NAME)
+
+
+def _coerce_spelled(option: Option, key: str, value: Any, where: str) -> Any:
+    """coerce_value, with a message naming the spelling the user wrote."""
+    try:
+        return coerce_value(option, value, where)
+    except ConfigError as error:
+        if key == option.name:
+            raise
+        raise ConfigError(str(error).replace(option.flag, f"--{key}", 1)) from None
+
+
+def _store(values: dict[str, Any], seen: dict[str, str], name: str, key: str, value: Any, where: str,
+           problems: list[str]) -> None:
+    """Put ``value`` under ``name``; two spellings of one option that disagree are a problem."""
+    if name in seen and seen[name] != key and values[name] != value:
+        problems.append(
+            f"{where}: --{seen[name]} and --{key} are the same option (--{name}) but set to different "
+            f"values ({_shown(OPTIONS_BY_NAME[name], values[name])} and {_shown(OPTIONS_BY_NAME[name], value)}); "
+            "keep one of them"
+        )
+        return
+    values[name] = value
+    seen.setdefault(name, key)
+
+
+def _shown(option: Option, value: Any) -> str:
+    return "a hidden value" if option.secret else repr(value)
 
 
 def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
@@ -141,6 +186,11 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     sections = {group: parser.add_argument_group(group) for group in GROUPS}
     for option in OPTIONS:
         sections[option.group].add_argument(option.flag, **_argparse_kwargs(option))
+        for spelling in option.spellings:
+            # Its own dest, so that two spellings that disagree can be told apart.
+            sections[option.group].add_argument(
+                f"--{spelling}", **{**_argparse_kwargs(option), "dest": spelling, "help": argparse.SUPPRESS}
+            )
     return parser
 
 
@@ -157,10 +207,14 @@ def _argparse_kwargs(option: Option) -> dict[str, Any]:
 
 def _help_line(option: Option) -> str:
     text = option.help.replace("%", "%%")
+    if option.spellings:
+        text += " (also: " + ", ".join(f"--{s}" for s in option.spellings) + ")"
     if option.default not in (None, False, "", [], ()):
         text += f" (default: {option.default})"
     if option.implemented is False:
-        text += " [not implemented yet]"
+        text += " [not implemented yet" + (f": {option.refusal}" if option.refusal else "") + "]"
+    elif option.no_effect:
+        text += f" [no effect here: {option.no_effect}]"
     elif isinstance(option.implemented, tuple):
         text += " [implemented: " + ", ".join(option.implemented) + "]"
     return text
@@ -169,31 +223,36 @@ def _help_line(option: Option) -> str:
 def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
     """Parse command-line flags into {option name: typed value}; all problems at once."""
     problems: list[str] = []
-    values = _parse_cli(argv, problems)
+    values = _parse_cli(argv, problems, {})
     if problems:
         raise ConfigError("\n".join(problems))
     return values
 
 
-def _parse_cli(argv: Sequence[str], problems: list[str]) -> dict[str, Any]:
+def _parse_cli(argv: Sequence[str], problems: list[str], spelled: dict[str, str]) -> dict[str, Any]:
     parser = build_parser()
     namespace, unknown = parser.parse_known_args(list(argv))
     after_unknown_flag = False
     for token in unknown:
         if token.startswith("--"):
             key = token[2:].split("=", 1)[0]
-            problems.append(unknown_key_message(key, OPTIONS_BY_NAME, "command line"))
+            problems.append(unknown_key_message(key, _KNOWN_NAMES, "command line"))
             after_unknown_flag = "=" not in token
         elif after_unknown_flag:
             after_unknown_flag = False  # the unknown option's value, already reported with it
         else:
             problems.append(f"command line: unexpected argument {token!r}; options start with --")
     values: dict[str, Any] = {}
-    for name, raw in vars(namespace).items():
+    seen: dict[str, str] = {}
+    for key, raw in vars(namespace).items():
+        name = SPELLING_TO_NAME.get(key, key)
         try:
-            values[name] = coerce_value(OPTIONS_BY_NAME[name], raw, "command line")
+            converted = _coerce_spelled(OPTIONS_BY_NAME[name], key, raw, "command line")
         except ConfigError as error:
             problems.append(str(error))
+            continue
+        _store(values, seen, name, key, converted, "command line", problems)
+    spelled.update({name: key for name, key in seen.items() if key != name})
     return values
 
 
@@ -205,7 +264,7 @@ def collect_values(
     Returns (values for every option, names the user set, config file used);
     raises ConfigError listing every problem :func:`gather_values` found.
     """
-    values, explicit, path, problems = gather_values(argv, env, cwd)
+    values, explicit, path, problems, _spelled = gather_values(argv, env, cwd)
     if problems:
         raise ConfigError("\n".join(problems))
     return values, explicit, path
@@ -213,25 +272,31 @@ def collect_values(
 
 def gather_values(
     argv: Sequence[str], env: Mapping[str, str], cwd: Path
-) -> tuple[dict[str, Any], set[str], Optional[Path], list[str]]:
+) -> tuple[dict[str, Any], set[str], Optional[Path], list[str], dict[str, str]]:
     """Like :func:`collect_values`, but returns the problems instead of raising.
 
     Every unknown key and bad value of the config file and of the command
     line is one line in the problems; the values they named stay at the
-    value from the other source or the default.
+    value from the other source or the default.  The last item maps option
+    name -> the other spelling the user wrote it as (the command line's
+    spelling when both sources set it), so messages can use the user's words.
     """
     problems: list[str] = []
-    cli_values = _parse_cli(argv, problems)
+    cli_spelled: dict[str, str] = {}
+    file_spelled: dict[str, str] = {}
+    cli_values = _parse_cli(argv, problems, cli_spelled)
     file_values: dict[str, Any] = {}
     used_path: Optional[Path] = None
     try:
         path, required = locate_config_file(env, cwd)
         if path is not None and (required or path.exists()):
             used_path = path
-            file_values = _normalise_keys(_read_file(path, config_backend(env)), str(path), problems)
+            file_values = _normalise_keys(_read_file(path, config_backend(env)), str(path), problems, file_spelled)
     except ConfigError as error:
         problems.append(str(error))
     values = {option.name: option.default for option in OPTIONS}
     values.update(file_values)
     values.update(cli_values)
-    return values, set(file_values) | set(cli_values), used_path, problems
+    spelled = {name: key for name, key in file_spelled.items() if name not in cli_values}
+    spelled.update(cli_spelled)
+    return values, set(file_values) | set(cli_values), used_path, problems, spelled

@@ -213,4 +213,10 @@ GLOBAL_DEFAULT_KEYS: Tuple[str, ...] = (
     "aspect_bucket_alignment",
     "preserve_data_backend_cache",
     "skip_file_discovery",
+    "instance_prompt",
+    "only_instance_prompt",
+    "prepend_instance_prompt",
+    "maximum_image_size",
+    "target_downsample_size",
+    "cache_dir_vae",
 )

@@ -12,6 +12,7 @@ sampling policy.  :class:`PreparedData` holds the result; its
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
@@ -20,6 +21,7 @@ from simpletuner.data.discovery import REASON_UNDECODABLE, DiscoveryResult, disc
 from simpletuner.data.csv_source import fetch_csv_images
 from simpletuner.data.drift import describe_changes, record_settings
 from simpletuner.data.notes import Note, dataset_notes
+from simpletuner.data.quarantine import QuarantinePolicy, move_to_quarantine
 from simpletuner.data.records import TrainingSample
 from simpletuner.data.sampler import BucketBatchSampler, BucketReport, check_buckets
 from simpletuner.data.schedule import SamplingPolicy
@@ -51,6 +53,8 @@ class PreparedData:
     skipped_by_planning: dict[str, dict[str, list[str]]]
     report: BucketReport
     notes: list[Note] = field(default_factory=list)  # what the plan does that the config does not say
+    quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)  # skip reasons whose files move away
+    examples: int = 3  # file names shown per skip reason (--print_filenames: all)
 
     def all_samples(self) -> list[TrainingSample]:
         return [s for samples in self.samples.values() for s in samples]
@@ -65,7 +69,7 @@ class PreparedData:
         ``epoch_line=False`` leaves out the closing steps-per-epoch line, for a
         caller that prints the figure in its own words (the trainer's summary).
         """
-        lines = [found.summary() for found in self.discovery.values()]
+        lines = [found.summary(self.examples) for found in self.discovery.values()]
         lines.append(self.report.table(epoch_line))
         return "\n".join(lines)
 
@@ -99,6 +103,10 @@ class PreparedData:
                            ", ".join(shown(p) for p in sorted(paths)[:5]) + (", ..." if len(paths) > 5 else ""))
             if reason == REASON_UNDECODABLE:
                 mark_undecodable(self.backends.dataset(dataset_id), paths)
+            if reason in self.quarantine.reasons:
+                moved = move_to_quarantine(self.backends.dataset(dataset_id), paths)
+                if moved:
+                    logger.warning(moved.summary())
         self.report = check_buckets(self.samples, self.report.batch_size, self.report.repeats,
                                     self.report.world_size, self.policy)
         return self.report
@@ -134,9 +142,13 @@ def prepare_training_data(
     notes: list[Note] = []
     discovery: dict[str, DiscoveryResult] = {}
     planning_skips: dict[str, dict[str, list[str]]] = {}
+    quarantine = QuarantinePolicy.from_config(config)
     for dataset in backends.image_datasets:
-        found, planned, skipped = plan_one(dataset, show_progress)
+        found, planned, skipped = plan_one(dataset, show_progress, getattr(config, "aspect_bucket_worker_count", None))
         notes.extend(dataset_notes(dataset, planned, found.records))
+        moved = move_to_quarantine(dataset, quarantine.chosen(found.skipped)) if quarantine.reasons else None
+        if moved:
+            notes.append(Note(logging.WARNING, moved.summary()))
         discovery[dataset.id] = found
         samples[dataset.id] = planned
         planning_skips[dataset.id] = skipped
@@ -148,16 +160,20 @@ def prepare_training_data(
     report = check_buckets(sets, config.train_batch_size, repeats, world_size, policy)
     for warning in report.warnings:
         logger.warning(warning)
-    return PreparedData(backends, sets, discovery, planning_skips, report, notes)
+    examples = sys.maxsize if getattr(config, "print_filenames", False) else 3
+    return PreparedData(backends, sets, discovery, planning_skips, report, notes, quarantine, examples)
 
 
 def plan_one(
-    dataset: DatasetConfig, show_progress: bool = True
+    dataset: DatasetConfig, show_progress: bool = True, workers: Optional[int] = None
 ) -> tuple[DiscoveryResult, list[TrainingSample], dict[str, list[str]]]:
-    """One dataset discovered and planned: (what discovery found, the samples, paths skipped by reason)."""
+    """One dataset discovered and planned: (what discovery found, the samples, paths skipped by reason).
+
+    ``workers`` threads read image headers (--aspect_bucket_worker_count; None: discovery's own choice).
+    """
     if dataset.csv is not None:
         fetch_csv_images(dataset, show_progress)
-    found = discover(dataset, progress=show_progress)
+    found = discover(dataset, progress=show_progress, workers=workers)
     planned, skipped = plan_dataset(found.records, dataset, _focus(dataset, found, show_progress))
     found.filter_out(skipped)
     return found, planned, skipped

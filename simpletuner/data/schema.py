@@ -27,8 +27,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from simpletuner.config.coerce import coerce_value, unknown_key_message
-from simpletuner.config.option import Option
+from simpletuner.config.coerce import unknown_key_message
 from simpletuner.data.aspect_map import AspectMap, parse_aspect_map
 from simpletuner.data.caption_filters import CaptionFilter, load_filter_list
 from simpletuner.data.csv_source import CsvSource, csv_source
@@ -39,6 +38,15 @@ from simpletuner.data.dataset_checks import (
     check_sizes,
     filter_source,
     parquet_spec,
+)
+from simpletuner.data.global_defaults import (  # noqa: F401 - DATASET_DEFAULT_OPTIONS is re-exported
+    DATASET_DEFAULT_OPTIONS,
+    coerce_key,
+    expand_templates,
+    global_defaults,
+    implemented_hint,
+    text_cache_default,
+    with_global_columns,
 )
 from simpletuner.data.image_embeds import ImageEmbedConfig, attach_image_embeds, image_embed_config
 from simpletuner.data.keys import DATASET_KEYS, GLOBAL_DEFAULT_KEYS, KEYS_BY_NAME
@@ -54,10 +62,6 @@ __all__ = [
     "TextEmbedConfig", "load_data_backend_config", "parse_data_backend_config",
 ]
 
-# Global options that shape every dataset but have no dataset key of their own.
-GLOBAL_ONLY_KEYS: Tuple[str, ...] = ("aspect_bucket_rounding",)
-# Every global option load_data_backend_config reads from its ``defaults``.
-DATASET_DEFAULT_OPTIONS: Tuple[str, ...] = GLOBAL_DEFAULT_KEYS + GLOBAL_ONLY_KEYS
 
 @dataclass(frozen=True)
 class DatasetConfig:
@@ -171,7 +175,7 @@ def parse_data_backend_config(
     raw, problems = _checked_entries(entries, os.path.basename(path))
     if problems:
         raise ConfigError("\n".join(problems))
-    return _build(path, raw, _global_defaults(defaults))
+    return _build(path, raw, global_defaults(defaults))
 
 
 def data_backend_entry_problems(path: str) -> List[str]:
@@ -231,35 +235,6 @@ def _read_json_list(path: str) -> list:
     return entries
 
 
-def _global_defaults(defaults: Mapping[str, Any]) -> Dict[str, Any]:
-    """Dataset defaults: declared defaults overridden by the global options given."""
-    resolved = {option.name: option.default for option in DATASET_KEYS}
-    for name in GLOBAL_DEFAULT_KEYS:
-        value = defaults.get(name)
-        if value is None:
-            continue
-        option = KEYS_BY_NAME[name]
-        converted = _coerce(option, value, "global options")
-        if not option.is_value_implemented(converted):
-            raise ConfigError(
-                f"global options: --{name} = {value!r} is not implemented yet for datasets; "
-                + _implemented_hint(option)
-            )
-        resolved[name] = converted
-    for name in GLOBAL_ONLY_KEYS:
-        resolved[name] = defaults.get(name)
-    return resolved
-
-
-def _coerce(option: Option, value: Any, where: str) -> Any:
-    """coerce_value, with the message naming the dataset key rather than a --flag."""
-    try:
-        return coerce_value(option, value, where)
-    except ConfigError as exc:
-        message = str(exc).replace(f"{where}: {option.flag}", f"{where}: key {option.name!r}", 1)
-        raise ConfigError(message) from None
-
-
 def _validate_entry(entry: Any, index: int, file_name: str, problems: List[str]) -> Optional[Dict[str, Any]]:
     """The values one dataset object sets, coerced; each bad key or value adds a line to ``problems``.
 
@@ -289,14 +264,14 @@ def _validate_entry(entry: Any, index: int, file_name: str, problems: List[str])
             values[key] = value  # a block or inline list; checked with the whole dataset
             continue
         try:
-            converted = _coerce(option, value, where)
+            converted = coerce_key(option, value, where)
         except ConfigError as error:
             problems.append(str(error))
             continue
         if converted is not None and not option.is_value_implemented(converted):
             shown = "a hidden value" if option.secret else repr(value)
             problems.append(
-                f"{where}: key {key!r} = {shown} is not implemented yet; " + _implemented_hint(option)
+                f"{where}: key {key!r} = {shown} is not implemented yet; " + implemented_hint(option)
             )
             continue
         values[key] = converted
@@ -310,19 +285,12 @@ def _validate_entry(entry: Any, index: int, file_name: str, problems: List[str])
 _BLOCK_KEYS = ("parquet", "caption_filter_list", "aspect_resolution_map")
 
 
-def _implemented_hint(option: Option) -> str:
-    if isinstance(option.implemented, tuple):
-        return "use one of: " + ", ".join(option.implemented)
-    if option.default is None:
-        return "remove the key"
-    return f"remove the key or set it to {json.dumps(option.default)}"
-
-
 def _build(path: str, raw: List[Dict[str, Any]], defaults: Dict[str, Any]) -> DataBackendConfig:
     name = os.path.basename(path)
     disabled = tuple(v["id"] for v in raw if v.get("disabled"))
     enabled = [v for v in raw if not v.get("disabled")]
-    text_raw = [v for v in enabled if v.get("dataset_type", "image") == "text_embeds"]
+    enabled = [expand_templates(v, defaults.get("model_family")) for v in enabled]
+    text_raw = [text_cache_default(v, defaults) for v in enabled if v.get("dataset_type", "image") == "text_embeds"]
     image_raw = [v for v in enabled if v.get("dataset_type", "image") == "image"]
     text_sets = tuple(_text_embed_config(v) for v in text_raw)
     if not image_raw:
@@ -402,6 +370,8 @@ def _image_config(
     where = f"dataset {values['id']!r}"
     merged = dict(defaults)
     merged.update({k: v for k, v in values.items() if v is not None})
+    merged = expand_templates(merged, defaults.get("model_family"))  # a global cache_dir_vae may hold {id}
+    merged["parquet"] = with_global_columns(merged)
     s3 = s3_settings(merged, where)
     csv = csv_source(merged, where) if merged["type"] == "csv" else None
     for key in ("instance_data_dir", "cache_dir_vae") if s3 is None and csv is None else ("cache_dir_vae",):
@@ -486,6 +456,7 @@ def _check_unique_cache_dirs(image_sets: Tuple[DatasetConfig, ...]) -> None:
         if other is not None:
             raise ConfigError(
                 f"dataset {dataset.id!r}: key 'cache_dir_vae' is also used by dataset {other!r}; "
-                "give each dataset its own cache_dir_vae"
+                "give each dataset its own cache_dir_vae (a shared --cache_dir_vae needs {id} in it, "
+                "e.g. cache/vae/{id})"
             )
         owners[dataset.cache_dir_vae] = dataset.id

@@ -66,6 +66,11 @@ def _at(location: str, s3: Optional[S3Settings], key: str) -> Storage:
     return LocalStorage(location)
 
 
+# Where --delete_problematic_images / --delete_unwanted_images move an aws dataset's
+# objects, at the bucket's root (see data/quarantine.py); never listed as images.
+QUARANTINE_PREFIX = "rejected/"
+
+
 def cache_prefixes_inside(dataset: "DatasetConfig") -> Set[str]:
     """Key prefixes (relative to the data prefix) of the dataset's caches that sit among its images."""
     images = images_of(dataset)
@@ -77,6 +82,8 @@ def cache_prefixes_inside(dataset: "DatasetConfig") -> Set[str]:
         if isinstance(cache, S3Storage) and cache.bucket == images.bucket and cache.prefix.startswith(prefix) \
                 and cache.prefix != prefix:
             inside.add(cache.prefix[len(prefix):])
+    if not prefix:  # the whole bucket is the dataset, so its quarantine sits among the images
+        inside.add(QUARANTINE_PREFIX)
     return inside
 
 

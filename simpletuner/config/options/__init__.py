@@ -18,8 +18,10 @@ This module must stay import-light (no torch): ``train.py --help`` reads it.
 
 from __future__ import annotations
 
+import dataclasses
+
 from simpletuner.config.option import Option
-from simpletuner.config.options import adapters, data, model, objective, optimisation, outputs, run
+from simpletuner.config.options import adapters, compat, data, model, objective, optimisation, outputs, run
 from simpletuner.config.options.common import (  # re-exported: callers import them from here
     FLOW_FAMILIES,
     GROUPS,
@@ -28,11 +30,10 @@ from simpletuner.config.options.common import (  # re-exported: callers import t
 )
 
 __all__ = ["ENVIRONMENT", "FLOW_FAMILIES", "GROUPS", "KOHYA_LORA_FAMILIES", "MODEL_FAMILIES", "OPTIONS",
-           "OPTIONS_BY_NAME"]
+           "OPTIONS_BY_NAME", "SPELLING_TO_NAME"]
 
-# Each group module declares its own options; the table is their union, in
-# display order.
-OPTIONS: tuple[Option, ...] = (
+# Each group module declares its own options.
+_DECLARED: tuple[Option, ...] = (
     model.OPTIONS
     + adapters.OPTIONS
     + optimisation.OPTIONS
@@ -42,7 +43,24 @@ OPTIONS: tuple[Option, ...] = (
     + run.OPTIONS
 )
 
+
+def _with_spellings(option: Option) -> Option:
+    extra = compat.SPELLINGS.get(option.name, ())
+    return dataclasses.replace(option, spellings=option.spellings + extra) if extra else option
+
+
+# The table: the group modules' options and SimpleTuner's names declared in
+# compat (those no group module declares), each with its other spellings, in
+# display order (stable, so each module's own order is kept within a group).
+OPTIONS: tuple[Option, ...] = tuple(sorted(
+    (_with_spellings(o) for o in _DECLARED + compat.undeclared(compat.OPTIONS, (o.name for o in _DECLARED))),
+    key=lambda option: GROUPS.index(option.group),
+))
+
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+# Every other accepted name of an option -> the option's name.
+SPELLING_TO_NAME: dict[str, str] = {spelling: o.name for o in OPTIONS for spelling in o.spellings}
 
 # Settings that belong in config/config.env, read by train.sh before Python
 # starts: (variable, default, help).  An empty default means unset.

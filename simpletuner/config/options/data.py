@@ -59,6 +59,62 @@ OPTIONS: tuple[Option, ...] = (
         "How many prepared batches each process keeps ready when prefetching.",
         DATA, minimum=1, implemented=False,
     ),
+    Option(
+        "aspect_bucket_worker_count", "int", None,
+        "Threads that read image headers while a dataset is scanned. Unset picks up to 4 "
+        "for local folders and 16 for S3 buckets.",
+        DATA, minimum=1,
+    ),
+    Option(
+        "print_filenames", "bool", False,
+        "List every skipped image by name in the start-up summary, not only the first "
+        "few of each reason.",
+        DATA,
+    ),
+    Option(
+        "print_sampler_statistics", "bool", False,
+        "Show how many images and batches each bucket of each dataset gives. Always the "
+        "case here: the start-up summary lists them, so this changes nothing.",
+        DATA,
+    ),
+    Option(
+        "ignore_missing_files", "bool", False,
+        "Carry on when an image listed by a saved file list is gone. Always the case here: "
+        "a missing image is left out with a reason in the summary, so this changes nothing.",
+        DATA,
+    ),
+    Option(
+        "delete_problematic_images", "bool", False,
+        "Move images that cannot be read or decoded out of the dataset, into a folder "
+        "named after it with .rejected beside it (a rejected/ prefix in an S3 bucket); "
+        "nothing is deleted, and the summary says how to put them back.",
+        DATA,
+    ),
+    Option(
+        "delete_unwanted_images", "bool", False,
+        "Move images left out for their size or aspect ratio (minimum_image_size, "
+        "minimum/maximum_aspect_ratio) into the same quarantine folder as "
+        "--delete_problematic_images; nothing is deleted.",
+        DATA,
+    ),
+    Option(
+        "metadata_update_interval", "int", 3600,
+        "Seconds between saves of a dataset's metadata while it is scanned.",
+        DATA, minimum=1,
+        no_effect="a dataset's metadata is saved once its scan ends, atomically",
+    ),
+    Option(
+        "parquet_caption_column", "str", None,
+        "Caption column of every dataset's parquet table that does not name its own "
+        "caption_column.",
+        DATA,
+    ),
+    Option(
+        "parquet_filename_column", "str", None,
+        "File name column of every dataset's parquet table that does not name its own "
+        "filename_column.",
+        DATA,
+    ),
     # --------------------------------------------- Image and text processing
     Option(
         "resolution", "float", 1024,
@@ -120,6 +176,37 @@ OPTIONS: tuple[Option, ...] = (
         "file name, a parquet table, or the dataset's instance_prompt.",
         IMAGES, choices=("textfile", "filename", "parquet", "instanceprompt"),
     ),
+    Option(
+        "instance_prompt", "str", None,
+        "Caption of datasets that set no instance_prompt of their own (used by "
+        "caption_strategy instanceprompt, --only_instance_prompt and "
+        "--prepend_instance_prompt).",
+        IMAGES,
+    ),
+    Option(
+        "only_instance_prompt", "bool", False,
+        "Train every dataset that does not say otherwise on its instance_prompt instead "
+        "of its captions.",
+        IMAGES,
+    ),
+    Option(
+        "prepend_instance_prompt", "bool", False,
+        "Put the instance_prompt before the captions of every dataset that does not say "
+        "otherwise.",
+        IMAGES,
+    ),
+    Option(
+        "maximum_image_size", "float", None,
+        "With crop, images larger than this (same unit as --resolution) are first "
+        "downsampled to --target_downsample_size, for datasets that set neither.",
+        IMAGES, minimum=0,
+    ),
+    Option(
+        "target_downsample_size", "float", None,
+        "Size that images above --maximum_image_size are downsampled to before cropping, "
+        "for datasets that set neither.",
+        IMAGES, minimum=0,
+    ),
     # --------------------------------------------------------------- Caching
     Option(
         "vae_batch_size", "int", 4,
@@ -130,6 +217,25 @@ OPTIONS: tuple[Option, ...] = (
         "text_encoder_batch_size", "int", 8,
         "Captions encoded together when filling the text-embed cache.",
         CACHING, minimum=1,
+    ),
+    Option(
+        "cache_dir_vae", "path", None,
+        "Latent cache folder of image datasets that set no cache_dir_vae; write {id} in "
+        "it (cache/vae/{id}) so each dataset gets its own.",
+        CACHING,
+    ),
+    Option(
+        "cache_dir_text", "path", None,
+        "Cache folder of text_embeds datasets that set no cache_dir.",
+        CACHING,
+    ),
+    Option(
+        "cache_dir", "path", None,
+        "Folder SimpleTuner downloads models into.",
+        CACHING, implemented=False,
+        refusal="set HF_HOME in config/config.env to choose where downloaded models go; dataset caches "
+                "are set by cache_dir_vae and cache_dir in multidatabackend.json or --cache_dir_vae and "
+                "--cache_dir_text",
     ),
     Option(
         "vae_dtype", "str", "default",

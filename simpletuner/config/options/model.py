@@ -13,6 +13,7 @@ from simpletuner.config.options.common import (
     PRECISION,
     T5_FAMILIES,
 )
+from simpletuner.config.options.compat import FAMILY_SPELLINGS
 from simpletuner.families.registry import available_families
 
 OPTIONS: tuple[Option, ...] = (
@@ -27,7 +28,7 @@ OPTIONS: tuple[Option, ...] = (
         "model_family", "str", None,
         "The model architecture being trained. It has no default: name the family "
         "that matches the base model (see --list_model_families).",
-        CORE, choices=MODEL_FAMILIES, implemented=available_families(),
+        CORE, choices=MODEL_FAMILIES, implemented=available_families(), aliases=FAMILY_SPELLINGS,
     ),
     Option(
         "pretrained_model_name_or_path", "path", None,
