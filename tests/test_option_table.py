@@ -116,6 +116,7 @@ def test_environment_defaults():
         "TRAINING_NUM_PROCESSES": "1",
         "TRAINING_DYNAMO_BACKEND": "no",
         "SIMPLETUNER_LOG_LEVEL": "INFO",
+        "SIMPLETUNER_PROGRESS": "auto",
         "VENV_PATH": ".venv",
         "ACCELERATE_EXTRA_ARGS": "",
         "ENV": "",
