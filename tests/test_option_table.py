@@ -360,6 +360,9 @@ SLICE_FULLY = {
     "text_encoder_2_precision", "text_encoder_3_precision", "text_encoder_4_precision",
     # dtypes of the frozen base and of the VAE while caching (issue 13)
     "base_model_default_dtype", "vae_dtype",
+    # publishing: Hub, model card, webhooks (issue 15)
+    "push_to_hub", "push_checkpoints_to_hub", "hub_model_id", "hub_token", "model_card_note",
+    "model_card_safe_for_work", "webhook_config", "webhook_reporting_interval",
 }
 
 
