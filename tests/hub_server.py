@@ -31,6 +31,7 @@ import json
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
@@ -45,7 +46,7 @@ USER = "tester"
 class Recorded:
     method: str
     path: str
-    headers: dict
+    headers: dict  # names in lower case
     body: bytes
     status: int = 0
 
@@ -56,6 +57,7 @@ class Commit:
     revision: str
     message: str
     paths: list
+    time: float  # when it landed (time.time())
 
 
 @dataclass
@@ -109,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = self._read_chunked()
-        record = Recorded(self.command, self.path, dict(self.headers.items()), body)
+        record = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
         with self.state.lock:
             self.state.requests.append(record)
         status = self.state.fault(self.command, self.path) if self.state.fault else None
@@ -262,7 +264,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return 400, {"error": f"unsupported operation {line['key']}"}
         with self.state.lock:
             self.state.repos[repo].update(added)
-            self.state.commits.append(Commit(repo, revision, header["value"]["summary"], sorted(added)))
+            self.state.commits.append(Commit(repo, revision, header["value"]["summary"], sorted(added),
+                                             time.time()))
             oid = hashlib.sha1(f"{repo}{len(self.state.commits)}".encode()).hexdigest()
         host = f"http://{self.headers['Host']}"
         return 200, {"commitUrl": f"{host}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}

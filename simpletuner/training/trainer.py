@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from simpletuner.data.pipeline import PreparedData, load_backends, prepare_training_data
-from simpletuner.errors import DataError, UserError
+from simpletuner.errors import DataError, PublishError, UserError
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.families.registry import get_family
 from simpletuner.logs import attach_log_file
@@ -84,6 +84,8 @@ class Trainer:
         with output_folder_lock(self.output_dir):
             try:
                 return self._run_steps()
+            except PublishError:  # trained and saved; only the push failed (exit 4)
+                raise
             except BaseException as error:  # NaN, out of memory, a signal, a bug: say so, then stop
                 if getattr(self, "publishing", None) is not None:
                     self.publishing.failed(error)
