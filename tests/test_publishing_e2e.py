@@ -284,3 +284,32 @@ def test_failed_push_keeps_training_and_the_retry_command_publishes(tmp_path: Pa
     after = {p.name: _sha(p.read_bytes()) for p in results.iterdir() if p.is_file()}
     assert after == before  # publishing only reads (the card it rewrites names the same repository)
     assert HUB_TOKEN not in retry.stdout + retry.stderr
+
+
+# ------------------------------------------------------------------ a run that dies
+
+
+def test_a_run_that_diverges_posts_the_failure_with_step_and_last_loss(tmp_path: Path, tiny_sdxl: Path) -> None:
+    root = _project(tmp_path)
+    hooks = WebhookReceiver()
+    (root / "hooks.json").write_text(json.dumps({"webhook_type": "raw", "webhook_url": f"{hooks.url}/raw"}))
+    argv = [a for a in _argv(root, tiny_sdxl, "--webhook_config", str(root / "hooks.json"),
+                             "--webhook_reporting_interval", "1", "--learning_rate", "1e38",
+                             "--max_train_steps", "6")
+            if a not in ("--push_to_hub", "--hub_token", HUB_TOKEN)]
+    patch = pytest.MonkeyPatch()
+    try:
+        code = _train(argv, patch)
+    finally:
+        patch.undo()
+        hooks.stop()
+    from simpletuner.errors import USER_ERROR_EXIT_CODE
+
+    assert code == USER_ERROR_EXIT_CODE
+    events = [p.json for p in hooks.posts]
+    assert events[0]["event"] == "started" and events[-1]["event"] == "failed"
+    failed, progress = events[-1], [e for e in events if e["event"] == "progress"]
+    assert failed["error"].startswith("TrainingDiverged: ")
+    # The step and loss of the last step that completed, as the progress posts reported them.
+    assert progress and failed["step"] == progress[-1]["step"] and failed["last_loss"] == progress[-1]["loss"]
+    assert not (root / "output" / "tiny-lora" / "README.md").exists()  # a failed run gets no model card

@@ -80,22 +80,23 @@ class Trainer:
 
     def run(self) -> Path:
         """Train and return the folder holding the final weights."""
-        # 0. One run per output folder, claimed before anything is written there.
+        # 0. The Hub token and webhook file, checked before anything else (a bad token
+        #    stops the run in seconds); one run per output folder, claimed before
+        #    anything is written there.
+        self.publishing = RunPublishing.start(self.config, self.output_dir)
         with output_folder_lock(self.output_dir):
             try:
                 return self._run_steps()
             except PublishError:  # trained and saved; only the push failed (exit 4)
                 raise
             except BaseException as error:  # NaN, out of memory, a signal, a bug: say so, then stop
-                if getattr(self, "publishing", None) is not None:
-                    self.publishing.failed(error)
+                self.publishing.failed(error)
                 raise
 
     def _run_steps(self) -> Path:
         config = self.config
-        # 1. Checks that need no scanning, before anything is written (the Hub token included).
+        # 1. Checks that need no scanning, before anything is written.
         self.source.check(self.family)
-        self.publishing = RunPublishing.start(config, self.output_dir)
         backends = load_backends(config)
         resume_path = resolve_resume_path(config, self.output_dir)
         # 2. Accelerator, output folder, log file, seed.
