@@ -93,10 +93,13 @@ class RunPublishing:
             return
         from simpletuner.config.model import redacted_values
 
+        from simpletuner.training.disk_space import writing
+
         self.summary.update(steps=step, epochs=epoch)
-        card.write_summary(self.output_dir, self.summary)
-        card.write_card(self.output_dir, redacted_values(self.config), self.summary,
-                        self.target.repo_id if self.target else None)
+        with writing("the model card", self.output_dir):  # a full disk: one line, exit 3
+            card.write_summary(self.output_dir, self.summary)
+            card.write_card(self.output_dir, redacted_values(self.config), self.summary,
+                            self.target.repo_id if self.target else None)
         failures: list[UploadFailure] = []
         if self.uploads is not None:
             ignore = final_ignore_patterns(self.output_dir, self.config.logging_dir)
