@@ -35,3 +35,10 @@ class ModelError(UserError):
 
 class OutputWriteError(Exception):
     """Training output could not be written; the message says what survived and how to continue."""
+
+
+PUBLISH_FAILED_EXIT_CODE = 4
+
+
+class PublishError(Exception):
+    """Training finished but publishing did not; the message names what failed, why, and the retry command."""

@@ -371,6 +371,9 @@ SLICE_FULLY = {
     "target_downsample_size", "cache_dir_vae", "cache_dir_text", "parquet_caption_column",
     "parquet_filename_column", "aspect_bucket_worker_count", "print_filenames", "print_sampler_statistics",
     "ignore_missing_files", "delete_problematic_images", "delete_unwanted_images", "offset_noise",
+    # publishing: Hub, model card, webhooks (issue 15)
+    "push_to_hub", "push_checkpoints_to_hub", "hub_model_id", "hub_token", "model_card_note",
+    "model_card_safe_for_work", "webhook_config", "webhook_reporting_interval",
 }
 # Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's
 # tuning knobs for machinery this trainer does not have (issue 16).

@@ -8,6 +8,9 @@ Exit codes, each with a short message on stderr and no traceback:
 * 1: a crash (a bug): one line; the traceback goes to debug.log in the
   output folder (to the console only when there is no debug.log yet, or at
   SIMPLETUNER_LOG_LEVEL=DEBUG);
+* 4: training finished but publishing to the Hub failed (see
+  publishing/session.py): one line naming what, why, and the command that
+  retries it;
 * 130 / 143: stopped by SIGINT / SIGTERM (see training/stop.py): in the
   training loop after saving a checkpoint, elsewhere at once.
 
@@ -21,7 +24,14 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from simpletuner.errors import OUTPUT_WRITE_EXIT_CODE, USER_ERROR_EXIT_CODE, OutputWriteError, UserError
+from simpletuner.errors import (
+    OUTPUT_WRITE_EXIT_CODE,
+    PUBLISH_FAILED_EXIT_CODE,
+    USER_ERROR_EXIT_CODE,
+    OutputWriteError,
+    PublishError,
+    UserError,
+)
 
 CRASH_EXIT_CODE = 1
 _STOPPED_DURING = {
@@ -36,8 +46,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return _run(argv)
-    except (UserError, OutputWriteError) as error:
-        code = OUTPUT_WRITE_EXIT_CODE if isinstance(error, OutputWriteError) else USER_ERROR_EXIT_CODE
+    except (UserError, OutputWriteError, PublishError) as error:
+        code = (OUTPUT_WRITE_EXIT_CODE if isinstance(error, OutputWriteError)
+                else PUBLISH_FAILED_EXIT_CODE if isinstance(error, PublishError) else USER_ERROR_EXIT_CODE)
         for line in str(error).splitlines():
             _say(f"error: {line}")
         _leave_if_distributed(code)  # here, while the traceback still holds the trainer
@@ -128,7 +139,11 @@ def _run(argv: list[str]) -> int:
     settings = launch_settings(os.environ)
     from simpletuner.logs import setup_logging
 
+    from simpletuner.publishing.webhooks import webhook_secrets
+
     secrets = [str(v) for k, v in option_values(config).items() if OPTIONS_BY_NAME[k].secret and v]
+    secrets += webhook_secrets(config.webhook_config)  # a webhook URL carries its endpoint's credentials
+    secrets += [os.environ["HF_TOKEN"]] if os.environ.get("HF_TOKEN") else []
     # Before torch is imported: library import chatter stays off the console.
     setup_logging(os.environ, secrets)
     if config.estimate_memory:

@@ -53,4 +53,19 @@ def load_config(
         )
     if problems:
         raise ConfigError("\n".join(problems))
-    return make_config(values, explicit, path, ignored)
+    return make_config(with_results_folder(values), explicit, path, ignored)
+
+
+def with_results_folder(values: dict[str, Any]) -> dict[str, Any]:
+    """--hub_model_id names the results folder inside --output_dir (SimpleTuner's meaning).
+
+    Done once here, so every part of the run (checkpoints, resume, weights, the
+    model card) sees the same folder.
+    """
+    if not values.get("hub_model_id") or not values.get("output_dir"):
+        return values
+    name = str(values["hub_model_id"]).rstrip("/").split("/")[-1]
+    output = Path(values["output_dir"])
+    if output.name == name:  # already the results folder (a saved config read back)
+        return values
+    return {**values, "output_dir": str(output / name)}

@@ -97,6 +97,31 @@ def lycoris_config_valid(values: Values) -> Optional[str]:
     return None
 
 
+def hub_model_id_valid(values: Values) -> Optional[str]:
+    if not values.get("hub_model_id"):
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(values["hub_model_id"])
+    except HFValidationError:
+        return (f"--hub_model_id={values['hub_model_id']} is not a Hub repository name: use name or user/name "
+                "(letters, digits, '-', '_', '.'; at most 96 characters)")
+    return None
+
+
+def webhook_config_valid(values: Values) -> Optional[str]:
+    if not values.get("webhook_config"):
+        return None
+    from simpletuner.publishing.webhooks import read_webhook_config
+
+    try:
+        read_webhook_config(values["webhook_config"])
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
 def loftq_unavailable(values: Values) -> Optional[str]:
     if values["lora_init_type"] == "loftq":
         return ("--lora_init_type=loftq fits the adapter to a 4-bit quantised base model (bitsandbytes on CUDA), "
@@ -255,13 +280,15 @@ RULES: tuple[Rule, ...] = (
     lora_format_fits,
     lycoris_config_valid,
     loftq_unavailable,
+    hub_model_id_valid,
+    webhook_config_valid,
 )
 
 # Rules that still apply when the user only asks for information.
 _ALWAYS = (not_implemented, training_length, lycoris_needs_config, validation_resolution_format,
            report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses,
            soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits,
-           lycoris_config_valid, loftq_unavailable)
+           lycoris_config_valid, loftq_unavailable, hub_model_id_valid, webhook_config_valid)
 
 
 def information_only(values: Values) -> bool:

@@ -18,11 +18,13 @@ from typing import Any, Optional
 import torch
 
 from simpletuner.data.pipeline import PreparedData, load_backends, prepare_training_data
-from simpletuner.errors import DataError, UserError
+from simpletuner.errors import DataError, PublishError, UserError
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.families.registry import get_family
 from simpletuner.logs import attach_log_file
 from simpletuner.memory.report import check_memory
+from simpletuner.publishing.run_summary import run_summary
+from simpletuner.publishing.session import RunPublishing
 from simpletuner.quantisation.streaming import load_placed_denoiser
 from simpletuner.training.batches import caption_dropout, collate, to_device
 from simpletuner.training.caches import prepare_caches
@@ -78,9 +80,18 @@ class Trainer:
 
     def run(self) -> Path:
         """Train and return the folder holding the final weights."""
-        # 0. One run per output folder, claimed before anything is written there.
+        # 0. The Hub token and webhook file, checked before anything else (a bad token
+        #    stops the run in seconds); one run per output folder, claimed before
+        #    anything is written there.
+        self.publishing = RunPublishing.start(self.config, self.output_dir)
         with output_folder_lock(self.output_dir):
-            return self._run_steps()
+            try:
+                return self._run_steps()
+            except PublishError:  # trained and saved; only the push failed (exit 4)
+                raise
+            except BaseException as error:  # NaN, out of memory, a signal, a bug: say so, then stop
+                self.publishing.failed(error)
+                raise
 
     def _run_steps(self) -> Path:
         config = self.config
@@ -142,9 +153,13 @@ class Trainer:
         # 8. The loop; from here a signal stops it after a step, with a checkpoint.
         set_optimizer_mode(self.optimizer, training=True)
         self.stop.enter("training", deferring=True)
+        self.publishing.started(run_summary(config, self.family, self.trainable, data, total_steps,
+                                            self.accelerator.num_processes, self.state.seed))
         self._train_until(total_steps)
-        # 9. Final weights.
-        return self._save_final()
+        # 9. Final weights; then the model card and the Hub push (waiting for uploads).
+        output = self._save_final()
+        self.publishing.finished(self.state.global_step, self.state.epoch)
+        return output
 
     # -- steps ------------------------------------------------------------------
     def _seed(self, resume_path: Optional[Path]) -> int:
@@ -253,6 +268,7 @@ class Trainer:
             logs["grad_norm"] = float(grad_norm)
         self.accelerator.log(logs, step=self.state.global_step)
         progress.step(self.state.global_step, loss, lr)
+        self.publishing.after_step(self.state.global_step, loss, lr)
         if self.state.global_step % self.config.checkpointing_steps == 0:
             self._save_checkpoint()
 
@@ -264,7 +280,7 @@ class Trainer:
                 f"weights became non-finite at step {self.state.global_step}; lower --learning_rate and "
                 "resume from the last checkpoint (--resume_from_checkpoint latest)"
             )
-        save_training_state(self)
+        self.publishing.checkpointed(self.state.global_step, save_training_state(self))
 
     def _stop_if_signalled(self, progress: TrainingProgress) -> None:
         """After SIGINT/SIGTERM (agreed by every rank): checkpoint this step and end the run."""

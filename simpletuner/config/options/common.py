@@ -86,6 +86,7 @@ FROZEN_BASE = AppliesWhen("model_type", ("lora",), "a full fine-tune trains ever
 BF16_COMPUTE = AppliesWhen("mixed_precision", ("bf16",), "with --mixed_precision {mixed_precision} nothing "
                            "computes in bf16, so the frozen base stays fp32")
 CHECKPOINTING = AppliesWhen("gradient_checkpointing", (True,), "only --gradient_checkpointing uses it")
+PUSHING = AppliesWhen("push_to_hub", (True,), "only --push_to_hub uploads to the Hub")
 
 OPTIMIZERS = (
     "adamw_bf16",

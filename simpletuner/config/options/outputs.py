@@ -7,6 +7,7 @@ from simpletuner.config.options.common import (
     CHECKPOINTS,
     LOGGING,
     PUBLISHING,
+    PUSHING,
     VALIDATION,
 )
 
@@ -98,24 +99,54 @@ OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------ Publishing
     Option(
         "push_to_hub", "bool", False,
-        "Upload the finished model to the Hugging Face Hub when training ends.",
-        PUBLISHING, implemented=False,
+        "Upload the final weights, the model card and the latest validation images "
+        "to the Hugging Face Hub when training ends (in the background; the run waits "
+        "for it before exiting). The token is checked before anything loads.",
+        PUBLISHING,
     ),
     Option(
         "push_checkpoints_to_hub", "bool", False,
-        "With --push_to_hub, also upload every intermediate checkpoint.",
-        PUBLISHING, implemented=False,
+        "With --push_to_hub, also upload every checkpoint as it is written, to "
+        "checkpoints/checkpoint-STEP/ in the repository, while training goes on.",
+        PUBLISHING, applies_when=(PUSHING,),
     ),
     Option(
         "hub_model_id", "str", None,
-        "Name of the model repository on the Hub; also names the results folder "
-        "inside --output_dir.",
-        PUBLISHING, implemented=False,
+        "Name of the model repository on the Hub (user/name, or name for your own "
+        "account); also names the results folder inside --output_dir, where this "
+        "run's checkpoints, weights and model card go.",
+        PUBLISHING,
     ),
     Option(
         "hub_token", "str", None,
-        "Access token for uploading to the Hub. Never printed or saved.",
-        PUBLISHING, implemented=False, secret=True,
+        "Access token for uploading to the Hub; unset uses HF_TOKEN or the token "
+        "saved by hf auth login. Never printed or saved.",
+        PUBLISHING, secret=True, applies_when=(PUSHING,),
+    ),
+    Option(
+        "model_card_note", "str", None,
+        "Text put at the top of the model card (README.md in the results folder).",
+        PUBLISHING,
+    ),
+    Option(
+        "model_card_safe_for_work", "bool", False,
+        "Leave out the not-for-all-audiences tag the model card otherwise carries, "
+        "for models whose outputs are safe for work.",
+        PUBLISHING,
+    ),
+    Option(
+        "webhook_config", "path", None,
+        "JSON file naming a Discord webhook (webhook_url) or a raw JSON endpoint "
+        "(webhook_type raw, callback_url) that is told when training starts, at each "
+        "validation and checkpoint, when it finishes and when it fails. The URL is "
+        "treated as a secret.",
+        PUBLISHING,
+    ),
+    Option(
+        "webhook_reporting_interval", "int", None,
+        "Also post the step, loss and learning rate every this many optimizer steps "
+        "to raw webhooks (Discord webhooks only get the events).",
+        PUBLISHING, minimum=1,
     ),
     # -------------------------------------------------- Logging and tracking
     Option(
