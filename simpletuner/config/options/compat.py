@@ -283,13 +283,6 @@ OPTIONS: tuple[Option, ...] = PLACEHOLDERS + (
     _refused("eval_dataset_id", "str", None, "Dataset whose images the evaluation uses.", VALIDATION),
     _refused("pretrained_evaluation_model_name_or_path", "str", "openai/clip-vit-large-patch14-336",
              "CLIP model that scores validation images.", VALIDATION),
-    # ------------------------------------------------------------ Publishing
-    _refused("model_card_note", "str", None, "Text added to the top of the model card.", PUBLISHING),
-    _refused("model_card_safe_for_work", "bool", False, "Mark the published model as safe for work.",
-             PUBLISHING),
-    _refused("webhook_config", "path", None, "JSON file describing where run events are posted.", PUBLISHING),
-    _refused("webhook_reporting_interval", "int", None, "Post progress to the webhook every this many steps.",
-             PUBLISHING),
     # -------------------------------------------------- Logging and tracking
     _refused("tracker_image_layout", "str", "gallery", "How validation images are laid out in the trackers.",
              LOGGING),
