@@ -314,7 +314,6 @@ def test_not_implemented_options_default_to_off():
 SLICE = {
     "model_family": ('sdxl', 'legacy', 'sd3', 'flux', 'pixart_sigma', 'kolors'),
     "lora_init_type": ("default", "gaussian", "olora", "pissa"),
-    "mixed_precision": ("no", "bf16"),
 }
 SLICE_FULLY = {
     # adapters (issue 7)
@@ -360,6 +359,12 @@ SLICE_FULLY = {
     "text_encoder_2_precision", "text_encoder_3_precision", "text_encoder_4_precision",
     # dtypes of the frozen base and of the VAE while caching (issue 13)
     "base_model_default_dtype", "vae_dtype",
+    # SimpleTuner's training features (issue 16)
+    "mixed_precision", "loss_type", "huber_schedule", "huber_c", "snr_weight", "grad_clip_method",
+    "set_grads_to_none", "gradient_precision", "seed_for_each_device", "disable_bucket_pruning",
+    "flux_use_beta_schedule", "flux_beta_schedule_alpha", "flux_beta_schedule_beta", "flux_use_uniform_schedule",
+    "flow_matching_sigmoid_scale", "flux_guidance_mode", "flux_guidance_min", "flux_guidance_max",
+    "flux_lora_target", "allow_tf32", "disable_tf32", "torch_num_threads",
 }
 
 
