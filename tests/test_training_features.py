@@ -372,3 +372,16 @@ def test_each_process_gets_its_own_seed_only_when_asked() -> None:
     rank_one = torch.rand(3)
     seed_process(process_seed(7, 0, per_device=True))
     assert not torch.equal(rank_one, torch.rand(3))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, where fp16 is allowed")
+def test_fp16_on_a_cpu_is_refused_when_the_config_loads(tmp_path: Path) -> None:
+    from simpletuner.config.loader import load_config
+    from simpletuner.errors import ConfigError
+
+    argv = ["--model_family", "sdxl", "--pretrained_model_name_or_path", "x/y", "--data_backend_config",
+            str(tmp_path / "mdb.json"), "--output_dir", str(tmp_path / "out"), "--mixed_precision", "fp16"]
+    with pytest.raises(ConfigError, match="--mixed_precision=fp16 needs a GPU") as error:
+        load_config(argv, env={}, cwd=tmp_path)
+    assert len(str(error.value).splitlines()) == 1
+    assert not (tmp_path / "out").exists()
