@@ -85,7 +85,7 @@ def train(root: Path, model: Path, family: str, *flags: str, output_name: str = 
         trainer.run()
         return trainer, recorded
     model_inputs = trainer.family.model_inputs
-    weighted_mse = trainer_module.weighted_mse
+    weighted_loss = trainer_module.weighted_loss
     loss = trainer._loss
 
     def recording_loss(samples: list) -> torch.Tensor:
@@ -100,17 +100,17 @@ def train(root: Path, model: Path, family: str, *flags: str, output_name: str = 
         recorded.noisy.append(noisy.detach().clone())
         return inputs
 
-    def recording_mse(prediction: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def recording_loss_fn(prediction: torch.Tensor, target: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         recorded.targets.append(target.detach().clone())
-        return weighted_mse(prediction, target, *args, **kwargs)
+        return weighted_loss(prediction, target, *args, **kwargs)
 
     trainer.family.model_inputs = recording_inputs
     trainer._loss = recording_loss
-    trainer_module.weighted_mse = recording_mse
+    trainer_module.weighted_loss = recording_loss_fn
     try:
         trainer.run()
     finally:
-        trainer_module.weighted_mse = weighted_mse
+        trainer_module.weighted_loss = weighted_loss
     return trainer, recorded
 
 

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
-from simpletuner.training.loss import min_snr_weights, noise_prediction_target, soft_min_snr_weights, weighted_mse
+from simpletuner.training.loss import min_snr_weights, noise_prediction_target, soft_min_snr_weights, weighted_loss
 
 
 def _scheduler(prediction_type: str) -> DDPMScheduler:
@@ -122,7 +122,7 @@ def test_soft_min_snr_loss_equals_k_diffusions_preconditioned_loss(prediction_ty
     c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
     c_weight = (sigma * sigma_data) ** 2 / (sigma**2 + sigma_data**2) ** 2
     k_diffusion = ((denoised - latents).pow(2).flatten(1).mean(1) / c_out**2 * c_weight).mean()
-    ours = weighted_mse(prediction, target, soft_min_snr_weights(scheduler, timesteps, sigma_data))
+    ours = weighted_loss(prediction, target, soft_min_snr_weights(scheduler, timesteps, sigma_data))
     assert ours.item() == pytest.approx(k_diffusion.item(), rel=1e-4)
 
 
@@ -138,8 +138,8 @@ def test_soft_min_snr_weights_are_finite_at_zero_terminal_snr() -> None:
     ).item() == pytest.approx(1.0)
 
 
-def test_weighted_mse_weights_each_sample() -> None:
+def test_weighted_loss_weights_each_sample() -> None:
     prediction = torch.zeros(2, 1, 2, 2)
     target = torch.stack([torch.ones(1, 2, 2), 2 * torch.ones(1, 2, 2)])
-    assert weighted_mse(prediction, target).item() == pytest.approx((1 + 4) / 2)
-    assert weighted_mse(prediction, target, torch.tensor([1.0, 0.0])).item() == pytest.approx(0.5)
+    assert weighted_loss(prediction, target).item() == pytest.approx((1 + 4) / 2)
+    assert weighted_loss(prediction, target, torch.tensor([1.0, 0.0])).item() == pytest.approx(0.5)

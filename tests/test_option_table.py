@@ -320,7 +320,6 @@ def test_not_implemented_options_default_to_off():
 SLICE = {
     "model_family": ('sdxl', 'legacy', 'sd3', 'flux', 'pixart_sigma', 'kolors'),
     "lora_init_type": ("default", "gaussian", "olora", "pissa"),
-    "mixed_precision": ("no", "bf16"),
 }
 SLICE_FULLY = {
     # adapters (issue 7)
@@ -374,6 +373,12 @@ SLICE_FULLY = {
     # publishing: Hub, model card, webhooks (issue 15)
     "push_to_hub", "push_checkpoints_to_hub", "hub_model_id", "hub_token", "model_card_note",
     "model_card_safe_for_work", "webhook_config", "webhook_reporting_interval",
+    # SimpleTuner's training features (issue 16)
+    "mixed_precision", "loss_type", "huber_schedule", "huber_c", "snr_weight", "grad_clip_method",
+    "set_grads_to_none", "gradient_precision", "seed_for_each_device", "disable_bucket_pruning",
+    "flux_use_beta_schedule", "flux_beta_schedule_alpha", "flux_beta_schedule_beta", "flux_use_uniform_schedule",
+    "flow_matching_sigmoid_scale", "flux_guidance_mode", "flux_guidance_min", "flux_guidance_max",
+    "flux_lora_target", "allow_tf32", "disable_tf32", "torch_num_threads",
 }
 # Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's
 # tuning knobs for machinery this trainer does not have (issue 16).

@@ -132,7 +132,7 @@ import simpletuner.training.loss as loss
 def _broken(*args, **kwargs):
     raise RuntimeError("simulated bug in the loss")
 
-loss.weighted_mse = _broken
+loss.weighted_loss = _broken
 """
 
 

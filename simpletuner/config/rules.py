@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from simpletuner.config.options import OPTIONS
+from simpletuner.config.training_rules import TRAINING_RULES, fp16_supported
 from simpletuner.errors import ConfigError
 
 Values = Mapping[str, Any]
@@ -282,13 +283,13 @@ RULES: tuple[Rule, ...] = (
     loftq_unavailable,
     hub_model_id_valid,
     webhook_config_valid,
-)
+) + TRAINING_RULES
 
 # Rules that still apply when the user only asks for information.
 _ALWAYS = (not_implemented, training_length, lycoris_needs_config, validation_resolution_format,
            report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses,
            soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits,
-           lycoris_config_valid, loftq_unavailable, hub_model_id_valid, webhook_config_valid)
+           lycoris_config_valid, loftq_unavailable, hub_model_id_valid, webhook_config_valid) + TRAINING_RULES
 
 
 def information_only(values: Values) -> bool:
@@ -310,7 +311,8 @@ def rule_problems(values: Values, env: Optional[Mapping[str, str]] = None, hardw
         # Only once the options themselves are sound: the matrix reads several of them.
         from simpletuner.quantisation.rules import quantisation_supported
 
-        problems += [message for message in [quantisation_supported(values, env or {}, hardware)] if message]
+        problems += [message for message in [quantisation_supported(values, env or {}, hardware),
+                                             fp16_supported(values, hardware)] if message]
     return problems
 
 

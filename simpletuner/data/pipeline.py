@@ -127,6 +127,7 @@ def sampling_policy(config: Any, backends: DataBackendConfig) -> SamplingPolicy:
         mode=getattr(config, "data_backend_sampling", None) or "auto-weighting",
         probability={d.id: d.probability for d in backends.image_datasets},
         ignore_epochs=frozenset(d.id for d in backends.image_datasets if d.ignore_epochs),
+        prune=not getattr(config, "disable_bucket_pruning", False),
     )
 
 

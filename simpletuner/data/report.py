@@ -31,8 +31,11 @@ def group_by_bucket(samples: Sequence[TrainingSample]) -> Dict[Bucket, List[Trai
     return dict(sorted(groups.items()))
 
 
-def batches_in_bucket(count: int, repeats: int, batch_size: int) -> int:
-    return (count * (1 + repeats)) // batch_size
+def batches_in_bucket(count: int, repeats: int, batch_size: int, prune: bool = True) -> int:
+    """Batches a bucket of ``count`` images fills in one pass: only complete ones when
+    pruning, else also the last, which the sampler fills up with repeats of the bucket's images."""
+    seen = count * (1 + repeats)
+    return seen // batch_size if prune else -(-seen // batch_size)
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class BucketReport:
         for dataset_id, buckets in self.counts.items():
             repeats = self.repeats.get(dataset_id, 0)
             for (width, height), count in buckets.items():
-                batches = batches_in_bucket(count, repeats, self.batch_size)
+                batches = batches_in_bucket(count, repeats, self.batch_size, self.policy.prune)
                 note = f"fewer than a batch of {self.batch_size}: not trained on" if batches == 0 else ""
                 lines.append(f"{dataset_id:<24} {f'{width}x{height}':>11} {count:>7} {batches:>8}  {note}".rstrip())
             if not buckets:
@@ -119,8 +122,12 @@ def check_buckets(
     for dataset_id, dataset_samples in samples.items():
         buckets = {bucket: len(members) for bucket, members in group_by_bucket(dataset_samples).items()}
         counts[dataset_id] = buckets
-        batches[dataset_id] = sum(batches_in_bucket(n, repeats[dataset_id], batch_size) for n in buckets.values())
-        warnings.extend(_dataset_warnings(dataset_id, buckets, repeats[dataset_id], batch_size, batches))
+        batches[dataset_id] = sum(batches_in_bucket(n, repeats[dataset_id], batch_size, policy.prune)
+                                  for n in buckets.values())
+        if policy.prune:  # unpruned, every bucket is trained on
+            warnings.extend(_dataset_warnings(dataset_id, buckets, repeats[dataset_id], batch_size, batches))
+        elif not buckets:
+            warnings.append(f"dataset {dataset_id!r} has no usable images; check its folder and the discovery summary")
     quota = quotas(batches, policy)
     for dataset_id, own in batches.items():
         if own and not quota.get(dataset_id):

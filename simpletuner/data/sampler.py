@@ -75,7 +75,8 @@ class BucketBatchSampler:
         self.repeats = {dataset_id: int((repeats or {}).get(dataset_id, 0)) for dataset_id in samples}
         self._groups = {dataset_id: group_by_bucket(samples[dataset_id]) for dataset_id in sorted(samples)}
         self._own = {
-            dataset_id: sum(batches_in_bucket(len(m), self.repeats[dataset_id], batch_size) for m in groups.values())
+            dataset_id: sum(batches_in_bucket(len(m), self.repeats[dataset_id], batch_size, self.policy.prune)
+                            for m in groups.values())
             for dataset_id, groups in self._groups.items()
         }
         self._weights = weights(self._own, self.policy)
@@ -108,6 +109,11 @@ class BucketBatchSampler:
                 permutation = list(range(len(members)))
                 rng.shuffle(permutation)
                 order.extend(permutation)
+            if not self.policy.prune:
+                # --disable_bucket_pruning: complete the last batch from the start of this
+                # pass's order (wrapping round as often as a bucket smaller than a batch needs).
+                shortfall = -len(order) % self.batch_size
+                order.extend(order[i % len(order)] for i in range(shortfall))
             usable = len(order) - len(order) % self.batch_size
             for start in range(0, usable, self.batch_size):
                 batches.append((dataset_id, bucket, tuple(order[start : start + self.batch_size])))

@@ -39,6 +39,9 @@ class SamplingPolicy:
     mode: str = "auto-weighting"
     probability: Mapping[str, float] = field(default_factory=dict)  # dataset id -> probability (default 1)
     ignore_epochs: FrozenSet[str] = frozenset()
+    # --disable_bucket_pruning sets it False: a bucket's incomplete last batch is filled up with
+    # repeats of its own images (see data/report.py) instead of being left out.
+    prune: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in SAMPLING_MODES:
@@ -46,7 +49,7 @@ class SamplingPolicy:
 
     def describe(self) -> tuple:
         """A stable, hashable description (for the sampler's resume fingerprint)."""
-        return (self.mode, tuple(sorted(self.probability.items())), tuple(sorted(self.ignore_epochs)))
+        return (self.mode, tuple(sorted(self.probability.items())), tuple(sorted(self.ignore_epochs)), self.prune)
 
 
 def weights(own_batches: Mapping[str, int], policy: SamplingPolicy) -> Dict[str, float]:

@@ -279,6 +279,11 @@ class ModelFamily:
         """Per-sample conditioning derived from geometry (batch first); none by default."""
         return {}
 
+    def random_conditioning(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Conditioning drawn at random per training batch (from the trainer's generator, so a
+        resumed run repeats it), merged into the batch ``model_inputs`` reads; none by default."""
+        return {}
+
     def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
         """Keyword arguments for the denoiser's forward."""
         raise NotImplementedError

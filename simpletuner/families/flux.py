@@ -7,8 +7,29 @@ from typing import Any
 
 import torch
 
+from simpletuner.errors import ModelError
 from simpletuner.families.base import FlowMatchingFamily, ModelSource, TextEncoders
 from simpletuner.training.lora_formats import adapter_metadata
+
+_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")  # image side of the double blocks, and the single blocks
+_CONTEXT = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")  # the double blocks' text side
+_FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
+_CONTEXT_FEED_FORWARD = ("ff_context.net.0.proj", "ff_context.net.2")
+_SINGLE_MLP = ("proj_mlp", "proj_out")  # single blocks' MLP in and fused output (also the model's own proj_out)
+# --flux_lora_target presets: PEFT module-name suffixes of diffusers' FluxTransformer2DModel,
+# as SimpleTuner's presets name them (tiny and nano after TheLastBen's small LoRAs).
+FLUX_LORA_PRESETS: dict[str, tuple[str, ...]] = {
+    "mmdit": _ATTENTION,
+    "context": _CONTEXT,
+    "context+ffs": _CONTEXT + _CONTEXT_FEED_FORWARD,
+    "all": _ATTENTION + _CONTEXT,
+    "all+ffs": _ATTENTION + _CONTEXT + _FEED_FORWARD + _CONTEXT_FEED_FORWARD + _SINGLE_MLP,
+    # ostris' ai-toolkit's set, so its LoRAs can be trained further: adds the adaptive norms' projections.
+    "ai-toolkit": _ATTENTION + _CONTEXT + _FEED_FORWARD + _CONTEXT_FEED_FORWARD
+    + ("norm.linear", "norm1.linear", "norm1_context.linear") + _SINGLE_MLP,
+    "tiny": ("single_transformer_blocks.7.proj_out", "single_transformer_blocks.20.proj_out"),
+    "nano": ("single_transformer_blocks.7.proj_out",),
+}
 
 
 class FluxFamily(FlowMatchingFamily):
@@ -57,6 +78,30 @@ class FluxFamily(FlowMatchingFamily):
     def denoiser_loaded(self, denoiser: Any) -> None:
         # dev embeds the guidance value; schnell has no guidance embedder.
         self.guidance_embeds = bool(denoiser.config.guidance_embeds)
+        self.single_blocks = int(denoiser.config.num_single_layers)
+
+    def lora_targets(self, config: Any) -> tuple[str, ...]:
+        """--lora_target_modules, else the --flux_lora_target preset."""
+        if config.lora_target_modules:
+            return tuple(config.lora_target_modules)
+        preset = self.option("flux_lora_target", "all")
+        targets = FLUX_LORA_PRESETS[preset]
+        blocks = getattr(self, "single_blocks", None)
+        wanted = [int(name.split(".")[1]) for name in targets if name.startswith("single_transformer_blocks.")]
+        if blocks is not None and wanted and max(wanted) >= blocks:
+            raise ModelError(
+                f"--flux_lora_target={preset} trains single_transformer_blocks "
+                f"{', '.join(str(i) for i in wanted)}, but this transformer has {blocks} single blocks; "
+                "choose another --flux_lora_target"
+            )
+        return targets
+
+    def random_conditioning(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Per-sample guidance values under --flux_guidance_mode random-range (uniform in [min, max])."""
+        if self.option("flux_guidance_mode", "constant") != "random-range":
+            return {}
+        low, high = float(self.option("flux_guidance_min", 0.0)), float(self.option("flux_guidance_max", 4.0))
+        return {"guidance": low + (high - low) * torch.rand((batch_size,), generator=generator)}
 
     def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
         return {
@@ -97,9 +142,12 @@ class FluxFamily(FlowMatchingFamily):
             ),
         }
         if getattr(self, "guidance_embeds", True):
-            inputs["guidance"] = torch.full(
-                (batch_size,), float(self.option("flux_guidance_value", 1.0)),
-                device=noisy_latents.device, dtype=torch.float32,
+            drawn = batch.get("guidance")  # random_conditioning's draw, else the constant value
+            inputs["guidance"] = (
+                drawn.to(noisy_latents.device, torch.float32) if drawn is not None else torch.full(
+                    (batch_size,), float(self.option("flux_guidance_value", 1.0)),
+                    device=noisy_latents.device, dtype=torch.float32,
+                )
             )
         return inputs
 

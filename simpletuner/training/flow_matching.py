@@ -11,6 +11,11 @@ section 3.1), then optionally shifted toward noise, by a fixed factor or by
 one chosen from the image's token count as Flux does
 (``diffusers.pipelines.flux.pipeline_flux.calculate_shift``).
 
+SimpleTuner's own draws are offered too: a Beta(alpha, beta) distribution
+(``--flux_use_beta_schedule``), plain uniform sigmas
+(``--flux_use_uniform_schedule``), and a scale on the logit-normal's logit
+(``--flow_matching_sigmoid_scale``: ``sigmoid(scale * z)``).
+
 Offset noise and input perturbation (:mod:`noise_tricks`) carry over
 unchanged: the line starts from the offset noise and the velocity is taken
 from it, while a perturbed noise moves only the input off the line.
@@ -23,8 +28,8 @@ from typing import Any
 
 import torch
 
-from simpletuner.training.noise_tricks import NoiseTricks
-from simpletuner.training.objectives import NoisedBatch
+from simpletuner.training.noise_tricks import NoiseTricks, run_option
+from simpletuner.training.objectives import LossShape, NoisedBatch
 
 
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
@@ -69,9 +74,19 @@ def sample_sigmas(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     mode_scale: float = 1.29,
+    sigmoid_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Sigmas in [0, 1] drawn as the weighting scheme says (uniform for most schemes)."""
+    """Sigmas in [0, 1] drawn as the weighting scheme says (uniform for most schemes).
+
+    ``logit_normal`` is ``sigmoid(sigmoid_scale * z)``, ``z ~ N(logit_mean, logit_std)``:
+    diffusers' draw (the same generator call) when the scale is 1, SimpleTuner's
+    ``sigmoid(scale * randn)`` when the mean is 0 and the spread 1.
+    """
     from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    if weighting_scheme == "logit_normal":
+        z = torch.normal(mean=logit_mean, std=logit_std, size=(batch_size,), device="cpu", generator=generator)
+        return torch.sigmoid(sigmoid_scale * z)
 
     return compute_density_for_timestep_sampling(
         weighting_scheme=weighting_scheme,
@@ -81,6 +96,36 @@ def sample_sigmas(
         mode_scale=mode_scale,
         generator=generator,
     )
+
+
+def beta_sigmas(alpha: float, beta: float, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Sigmas drawn from Beta(alpha, beta), reproducibly from ``generator``.
+
+    torch's Beta sampler takes no generator, so numpy's is seeded from it: a
+    resumed run, whose generator state is restored, draws the same sigmas.
+    """
+    import numpy as np
+
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    return torch.from_numpy(np.random.default_rng(seed).beta(alpha, beta, size=batch_size)).float()
+
+
+def draw_sigmas(config: Any, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """The run's sigma draw: SimpleTuner's Beta or uniform schedule when asked, else the weighting scheme's."""
+    if run_option(config, "flux_use_beta_schedule"):
+        return beta_sigmas(run_option(config, "flux_beta_schedule_alpha"),
+                           run_option(config, "flux_beta_schedule_beta"), batch_size, generator)
+    if run_option(config, "flux_use_uniform_schedule"):
+        return torch.rand((batch_size,), generator=generator)
+    return sample_sigmas(
+        config.flow_weighting_scheme, batch_size, generator, config.flow_logit_mean, config.flow_logit_std,
+        config.flow_mode_scale, run_option(config, "flow_matching_sigmoid_scale"),
+    )
+
+
+def noise_ratio(sigmas: torch.Tensor) -> torch.Tensor:
+    """sigma / (1 - sigma): noise over signal on the flow line (the DDPM sigma's counterpart)."""
+    return sigmas / (1 - sigmas)
 
 
 def loss_weights(weighting_scheme: str, sigmas: torch.Tensor) -> torch.Tensor:
@@ -103,6 +148,7 @@ class FlowMatchingObjective:
         self.config = config
         self.tokens_per_latent_pixel = tokens_per_latent_pixel
         self.tricks = NoiseTricks.from_config(config)
+        self.shape = LossShape.from_config(config)
 
     def shift_for(self, latents: torch.Tensor) -> float:
         config = self.config
@@ -116,15 +162,14 @@ class FlowMatchingObjective:
     def noise(self, latents: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
         config = self.config
         noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-        sigmas = sample_sigmas(
-            config.flow_weighting_scheme, latents.shape[0], generator,
-            config.flow_logit_mean, config.flow_logit_std, config.flow_mode_scale,
-        )
+        sigmas = draw_sigmas(config, latents.shape[0], generator)
         sigmas = shift_sigmas(sigmas, self.shift_for(latents)).to(latents.device)
         drawn = self.tricks.apply(noise, generator)
+        timesteps = sigmas * self.num_train_timesteps
         return NoisedBatch(
             noisy=flow_noisy(latents, drawn.input_noise, sigmas.to(latents.dtype)),
-            timesteps=sigmas * self.num_train_timesteps,
+            timesteps=timesteps,
             target=flow_target(latents, drawn.target_noise),
-            weights=loss_weights(config.flow_weighting_scheme, sigmas),
+            weights=self.shape.scaled(loss_weights(config.flow_weighting_scheme, sigmas), latents.shape[0]),
+            huber_c=self.shape.c(timesteps, self.num_train_timesteps, noise_ratio(sigmas)),
         )

@@ -7,9 +7,17 @@ against those directly.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
+
+# --loss_type choices: the squared error, and the two pseudo-Huber losses of
+# "Improving Diffusion Models's Data-Corruption Resistance using Scheduled
+# Pseudo-Huber Loss" (Khrapov et al., 2024, arXiv:2403.16728), as diffusers'
+# training scripts and SimpleTuner compute them.
+LOSS_TYPES = ("l2", "huber", "smooth_l1")
+HUBER_SCHEDULES = ("snr", "exponential", "constant")
 
 
 def noise_prediction_target(
@@ -91,11 +99,62 @@ def x0_weight_for_prediction(x0_weight: torch.Tensor, snr: torch.Tensor, predict
     raise ValueError(f"unknown prediction type {prediction_type!r}")
 
 
-def weighted_mse(
-    prediction: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None
+def scheduled_huber_c(
+    schedule: str, huber_c: float, timesteps: torch.Tensor, num_train_timesteps: int, noise_ratio: torch.Tensor
 ) -> torch.Tensor:
-    """Mean squared error in float32, optionally weighted per sample."""
-    per_sample = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    """Per-sample Huber ``c`` of the scheduled pseudo-Huber loss (Khrapov et al., 2024).
+
+    ``constant`` keeps ``huber_c``; ``exponential`` falls from 1 at timestep 0
+    to ``huber_c`` at the last timestep (``huber_c ** (t / T)``); ``snr``
+    is ``(1 - huber_c) / (1 + sigma)^2 + huber_c`` with ``sigma`` the
+    noise-to-signal ratio (``noise_ratio``), near 1 for clean inputs and
+    ``huber_c`` for noisy ones.  Noisy steps thus get the robust, L1-like
+    loss and clean ones the L2-like loss, as diffusers' scripts schedule it.
+    """
+    timesteps = timesteps.float()
+    if schedule == "constant":
+        return torch.full_like(timesteps, huber_c)
+    if schedule == "exponential":
+        alpha = -math.log(huber_c) / num_train_timesteps
+        return torch.exp(-alpha * timesteps)
+    if schedule == "snr":
+        return (1 - huber_c) / (1 + noise_ratio.float()) ** 2 + huber_c
+    raise ValueError(f"unknown huber schedule {schedule!r}")
+
+
+def per_sample_loss(
+    prediction: torch.Tensor, target: torch.Tensor, loss_type: str = "l2", huber_c: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Each sample's mean elementwise loss, in float32.
+
+    ``huber`` is ``2 c (sqrt(e^2 + c^2) - c)`` and ``smooth_l1`` is
+    ``2 (sqrt(e^2 + c^2) - c)`` for the error ``e`` (diffusers'
+    ``conditional_loss``): both are ``e^2`` near 0 scaled by ``1/c`` or not,
+    and grow linearly beyond ``|e| ~ c``.
+    """
+    error = prediction.float() - target.float()
+    if loss_type == "l2":
+        elementwise = error.pow(2)
+    elif loss_type in ("huber", "smooth_l1"):
+        if huber_c is None:
+            raise ValueError(f"loss_type {loss_type!r} needs per-sample huber_c")
+        c = huber_c.float().to(error.device).view(-1, *([1] * (error.ndim - 1)))
+        smooth = torch.sqrt(error.pow(2) + c.pow(2)) - c
+        elementwise = 2 * c * smooth if loss_type == "huber" else 2 * smooth
+    else:
+        raise ValueError(f"unknown loss type {loss_type!r}")
+    return elementwise.flatten(1).mean(dim=1)
+
+
+def weighted_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    weights: Optional[torch.Tensor] = None,
+    loss_type: str = "l2",
+    huber_c: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The batch loss the trainer minimises: per-sample loss times weight, averaged."""
+    per_sample = per_sample_loss(prediction, target, loss_type, huber_c)
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample.dtype)
     return per_sample.mean()

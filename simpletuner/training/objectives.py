@@ -14,7 +14,12 @@ from typing import Any, Optional
 
 import torch
 
-from simpletuner.training.loss import min_snr_weights, noise_prediction_target, soft_min_snr_weights
+from simpletuner.training.loss import (
+    min_snr_weights,
+    noise_prediction_target,
+    scheduled_huber_c,
+    soft_min_snr_weights,
+)
 from simpletuner.training.noise_tricks import NoiseTricks, run_option
 from simpletuner.training.timestep_bias import TimestepBias, sample_timesteps
 
@@ -25,6 +30,35 @@ class NoisedBatch:
     timesteps: torch.Tensor  # what the denoiser is told the noise level is
     target: torch.Tensor  # what its prediction is compared with
     weights: Optional[torch.Tensor] = None  # per-sample loss weights
+    huber_c: Optional[torch.Tensor] = None  # per-sample c of a Huber --loss_type; None for l2
+
+
+@dataclass(frozen=True)
+class LossShape:
+    """--loss_type with its Huber schedule, and --snr_weight, as an objective applies them."""
+
+    loss_type: str = "l2"
+    huber_schedule: str = "snr"
+    huber_c: float = 0.1
+    snr_weight: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> "LossShape":
+        return cls(*(run_option(config, name) for name in ("loss_type", "huber_schedule", "huber_c", "snr_weight")))
+
+    def c(self, timesteps: torch.Tensor, num_train_timesteps: int, noise_ratio: torch.Tensor) -> Optional[torch.Tensor]:
+        """Per-sample Huber c for these draws; None for the squared error."""
+        if self.loss_type == "l2":
+            return None
+        return scheduled_huber_c(self.huber_schedule, self.huber_c, timesteps, num_train_timesteps, noise_ratio)
+
+    def scaled(self, weights: Optional[torch.Tensor], batch_size: int) -> Optional[torch.Tensor]:
+        """``weights`` times --snr_weight (SimpleTuner v1 scaled the loss by it)."""
+        if self.snr_weight == 1:
+            return weights
+        if weights is None:
+            return torch.full((batch_size,), float(self.snr_weight))
+        return weights * self.snr_weight
 
 
 class DiffusionObjective:
@@ -38,6 +72,7 @@ class DiffusionObjective:
             run_option(config, "soft_min_snr_sigma_data") if run_option(config, "use_soft_min_snr") else None
         )
         self.tricks = NoiseTricks.from_config(config)
+        self.shape = LossShape.from_config(config)
         bias = TimestepBias.from_config(config)
         # Built once, so a range past the schedule fails before the first step.
         self.timestep_weights = bias.weights(self.num_train_timesteps) if bias.active else None
@@ -47,17 +82,25 @@ class DiffusionObjective:
             return soft_min_snr_weights(self.scheduler, timesteps, self.soft_min_snr_sigma_data)
         if self.snr_gamma:
             return min_snr_weights(self.scheduler, timesteps, self.snr_gamma)
-        return None
+        # --snr_weight scales the loss only where no SNR weighting replaces it, as in SimpleTuner v1.
+        return self.shape.scaled(None, len(timesteps))
+
+    def noise_ratio(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """sigma = sqrt((1 - alpha_bar) / alpha_bar), the noise-to-signal ratio of each timestep."""
+        alpha_bar = self.scheduler.alphas_cumprod[timesteps.cpu()].float()
+        return ((1 - alpha_bar) / alpha_bar).sqrt()
 
     def noise(self, latents: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
         noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
         timesteps = sample_timesteps(self.num_train_timesteps, latents.shape[0], generator, self.timestep_weights)
         drawn = self.tricks.apply(noise, generator)
         weights = self.loss_weights(timesteps)
+        huber_c = self.shape.c(timesteps, self.num_train_timesteps, self.noise_ratio(timesteps))
         timesteps = timesteps.to(latents.device)
         return NoisedBatch(
             noisy=self.scheduler.add_noise(latents, drawn.input_noise, timesteps),
             timesteps=timesteps,
             target=noise_prediction_target(self.scheduler, latents, drawn.target_noise, timesteps),
             weights=None if weights is None else weights.to(latents.device),
+            huber_c=None if huber_c is None else huber_c.to(latents.device),
         )

@@ -32,9 +32,11 @@ from simpletuner.training.checkpoint import publish
 from simpletuner.training.disk_space import run_space_needed, space_warning, writing
 from simpletuner.training.ema import build_ema
 from simpletuner.training.grad_checkpointing import enable_gradient_checkpointing
-from simpletuner.training.loss import weighted_mse
+from simpletuner.training.grad_clip import clip_gradients
+from simpletuner.training.loss import weighted_loss
 from simpletuner.training.noise_schedule import training_noise_scheduler
 from simpletuner.training.optimizers import build_optimizer, set_optimizer_mode
+from simpletuner.training.precision import apply_torch_settings, process_seed, seed_process
 from simpletuner.training.progress import TrainingProgress
 from simpletuner.training.regularisation import check_something_to_learn, mix_targets, regularisation_mask
 from simpletuner.training.resume import load_training_state, resolve_resume_path, save_training_state
@@ -105,10 +107,9 @@ class Trainer:
         self.dtype = training_dtype(config)
         attach_log_file(self.output_dir / "debug.log")
         self.state = TrainState(seed=self._seed(resume_path))
-        from accelerate.utils import set_seed
-
-        # Seeds python, numpy and torch, so adapter initialisation repeats too.
-        set_seed(self.state.seed)
+        apply_torch_settings(config)
+        # The same seed everywhere, so every process starts the adapter alike.
+        seed_process(self.state.seed)
         if self.accelerator.is_main_process:
             write_run_config(config, self.output_dir)
         # 3. Data: discover, bucket, crop; the plan the sampler will follow.  The
@@ -146,6 +147,8 @@ class Trainer:
         self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, optimizer)
         self.lr_scheduler, self.sampler = lr_scheduler, sampler
         self.generator = torch.Generator().manual_seed(self.state.seed + self.accelerator.process_index)
+        # From here each process may draw its own dropout masks (--seed_for_each_device).
+        seed_process(process_seed(self.state.seed, self.accelerator.process_index, config.seed_for_each_device))
         # 7. Resume, then warn when the disk cannot hold what the run will write.
         if resume_path is not None:
             load_training_state(self, resume_path)
@@ -211,10 +214,11 @@ class Trainer:
                 loss = self._loss(samples)
                 self.accelerator.backward(loss)
                 grad_norm = None
-                if self.accelerator.sync_gradients and self.config.max_grad_norm > 0:
-                    grad_norm = self.accelerator.clip_grad_norm_(self.trained_parameters, self.config.max_grad_norm)
+                if self.accelerator.sync_gradients:
+                    grad_norm = clip_gradients(self.accelerator, self.trained_parameters,
+                                               self.config.grad_clip_method, self.config.max_grad_norm)
                 self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad(set_to_none=self.config.set_grads_to_none)
             losses.append(loss.detach().item())
             if not math.isfinite(losses[-1]):
                 # Checked on the value read for logging, so the step has no extra
@@ -240,6 +244,7 @@ class Trainer:
     def _loss(self, samples: list) -> torch.Tensor:
         dropped = caption_dropout(len(samples), self.config.caption_dropout_probability, self.generator)
         batch = to_device(collate(samples, self.lookup, self.family, dropped), self.device, self.dtype)
+        batch.update(self.family.random_conditioning(len(samples), self.generator))
         noised = self.objective.noise(batch["latents"], self.generator)
         inputs = self.family.model_inputs(batch, noised.noisy, noised.timesteps)
         # Before the trained forward pass: the base pass may swap adapter
@@ -247,7 +252,7 @@ class Trainer:
         target = self._regularised_target(samples, inputs, noised)
         output = self.denoiser(**inputs)
         prediction = self.family.prediction(output, noised.noisy)
-        return weighted_mse(prediction, target, noised.weights)
+        return weighted_loss(prediction, target, noised.weights, self.config.loss_type, noised.huber_c)
 
     def _regularised_target(self, samples: list, inputs: dict, noised: Any) -> torch.Tensor:
         """Regularisation samples aim at the base model's own prediction (adapter off)."""

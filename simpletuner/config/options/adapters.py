@@ -56,6 +56,17 @@ OPTIONS: tuple[Option, ...] = (
         applies_when=(ADAPTER_RUN, PEFT_LORA),
     ),
     Option(
+        "flux_lora_target", "str", "all",
+        "Which Flux layers a standard LoRA trains (unless --lora_target_modules "
+        "names them): mmdit (image attention), context (text attention), "
+        "context+ffs (text attention and feed-forward), all (all attention), "
+        "all+ffs (attention and feed-forward), ai-toolkit (ai-toolkit's set), "
+        "tiny (two single blocks' outputs), nano (one).",
+        ADAPTERS, choices=("mmdit", "context", "context+ffs", "all", "all+ffs", "ai-toolkit", "tiny", "nano"),
+        families=("flux",),
+        applies_when=(ADAPTER_RUN, PEFT_LORA),
+    ),
+    Option(
         "lora_format", "str", "diffusers",
         "Key layout of saved LoRA files: diffusers, or comfyui for the kohya-style "
         "layout that ComfyUI, A1111 and Forge load (sdxl, legacy, kolors and flux).",

@@ -85,6 +85,16 @@ FROZEN_BASE = AppliesWhen("model_type", ("lora",), "a full fine-tune trains ever
                           "--model_type)")
 BF16_COMPUTE = AppliesWhen("mixed_precision", ("bf16",), "with --mixed_precision {mixed_precision} nothing "
                            "computes in bf16, so the frozen base stays fp32")
+HUBER_LOSS = AppliesWhen("loss_type", ("huber", "smooth_l1"), "only --loss_type huber or smooth_l1 uses it, "
+                         "not {loss_type}")
+UNWEIGHTED_BY_SNR = AppliesWhen("snr_gamma", (None, 0, 0.0), "--snr_gamma weights the loss instead")
+UNWEIGHTED_BY_SOFT_MIN_SNR = AppliesWhen("use_soft_min_snr", (True,), "--use_soft_min_snr weights the loss "
+                                         "instead", unless=True)
+BETA_SCHEDULE = AppliesWhen("flux_use_beta_schedule", (True,), "only --flux_use_beta_schedule uses it")
+GUIDANCE_CONSTANT = AppliesWhen("flux_guidance_mode", ("constant",), "--flux_guidance_mode {flux_guidance_mode} "
+                                "draws the guidance between --flux_guidance_min and --flux_guidance_max")
+GUIDANCE_RANGE = AppliesWhen("flux_guidance_mode", ("random-range",), "only --flux_guidance_mode random-range "
+                             "uses it")
 CHECKPOINTING = AppliesWhen("gradient_checkpointing", (True,), "only --gradient_checkpointing uses it")
 PUSHING = AppliesWhen("push_to_hub", (True,), "only --push_to_hub uploads to the Hub")
 

@@ -35,13 +35,10 @@ from simpletuner.config.options.common import (
     FLOW,
     FLOW_FAMILIES,
     HARDWARE,
-    IMAGES,
     LENGTH,
     LOGGING,
     LOSS,
     OPTIMIZER,
-    PRECISION,
-    PUBLISHING,
     RUN,
     SCHEDULE,
     VALIDATION,
@@ -91,38 +88,7 @@ def _no_effect(name: str, kind: str, default: Any, help: str, group: str, reason
     return Option(name, kind, default, help, group, no_effect=reason, **extra)
 
 
-# ==== PLACEHOLDERS: issue #16 training features, built on another branch ====
-# Registered here only so this branch knows the names; delete this block when
-# that branch's implemented declarations are merged (they win anyway, see
-# undeclared()).
-PLACEHOLDERS: tuple[Option, ...] = (
-    _refused("loss_type", "str", "l2", "Loss function: l2, huber or smooth_l1.", LOSS),
-    _refused("huber_schedule", "str", "snr", "How the Huber loss's c changes with the timestep.", LOSS),
-    _refused("huber_c", "float", 0.1, "The Huber loss's c parameter.", LOSS),
-    _refused("snr_weight", "float", 1.0, "Weight given to the SNR-weighted part of the loss.", LOSS),
-    _refused("grad_clip_method", "str", "value", "Clip gradients by value or by their norm.", OPTIMIZER),
-    _refused("set_grads_to_none", "bool", False, "Free gradients instead of zeroing them after each step.",
-             OPTIMIZER),
-    _refused("disable_bucket_pruning", "bool", False, "Keep images of buckets too small for a batch.", DATA),
-    _refused("flux_use_beta_schedule", "bool", False, "Draw flow-matching sigmas from a beta distribution.", FLOW),
-    _refused("flux_beta_schedule_alpha", "float", 2.0, "Alpha of the beta schedule's distribution.", FLOW),
-    _refused("flux_beta_schedule_beta", "float", 2.0, "Beta of the beta schedule's distribution.", FLOW),
-    _refused("flux_use_uniform_schedule", "bool", False, "Draw flow-matching sigmas uniformly.", FLOW),
-    _refused("flow_matching_sigmoid_scale", "float", 1.0, "Scale of the sigmoid that maps noise to sigmas.", FLOW),
-    _refused("flux_guidance_mode", "str", "constant", "Flux guidance while training: constant or random-range.",
-             FLOW),
-    _refused("flux_guidance_min", "float", 0.0, "Lowest Flux guidance of the random range.", FLOW),
-    _refused("flux_guidance_max", "float", 4.0, "Highest Flux guidance of the random range.", FLOW),
-    _refused("flux_lora_target", "str", "all", "Which Flux modules a LoRA trains, by preset name.", ADAPTERS),
-    _refused("allow_tf32", "bool", False, "Let matmuls use TF32 on Ampere and newer GPUs.", HARDWARE),
-    _refused("disable_tf32", "bool", False, "Keep matmuls in full fp32 precision.", HARDWARE),
-    _refused("torch_num_threads", "int", 8, "CPU threads torch may use.", HARDWARE),
-    _refused("seed_for_each_device", "bool", True, "Give each process its own seed derived from --seed.", LENGTH),
-    _refused("gradient_precision", "str", None, "Precision gradients are kept in.", PRECISION),
-)
-# ==== end of PLACEHOLDERS ====================================================
-
-OPTIONS: tuple[Option, ...] = PLACEHOLDERS + (
+OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------ Core model
     _refused("controlnet", "bool", False, "Train a ControlNet beside the frozen base model.", CORE, CONTROLNET),
     _refused("controlnet_model_name_or_path", "path", None, "ControlNet weights to continue training from.",

@@ -43,6 +43,13 @@ OPTIONS: tuple[Option, ...] = (
         DATA, choices=("vae", "aspect", "text", "metadata"),
     ),
     Option(
+        "disable_bucket_pruning", "bool", False,
+        "Train on every image of every bucket each epoch: a bucket's last, "
+        "incomplete batch (or a bucket smaller than a batch) is filled with "
+        "repeats of its own images instead of being left out.",
+        DATA,
+    ),
+    Option(
         "caption_dropout_probability", "float", 0.0,
         "Chance of training a sample with the empty prompt's embeddings instead "
         "of its caption's, which teaches unconditional generation (for CFG).",

@@ -117,9 +117,21 @@ OPTIONS: tuple[Option, ...] = (
     # -------------------------------------------- Precision and quantisation
     Option(
         "mixed_precision", "str", "bf16",
-        "Number format used for the forward and backward passes: bf16, fp16, or no "
-        "for plain fp32.",
-        PRECISION, choices=("no", "bf16", "fp16"), implemented=("no", "bf16"),
+        "Number format used for the forward and backward passes: bf16, fp16 (with "
+        "loss scaling; needs a CUDA or other accelerator), or no for plain fp32.",
+        PRECISION, choices=("no", "bf16", "fp16"),
+    ),
+    Option(
+        "disable_tf32", "bool", False,
+        "Keep fp32 matrix products and convolutions in full fp32 on NVIDIA GPUs "
+        "(Ampere or newer) instead of TF32, which is faster and on by default.",
+        PRECISION,
+    ),
+    Option(
+        "allow_tf32", "bool", False,
+        "Let fp32 matrix products and convolutions use TF32 on NVIDIA GPUs. TF32 "
+        "is already on unless --disable_tf32; kept for SimpleTuner v1 configs.",
+        PRECISION,
     ),
     Option(
         "base_model_precision", "str", "no_change",

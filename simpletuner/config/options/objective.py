@@ -6,18 +6,24 @@ from simpletuner.config.option import Option
 from simpletuner.config.options.common import (
     BIAS_PORTION,
     BIAS_RANGE,
+    BETA_SCHEDULE,
     BIAS_STRATEGY,
     DIFFUSION_FAMILIES,
     EMA,
     FIXED_SHIFT,
     FLOW,
     FLOW_FAMILIES,
+    GUIDANCE_CONSTANT,
+    GUIDANCE_RANGE,
+    HUBER_LOSS,
     LOGIT_NORMAL,
     LOSS,
     MODE_SCHEME,
     NOISE_OFFSET,
     RESOLUTION_SHIFTING,
     SOFT_MIN_SNR,
+    UNWEIGHTED_BY_SNR,
+    UNWEIGHTED_BY_SOFT_MIN_SNR,
 )
 
 OPTIONS: tuple[Option, ...] = (
@@ -60,6 +66,35 @@ OPTIONS: tuple[Option, ...] = (
         LOSS, minimum=0,
         families=DIFFUSION_FAMILIES,
         applies_when=(SOFT_MIN_SNR,),
+    ),
+    Option(
+        "loss_type", "str", "l2",
+        "What the prediction's error costs: l2 (squared error), or the pseudo-Huber "
+        "losses huber and smooth_l1, which grow linearly for large errors and so "
+        "are less pulled by outliers (Khrapov et al. 2024).",
+        LOSS, choices=("l2", "huber", "smooth_l1"),
+    ),
+    Option(
+        "huber_schedule", "str", "snr",
+        "How the Huber loss's c follows the timestep: snr (near 1, L2-like, for "
+        "clean steps; --huber_c for noisy ones), exponential (1 at timestep 0 "
+        "down to --huber_c at the last), or constant (--huber_c throughout).",
+        LOSS, choices=("snr", "exponential", "constant"),
+        applies_when=(HUBER_LOSS,),
+    ),
+    Option(
+        "huber_c", "float", 0.1,
+        "The Huber loss's c: errors much larger than it cost linearly. The value "
+        "the schedule reaches at the noisiest timesteps.",
+        LOSS, minimum=0.0001, maximum=1,
+        applies_when=(HUBER_LOSS,),
+    ),
+    Option(
+        "snr_weight", "float", 1.0,
+        "Multiply the loss by this factor, as SimpleTuner v1 did where no "
+        "(soft) min-SNR weighting is used; 1 leaves it as is.",
+        LOSS, minimum=0,
+        applies_when=(UNWEIGHTED_BY_SNR, UNWEIGHTED_BY_SOFT_MIN_SNR),
     ),
     Option(
         "noise_offset", "float", 0.0,
@@ -193,10 +228,73 @@ OPTIONS: tuple[Option, ...] = (
         applies_when=(RESOLUTION_SHIFTING,),
     ),
     Option(
+        "flux_use_beta_schedule", "bool", False,
+        "Draw flow-matching sigmas from a Beta distribution "
+        "(--flux_beta_schedule_alpha, --flux_beta_schedule_beta) instead of "
+        "the --flow_weighting_scheme's draw; its loss weighting still applies.",
+        FLOW,
+        families=FLOW_FAMILIES,
+    ),
+    Option(
+        "flux_beta_schedule_alpha", "float", 2.0,
+        "The alpha of the Beta distribution of --flux_use_beta_schedule; above "
+        "--flux_beta_schedule_beta favours noisier steps.",
+        FLOW, minimum=0.0001,
+        families=FLOW_FAMILIES,
+        applies_when=(BETA_SCHEDULE,),
+    ),
+    Option(
+        "flux_beta_schedule_beta", "float", 2.0,
+        "The beta of the Beta distribution of --flux_use_beta_schedule; above "
+        "--flux_beta_schedule_alpha favours cleaner steps.",
+        FLOW, minimum=0.0001,
+        families=FLOW_FAMILIES,
+        applies_when=(BETA_SCHEDULE,),
+    ),
+    Option(
+        "flux_use_uniform_schedule", "bool", False,
+        "Draw flow-matching sigmas uniformly from [0, 1] whatever the "
+        "--flow_weighting_scheme (whose loss weighting still applies).",
+        FLOW,
+        families=FLOW_FAMILIES,
+    ),
+    Option(
+        "flow_matching_sigmoid_scale", "float", 1.0,
+        "Scale of the logit before the sigmoid in the logit_normal draw: sigmas "
+        "are sigmoid(scale * z) with z ~ N(--flow_logit_mean, --flow_logit_std). "
+        "Above 1 favours the ends of the schedule, below 1 its middle.",
+        FLOW, minimum=0,
+        families=FLOW_FAMILIES,
+        applies_when=(LOGIT_NORMAL,),
+    ),
+    Option(
+        "flux_guidance_mode", "str", "constant",
+        "Guidance value fed to Flux's guidance embedding while training: constant "
+        "(--flux_guidance_value) or random-range (drawn per sample, uniformly "
+        "between --flux_guidance_min and --flux_guidance_max).",
+        FLOW, choices=("constant", "random-range"),
+        families=("flux",),
+    ),
+    Option(
         "flux_guidance_value", "float", 1.0,
-        "Value fed to Flux's guidance embedding while training.",
+        "Value fed to Flux's guidance embedding while training (--flux_guidance_mode constant).",
         FLOW, minimum=0,
         families=("flux",),
+        applies_when=(GUIDANCE_CONSTANT,),
+    ),
+    Option(
+        "flux_guidance_min", "float", 0.0,
+        "Lowest guidance value of --flux_guidance_mode random-range.",
+        FLOW, minimum=0,
+        families=("flux",),
+        applies_when=(GUIDANCE_RANGE,),
+    ),
+    Option(
+        "flux_guidance_max", "float", 4.0,
+        "Highest guidance value of --flux_guidance_mode random-range.",
+        FLOW, minimum=0,
+        families=("flux",),
+        applies_when=(GUIDANCE_RANGE,),
     ),
     # ------------------------------------------------------------------- EMA
     Option(

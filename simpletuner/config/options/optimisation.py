@@ -48,6 +48,13 @@ OPTIONS: tuple[Option, ...] = (
         "Random seed that makes a run reproducible. Unset leaves the run unseeded.",
         LENGTH, minimum=0,
     ),
+    Option(
+        "seed_for_each_device", "bool", True,
+        "Seed each process's global random state with --seed plus its rank, so "
+        "processes do not draw the same dropout masks; off gives every process "
+        "--seed itself. Noise and timesteps differ per process either way.",
+        LENGTH,
+    ),
     # ------------------------------------------------------------- Optimizer
     Option(
         "optimizer", "str", "adamw_bf16",
@@ -85,9 +92,29 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max_grad_norm", "float", 2.0,
-        "Gradients are rescaled so that their overall norm does not exceed this "
-        "value.",
+        "Gradient clipping limit (--grad_clip_method): the largest overall norm, "
+        "or the largest value of any one gradient element. 0 turns clipping off.",
         OPTIMIZER, minimum=0,
+    ),
+    Option(
+        "grad_clip_method", "str", "value",
+        "How --max_grad_norm clips: value clamps each gradient element to "
+        "[-max, max]; norm rescales all gradients together so their overall norm "
+        "is at most max (and logs that norm as grad_norm).",
+        OPTIMIZER, choices=("value", "norm"),
+    ),
+    Option(
+        "set_grads_to_none", "bool", False,
+        "After each optimizer step, free the gradients (set them to None) instead "
+        "of filling them with zeros: less memory between steps.",
+        OPTIMIZER,
+    ),
+    Option(
+        "gradient_precision", "str", "unmodified",
+        "Precision of the gradients the optimizer sees: fp32 or unmodified (that "
+        "of the trained weights). Trained weights are fp32 here (LoRA and full "
+        "fine-tunes alike), so both give fp32 gradients.",
+        OPTIMIZER, choices=("unmodified", "fp32"),
     ),
     # ------------------------------------------------ Learning rate schedule
     Option(

@@ -44,6 +44,12 @@ OPTIONS: tuple[Option, ...] = (
         HARDWARE, implemented=False,
     ),
     Option(
+        "torch_num_threads", "int", None,
+        "CPU threads torch uses for its operations in each process. Unset keeps "
+        "torch's choice (one per core); more threads than cores slows every step.",
+        HARDWARE, minimum=1,
+    ),
+    Option(
         "memory_limit_gb", "float", None,
         "Memory in GiB the run may use, checked against the memory estimate before "
         "loading. Unset uses what the device reports free (system RAM when training "
