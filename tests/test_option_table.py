@@ -360,6 +360,8 @@ SLICE_FULLY = {
     "text_encoder_2_precision", "text_encoder_3_precision", "text_encoder_4_precision",
     # dtypes of the frozen base and of the VAE while caching (issue 13)
     "base_model_default_dtype", "vae_dtype",
+    # held-out evaluation loss (issue 14)
+    "eval_dataset_id", "num_eval_images", "validation_steps",
 }
 
 

@@ -128,3 +128,19 @@ class FlowMatchingObjective:
             target=flow_target(latents, drawn.target_noise),
             weights=loss_weights(config.flow_weighting_scheme, sigmas),
         )
+
+    def noised_at(self, latents: torch.Tensor, noise: torch.Tensor, positions: torch.Tensor) -> NoisedBatch:
+        """The batch at given noise and sigmas (``positions``, in [0, 1)): no shift, nothing drawn.
+
+        The shift and the weighting scheme's density only decide which sigmas
+        training visits; the evaluation loss is measured at fixed ones, with
+        the training loss's target and weights.
+        """
+        sigmas = positions.float().to(latents.device)
+        noise = noise.to(latents.device, latents.dtype)
+        return NoisedBatch(
+            noisy=flow_noisy(latents, noise, sigmas.to(latents.dtype)),
+            timesteps=sigmas * self.num_train_timesteps,
+            target=flow_target(latents, noise),
+            weights=loss_weights(self.config.flow_weighting_scheme, sigmas),
+        )

@@ -86,6 +86,8 @@ FROZEN_BASE = AppliesWhen("model_type", ("lora",), "a full fine-tune trains ever
 BF16_COMPUTE = AppliesWhen("mixed_precision", ("bf16",), "with --mixed_precision {mixed_precision} nothing "
                            "computes in bf16, so the frozen base stays fp32")
 CHECKPOINTING = AppliesWhen("gradient_checkpointing", (True,), "only --gradient_checkpointing uses it")
+EVAL_DATASET = AppliesWhen("eval_dataset_id", (None,), "it concerns the evaluation loss, which only "
+                          "--eval_dataset_id turns on", unless=True)
 
 OPTIMIZERS = (
     "adamw_bf16",
