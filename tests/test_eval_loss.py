@@ -256,3 +256,25 @@ def test_flux_eval_loss_at_fixed_sigmas_repeats_for_the_same_weights(tmp_path: P
         assert len({value for _, value in scalars[tag]}) == 1, (tag, scalars[tag])
     # Noisier inputs are harder to denoise: the flow loss differs between the quarters.
     assert len({scalars[tag][0][1] for tag in RANGE_TAGS}) == 4
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_eval_loss_of_one(tmp_path: Path, tiny_sdxl: Path) -> None:
+    from train_sh import run_train_sh, tiny_project
+
+    root = tiny_project(tmp_path, tiny_sdxl, images=4, max_train_steps=1, eval_dataset_id="held",
+                        num_eval_images=3, report_to="tensorboard")
+    mdb = root / "config" / "multidatabackend.json"
+    (root / "mdb.json").write_text(mdb.read_text(encoding="utf-8"), encoding="utf-8")
+    _add_held_out(root, count=3)  # 3 images: rank 0 evaluates two of them, rank 1 one
+    mdb.write_text((root / "mdb.json").read_text(encoding="utf-8"), encoding="utf-8")
+    env = root / "config" / "config.env"
+    figures = {}
+    for processes in (1, 2):  # the second run reuses the first one's caches: the same latents
+        env.write_text(env.read_text(encoding="utf-8").replace("NUM_PROCESSES=1", f"NUM_PROCESSES={processes}"))
+        result = run_train_sh(root, "--output_dir", f"out{processes}")
+        assert f"x {processes} process(es)" in result.stderr, result.stderr[-3000:]
+        figures[processes] = _scalars(root / f"out{processes}")
+    assert figures[1].keys() == figures[2].keys() >= {"eval/loss", *RANGE_TAGS}
+    for tag in ["eval/loss", *RANGE_TAGS]:
+        assert figures[2][tag] == figures[1][tag], tag
