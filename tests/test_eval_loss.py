@@ -193,9 +193,11 @@ def test_schedule_free_weights_are_averaged_inside_and_restored_bitwise_after():
 
 # -------------------------------------------------------------- end to end
 
+# LoRA dropout draws from the global generator at every training step, so an
+# evaluation that drew its noise there, or left dropout on, would not repeat.
 EVAL_FLAGS = ("--eval_dataset_id", "held", "--num_eval_images", "2", "--validation_steps", "2",
               "--report_to", "tensorboard", "--max_train_steps", "4", "--train_batch_size", "2",
-              "--learning_rate", "1e-3", "--lora_rank", "4")
+              "--learning_rate", "1e-3", "--lora_rank", "4", "--lora_dropout", "0.1")
 
 
 @pytest.fixture(scope="module")
