@@ -191,6 +191,56 @@ def test_schedule_free_weights_are_averaged_inside_and_restored_bitwise_after():
         assert optimizer.param_groups[0]["train_mode"]
 
 
+class _Recorder(torch.nn.Module):
+    """A denoiser that notes its mode at each call and draws from the global generator, as some do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+        self.dropout = torch.nn.Dropout(0.5)
+        self.calls: list[tuple[bool, bool]] = []
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor]:
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        torch.rand(1)
+        return (self.linear(self.dropout(sample.movedim(1, -1))).movedim(-1, 1),)
+
+
+def _recorder_evaluator(count: int):
+    from diffusers import DDPMScheduler
+
+    from simpletuner.evaluation.held_out import HeldOutEvaluator
+    from simpletuner.training.objectives import DiffusionObjective
+
+    samples = [f"image-{i}" for i in range(count)]
+    latents = {name: torch.randn(4, 8, 8) for name in samples}
+    lookup = SimpleNamespace(latents=latents.__getitem__, text=lambda sample: {"embeds": torch.zeros(3)})
+    family = SimpleNamespace(sample_conditioning=lambda batch: {}, prediction=lambda output, noisy: output[0],
+                             model_inputs=lambda batch, noisy, timesteps: {"sample": noisy, "timestep": timesteps})
+    config = SimpleNamespace(snr_gamma=None, use_soft_min_snr=False, noise_offset=0.0, input_perturbation=0.0,
+                             timestep_bias_strategy="none")
+    objective = DiffusionObjective(DDPMScheduler(num_train_timesteps=1000), config)
+    logged = []
+    accelerator = SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu"),
+                                  is_main_process=True, log=lambda values, step: logged.append((step, values)))
+    return HeldOutEvaluator(samples, lookup, family, objective, 3, accelerator, torch.float32, 2), logged
+
+
+def test_an_evaluation_runs_in_eval_mode_without_grad_and_leaves_mode_and_random_state_alone():
+    evaluator, logged = _recorder_evaluator(count=3)
+    model = _Recorder().train()
+    state = torch.random.get_rng_state()
+    first = evaluator.run(model, step=0)
+    assert torch.equal(torch.random.get_rng_state(), state), "the evaluation moved the global generator"
+    assert model.training, "the denoiser was left in eval mode"
+    assert model.calls == [(False, False)] * 6  # 3 images x 4 ranges in batches of 2
+    torch.randn(10)
+    assert evaluator.run(model, step=5) == first
+    assert [step for step, _ in logged] == [0, 5]
+    assert set(logged[0][1]) == {"eval/loss", *RANGE_TAGS, "eval/seconds"}
+    assert first["eval/loss"] == pytest.approx(sum(first[tag] for tag in RANGE_TAGS) / 4)
+
+
 # -------------------------------------------------------------- end to end
 
 # LoRA dropout draws from the global generator at every training step, so an
