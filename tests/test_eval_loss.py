@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -255,7 +256,7 @@ def sdxl_runs(tmp_path_factory: pytest.TempPathFactory, tiny_sdxl: Path) -> dict
     held = _add_held_out(write_two_class_project(tmp_path_factory.mktemp("held"), per_class=4))
     plain = write_two_class_project(tmp_path_factory.mktemp("plain"), per_class=4)
     return {
-        "trained": train_in_process(held, tiny_sdxl, "sdxl", *EVAL_FLAGS),
+        "trained": train_in_process(held, tiny_sdxl, "sdxl", *EVAL_FLAGS, "--checkpointing_steps", "2"),
         "still": train_in_process(held, tiny_sdxl, "sdxl", *EVAL_FLAGS, "--learning_rate", "0",
                                   output_name="still"),
         "plain": train_in_process(plain, tiny_sdxl, "sdxl", *EVAL_FLAGS[6:]),
@@ -294,6 +295,18 @@ def test_evaluating_a_held_out_dataset_does_not_change_training(sdxl_runs) -> No
     changed = [key for key in expected if not torch.equal(expected[key], actual[key])]
     assert not changed, changed[:5]
     assert not (sdxl_runs["plain"] / "logs").exists() or not _scalars(sdxl_runs["plain"])
+
+
+@pytest.mark.slow
+def test_a_resumed_run_evaluates_at_the_same_steps_without_repeating_one(sdxl_runs, tiny_sdxl: Path) -> None:
+    trained = sdxl_runs["trained"]
+    resumed = trained.parent / "resumed"
+    shutil.copytree(trained / "checkpoint-2", resumed / "checkpoint-2")
+    train_in_process(trained.parent, tiny_sdxl, "sdxl", *EVAL_FLAGS, "--resume_from_checkpoint", "latest",
+                     output_name="resumed")
+    expected, actual = _scalars(trained), _scalars(resumed)
+    for tag in ["eval/loss", *RANGE_TAGS]:
+        assert actual[tag] == expected[tag][-1:], tag  # step 4 only, with the uninterrupted run's value
 
 
 @pytest.mark.slow
