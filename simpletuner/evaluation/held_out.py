@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from simpletuner.errors import DataError
 from simpletuner.evaluation.dataset import eval_dataset_id, eval_images
 from simpletuner.evaluation.fixed_noise import RANGES, fixed_draw, range_names
 from simpletuner.training.batches import collate, to_device
@@ -109,6 +110,9 @@ def build_evaluator(config: Any, data: Any, lookup: Any, family: Any, objective:
     if dataset_id is None:
         return None
     samples = eval_images(data.held_out[dataset_id], config.num_eval_images)
+    if not samples:  # every image failed to decode while caching
+        raise DataError(f"dataset {dataset_id!r} (--eval_dataset_id) has no image left to evaluate on: none "
+                        "could be decoded (see the warnings above); replace them or name another dataset")
     if accelerator.is_main_process:
         logger.info("evaluation loss: %d image(s) of dataset %r, each at %d fixed timesteps, every %d steps "
                     "and before the first", len(samples), dataset_id, RANGES, config.validation_steps)
