@@ -201,3 +201,12 @@ def test_spellings_are_not_option_names_and_point_at_options():
     names = {option.name for option in OPTIONS}
     assert not set(SPELLING_TO_NAME) & names
     assert set(SPELLING_TO_NAME.values()) <= names
+
+
+def test_no_compat_entry_is_shadowed_by_a_real_option():
+    """Once a group module implements a SimpleTuner name, its compat placeholder must go (dead text)."""
+    from simpletuner.config.options import adapters, compat, data, model, objective, optimisation, outputs, run
+
+    real = {o.name for m in (model, adapters, optimisation, objective, data, outputs, run) for o in m.OPTIONS}
+    shadowed = sorted(o.name for o in compat.OPTIONS if o.name in real)
+    assert not shadowed, f"remove these from config/options/compat.py: {shadowed}"

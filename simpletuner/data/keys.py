@@ -40,7 +40,8 @@ DATASET_KEYS: Tuple[Option, ...] = (
     _key("type", "str", "local", "Where the files live: `local` folder, `aws` (S3) bucket or `csv` URL list.",
          GROUP_IDENTITY, choices=("local", "aws", "csv")),
     _key("dataset_type", "str", "image",
-         "`image` for training images, `text_embeds` for a text-embedding cache, "
+         "`image` for training images (or held-out evaluation images, when `--eval_dataset_id` names it), "
+         "`text_embeds` for a text-embedding cache, "
          "`image_embeds` for a latent (image-embedding) cache image datasets can name.",
          GROUP_IDENTITY, choices=("image", "text_embeds", "image_embeds")),
     _key("default", "bool", False,

@@ -4,7 +4,9 @@ This is the one place the data stages are chained: load the dataset config,
 discover each dataset's images, find faces where ``crop_style`` is ``face``,
 plan each image's geometry (bucket, resize, crop), note setting changes since
 the last run, and count what the sampler will be able to batch under the
-sampling policy.  :class:`PreparedData` holds the result; its
+sampling policy.  The dataset named by ``--eval_dataset_id`` is planned and
+cached like the others but held out (:attr:`PreparedData.held_out`): the
+sampler and the counts never see it.  :class:`PreparedData` holds the result; its
 :meth:`~PreparedData.table` is the start-up summary and
 :meth:`~PreparedData.sampler` builds the matching sampler.
 """
@@ -32,6 +34,7 @@ from simpletuner.data.schema import (
     load_data_backend_config,
 )
 from simpletuner.errors import DataError
+from simpletuner.evaluation.dataset import check_eval_dataset, eval_dataset_id, held_out_note, hold_out
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,11 @@ class PreparedData:
     notes: list[Note] = field(default_factory=list)  # what the plan does that the config does not say
     quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)  # skip reasons whose files move away
     examples: int = 3  # file names shown per skip reason (--print_filenames: all)
+    held_out: dict[str, list[TrainingSample]] = field(default_factory=dict)  # --eval_dataset_id: never trained
+
+    def cached_sets(self) -> dict[str, list[TrainingSample]]:
+        """Every dataset whose caches the run needs: the trained ones and the held-out one."""
+        return {**self.samples, **self.held_out}
 
     def all_samples(self) -> list[TrainingSample]:
         return [s for samples in self.samples.values() for s in samples]
@@ -80,6 +88,9 @@ class PreparedData:
 
     def replace_samples(self, dataset_id: str, samples: list[TrainingSample]) -> BucketReport:
         """Put ``samples`` in place of a dataset's plan (e.g. moved to other buckets) and recount."""
+        if dataset_id in self.held_out:
+            self.held_out[dataset_id] = samples
+            return self.report
         self.samples[dataset_id] = samples
         self.report = check_buckets(self.samples, self.report.batch_size, self.report.repeats,
                                     self.report.world_size, self.policy)
@@ -97,7 +108,8 @@ class PreparedData:
             paths = set(paths)
             if not paths:
                 continue
-            self.samples[dataset_id] = [s for s in self.samples[dataset_id] if s.record.relative_path not in paths]
+            sets = self.held_out if dataset_id in self.held_out else self.samples
+            sets[dataset_id] = [s for s in sets[dataset_id] if s.record.relative_path not in paths]
             self.discovery[dataset_id].filter_out({reason: paths})
             logger.warning("dataset %r: %d image(s) left out (%s): %s", dataset_id, len(paths), reason,
                            ", ".join(shown(p) for p in sorted(paths)[:5]) + (", ..." if len(paths) > 5 else ""))
@@ -118,6 +130,7 @@ def load_backends(config: Any) -> DataBackendConfig:
 
     defaults = {name: getattr(config, name, None) for name in DATASET_DEFAULT_OPTIONS}
     backends = load_data_backend_config(config.data_backend_config, defaults)
+    check_eval_dataset(config, backends)
     check_remote_storages(backends)
     return backends
 
@@ -155,6 +168,8 @@ def prepare_training_data(
         planning_skips[dataset.id] = skipped
         _note_drift(dataset, planned, getattr(config, "override_dataset_config", False))
     _check_not_empty(backends, discovery)
+    held_out = hold_out(samples, eval_dataset_id(config))
+    notes.extend(held_out_note(held_out, getattr(config, "num_eval_images", 0)))
     policy = sampling_policy(config, backends)
     repeats = {d.id: d.repeats for d in backends.image_datasets}
     sets = SampleSets(samples, policy)
@@ -162,7 +177,7 @@ def prepare_training_data(
     for warning in report.warnings:
         logger.warning(warning)
     examples = sys.maxsize if getattr(config, "print_filenames", False) else 3
-    return PreparedData(backends, sets, discovery, planning_skips, report, notes, quarantine, examples)
+    return PreparedData(backends, sets, discovery, planning_skips, report, notes, quarantine, examples, held_out)
 
 
 def plan_one(

@@ -88,13 +88,13 @@ def prepare_caches(
     warn_if_vae_overflows(family, source, config)
     vae = _Loaded(lambda: family.load_vae(source, vae_dtype(config)).to(accelerator.device))
     failed: dict[str, list[str]] = {}
-    for dataset_id in list(data.samples):
+    for dataset_id in list(data.cached_sets()):  # the held-out dataset too: it is evaluated from the cache
         if "vae" in data.backends.dataset(dataset_id).skip_file_discovery:
             logger.info("dataset '%s' latent cache: not checked (skip_file_discovery vae)", dataset_id)
             continue
         if data.backends.dataset(dataset_id).scan_for_errors:
             _scan(dataset_id, data, lookup, config.vae_cache_scan_behaviour, accelerator)
-        samples = data.samples[dataset_id]
+        samples = data.cached_sets()[dataset_id]
         report = build_latent_cache(
             samples,
             latent_keys(samples, lookup.vae_identity, lookup.normalisation, lookup.key_overrides),
@@ -133,7 +133,7 @@ def _build_text_caches(
     """
     captions: dict[str, list[str]] = {}
     configs = {}
-    for dataset_id, samples in data.samples.items():
+    for dataset_id, samples in data.cached_sets().items():
         if "text" in data.backends.dataset(dataset_id).skip_file_discovery:
             logger.info("dataset '%s' captions: text-embed cache not checked (skip_file_discovery text)", dataset_id)
             continue
@@ -158,7 +158,7 @@ def _build_text_caches(
 
 def _scan(dataset_id: str, data: PreparedData, lookup: CacheLookup, behaviour: str, accelerator: Any) -> None:
     """``scan_for_errors``: check every entry; ``sync`` moves samples to the bucket of their entry."""
-    samples = data.samples[dataset_id]
+    samples = data.cached_sets()[dataset_id]
     keys = latent_keys(samples, lookup.vae_identity, lookup.normalisation, lookup.key_overrides)
     shard = (accelerator.process_index, accelerator.num_processes)
     result = scan_latents(samples, keys, lookup.latent_stores[dataset_id], lookup.scale_factor, shard, behaviour)

@@ -159,6 +159,10 @@ class FlowMatchingObjective:
             seq_len, config.flow_base_seq_len, config.flow_max_seq_len, config.flow_base_shift, config.flow_max_shift
         )
 
+    @property
+    def loss_type(self) -> str:
+        return self.shape.loss_type
+
     def noise(self, latents: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
         config = self.config
         noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
@@ -171,5 +175,23 @@ class FlowMatchingObjective:
             timesteps=timesteps,
             target=flow_target(latents, drawn.target_noise),
             weights=self.shape.scaled(loss_weights(config.flow_weighting_scheme, sigmas), latents.shape[0]),
+            huber_c=self.shape.c(timesteps, self.num_train_timesteps, noise_ratio(sigmas)),
+        )
+
+    def noised_at(self, latents: torch.Tensor, noise: torch.Tensor, positions: torch.Tensor) -> NoisedBatch:
+        """The batch at given noise and sigmas (``positions``, in [0, 1)): no shift, nothing drawn.
+
+        The shift and the weighting scheme's density only decide which sigmas
+        training visits; the evaluation loss is measured at fixed ones, with
+        the training loss's target and weights.
+        """
+        sigmas = positions.float().to(latents.device)
+        noise = noise.to(latents.device, latents.dtype)
+        timesteps = sigmas * self.num_train_timesteps
+        return NoisedBatch(
+            noisy=flow_noisy(latents, noise, sigmas.to(latents.dtype)),
+            timesteps=timesteps,
+            target=flow_target(latents, noise),
+            weights=self.shape.scaled(loss_weights(self.config.flow_weighting_scheme, sigmas), latents.shape[0]),
             huber_c=self.shape.c(timesteps, self.num_train_timesteps, noise_ratio(sigmas)),
         )

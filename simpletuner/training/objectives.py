@@ -4,7 +4,8 @@ An objective draws noise and timesteps (from the trainer's generator, so a
 resumed run repeats them), builds the noisy input, and says what the
 prediction is compared with and how each sample is weighted.  A family picks
 its objective (``ModelFamily.make_objective``); the trainer only calls
-``noise``.
+``noise``, and the held-out evaluation ``noised_at`` (given noise and
+schedule positions, nothing drawn).
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class DiffusionObjective:
         alpha_bar = self.scheduler.alphas_cumprod[timesteps.cpu()].float()
         return ((1 - alpha_bar) / alpha_bar).sqrt()
 
+    @property
+    def loss_type(self) -> str:
+        return self.shape.loss_type
+
     def noise(self, latents: torch.Tensor, generator: torch.Generator) -> NoisedBatch:
         noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
         timesteps = sample_timesteps(self.num_train_timesteps, latents.shape[0], generator, self.timestep_weights)
@@ -101,6 +106,25 @@ class DiffusionObjective:
             noisy=self.scheduler.add_noise(latents, drawn.input_noise, timesteps),
             timesteps=timesteps,
             target=noise_prediction_target(self.scheduler, latents, drawn.target_noise, timesteps),
+            weights=None if weights is None else weights.to(latents.device),
+            huber_c=None if huber_c is None else huber_c.to(latents.device),
+        )
+
+    def noised_at(self, latents: torch.Tensor, noise: torch.Tensor, positions: torch.Tensor) -> NoisedBatch:
+        """The batch at given noise and schedule positions in [0, 1) (timestep ``position x T``).
+
+        Nothing is drawn and no noise trick applies: the evaluation loss is
+        measured at fixed points, with the training loss's target and weights.
+        """
+        timesteps = (positions.double() * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
+        weights = self.loss_weights(timesteps)
+        huber_c = self.shape.c(timesteps, self.num_train_timesteps, self.noise_ratio(timesteps))
+        timesteps = timesteps.to(latents.device)
+        noise = noise.to(latents.device, latents.dtype)
+        return NoisedBatch(
+            noisy=self.scheduler.add_noise(latents, noise, timesteps),
+            timesteps=timesteps,
+            target=noise_prediction_target(self.scheduler, latents, noise, timesteps),
             weights=None if weights is None else weights.to(latents.device),
             huber_c=None if huber_c is None else huber_c.to(latents.device),
         )

@@ -19,6 +19,8 @@ import torch
 
 from simpletuner.data.pipeline import PreparedData, load_backends, prepare_training_data
 from simpletuner.errors import DataError, PublishError, UserError
+from simpletuner.evaluation.held_out import build_evaluator
+from simpletuner.evaluation.weights import averaged_weights
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.families.registry import get_family
 from simpletuner.logs import attach_log_file
@@ -137,6 +139,8 @@ class Trainer:
         self.stop.enter("start-up")
         denoiser = self._load_trainable_denoiser()
         self.objective = self.family.make_objective(self._load_noise_scheduler(), config)
+        self.evaluator = build_evaluator(config, data, self.lookup, self.family, self.objective, self.state.seed,
+                                         self.accelerator, self.dtype)
         # 6. Optimizer, learning-rate schedule, sampler.
         sampler = data.sampler(self.state.seed, self.accelerator.process_index, self.accelerator.num_processes)
         self.trained_parameters = self.trainable.parameters(denoiser)
@@ -155,6 +159,8 @@ class Trainer:
         self._warn_if_short_of_space(total_steps)
         # 8. The loop; from here a signal stops it after a step, with a checkpoint.
         set_optimizer_mode(self.optimizer, training=True)
+        if self.state.global_step == 0:
+            self._evaluate()  # the baseline; a resumed run evaluated its step before the checkpoint
         self.stop.enter("training", deferring=True)
         self.publishing.started(run_summary(config, self.family, self.trainable, data, total_steps,
                                             self.accelerator.num_processes, self.state.seed))
@@ -274,8 +280,15 @@ class Trainer:
         self.accelerator.log(logs, step=self.state.global_step)
         progress.step(self.state.global_step, loss, lr)
         self.publishing.after_step(self.state.global_step, loss, lr)
+        self._evaluate()
         if self.state.global_step % self.config.checkpointing_steps == 0:
             self._save_checkpoint()
+
+    def _evaluate(self) -> None:
+        """The held-out loss (--eval_dataset_id) at validation steps, of the weights a save would keep."""
+        if self.evaluator is not None and self.state.global_step % self.config.validation_steps == 0:
+            with averaged_weights(self.optimizer, self.trained_parameters):
+                self.evaluator.run(self.accelerator.unwrap_model(self.denoiser), self.state.global_step)
 
     def _save_checkpoint(self) -> None:
         # A finite loss can still come with an update that overflowed the

@@ -97,6 +97,8 @@ GUIDANCE_RANGE = AppliesWhen("flux_guidance_mode", ("random-range",), "only --fl
                              "uses it")
 CHECKPOINTING = AppliesWhen("gradient_checkpointing", (True,), "only --gradient_checkpointing uses it")
 PUSHING = AppliesWhen("push_to_hub", (True,), "only --push_to_hub uploads to the Hub")
+EVAL_DATASET = AppliesWhen("eval_dataset_id", (None,), "it concerns the evaluation loss, which only "
+                          "--eval_dataset_id turns on", unless=True)
 
 OPTIMIZERS = (
     "adamw_bf16",

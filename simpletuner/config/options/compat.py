@@ -245,8 +245,6 @@ OPTIONS: tuple[Option, ...] = (
              VALIDATION),
     _refused("benchmark_base_model", "bool", False, "Render base-model images for comparison.", VALIDATION),
     _refused("enable_watermark", "bool", False, "Watermark SDXL validation images invisibly.", VALIDATION),
-    _refused("num_eval_images", "int", 4, "Images scored per evaluation.", VALIDATION),
-    _refused("eval_dataset_id", "str", None, "Dataset whose images the evaluation uses.", VALIDATION),
     _refused("pretrained_evaluation_model_name_or_path", "str", "openai/clip-vit-large-patch14-336",
              "CLIP model that scores validation images.", VALIDATION),
     # -------------------------------------------------- Logging and tracking

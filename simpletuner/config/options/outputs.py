@@ -6,6 +6,7 @@ from simpletuner.config.option import Option
 from simpletuner.config.options.common import (
     CHECKPOINTS,
     LOGGING,
+    EVAL_DATASET,
     PUBLISHING,
     PUSHING,
     VALIDATION,
@@ -50,7 +51,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "validation_steps", "int", 100,
         "Generate validation images every this many optimizer steps.",
-        VALIDATION, minimum=1, implemented=False,
+        VALIDATION, minimum=1,
     ),
     Option(
         "validation_resolution", "str", "1024",
@@ -89,6 +90,21 @@ OPTIONS: tuple[Option, ...] = (
         "Score validation images against their prompts: clip computes CLIP "
         "scores, none skips scoring.",
         VALIDATION, choices=("none", "clip"), implemented=False,
+    ),
+    Option(
+        "eval_dataset_id", "str", None,
+        "Id of an image dataset in --data_backend_config to hold out: it is cached but "
+        "never trained on, and at every --validation_steps (and before the first step) "
+        "its mean loss at fixed noise and timesteps is logged as eval/loss. Unset: no "
+        "evaluation loss.",
+        VALIDATION,
+    ),
+    Option(
+        "num_eval_images", "int", 4,
+        "How many images of --eval_dataset_id the evaluation loss uses (the first by "
+        "path); each is evaluated at four fixed timesteps, one per quarter of the "
+        "schedule.",
+        VALIDATION, minimum=1, applies_when=(EVAL_DATASET,),
     ),
     Option(
         "disable_benchmark", "bool", False,
