@@ -187,3 +187,25 @@ def test_a_quantised_load_is_estimated_block_by_block(tiny_sdxl: Path, monkeypat
     trained = quantised.training["trained weights"]
     assert quantised.loading - trained < plain.loading - plain.training["trained weights"]
     assert quantised.loading - trained >= quantised.training["frozen weights"]
+
+
+@pytest.mark.parametrize("family_name", ["sdxl", "flux"])
+def test_a_quantised_step_holds_its_largest_quantised_layer_dequantised(family_name: str,
+                                                                        request: pytest.FixtureRequest) -> None:
+    """The backend dequantises one layer at a time in forward/backward: the step's peak has the
+    largest layer the family lets quantisation touch, at the precision's measured workspace."""
+    from simpletuner.memory.report import estimate_for_run
+    from simpletuner.quantisation.apply import quantise, quantised_layer_names
+    from simpletuner.quantisation.precisions import get_precision
+
+    model = request.getfixturevalue(f"tiny_{family_name}")
+    family = get_family(family_name, None)
+    source = ModelSource(base=str(model))
+    plain = estimate_for_run(_config(family_name, model), family, source, (64, 64))
+    quantised = estimate_for_run(_config(family_name, model, "--base_model_precision", "int8-quanto"), family,
+                                 source, (64, 64))
+    assert "dequantised layer" not in plain.training
+    real = family.load_denoiser(source).requires_grad_(False)
+    quantise(real, "int8-quanto", family.quantisation_exclude)
+    largest = max(real.get_submodule(name).weight.numel() for name in quantised_layer_names(real))
+    assert quantised.training["dequantised layer"] == int(largest * get_precision("int8-quanto").step_workspace) > 0

@@ -5,8 +5,9 @@ Three moments are estimated; the largest is what the run needs:
   (and quantised there, one block at a time, when --base_model_precision asks);
 - caching: text encoders (as stored) and the VAE (fp32) while caches fill;
 - training: frozen weights (quantised Linear weights at their own width),
-  trained weights, their gradients and optimizer state (fp32), EMA, and the
-  activations a step keeps for the largest bucket at the batch size.
+  trained weights, their gradients and optimizer state (fp32), EMA, the
+  activations a step keeps for the largest bucket at the batch size, and,
+  on a quantised base, the largest quantised layer dequantised while it runs.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.memory.activations import ActivationEstimate, trace_activations
 from simpletuner.memory.params import ComponentWeights, count_component
-from simpletuner.memory.precision import optimizer_state_bytes, quantised_weight_bytes
+from simpletuner.memory.precision import dequantised_layer_bytes, optimizer_state_bytes, quantised_weight_bytes
 from simpletuner.memory.skeleton import build_skeleton
+from simpletuner.quantisation.precisions import get_precision
 
 FP32 = 4
 
@@ -72,6 +74,12 @@ def estimate_memory(
         skeleton.linear_weight_parameters * quantised_bytes + other_frozen * dtype_bytes)
     training = {"frozen weights": frozen, "trained weights": trained * FP32, "gradients": trained * FP32,
                 "optimizer state": int(trained * optimizer_state_bytes(config.optimizer))}
+    if quantised_bytes is not None:
+        # The backend dequantises one layer at a time in forward/backward (precisions.step_workspace).
+        precision = get_precision(config.base_model_precision)
+        largest = max(skeleton.largest_quantisable_linear,
+                      skeleton.largest_quantisable_conv if precision.quantises_convolutions else 0)
+        training["dequantised layer"] = int(largest * dequantised_layer_bytes(precision.name))
     in_ram: dict[str, int] = {}
     if config.use_ema:
         on_cpu = config.ema_cpu_only or config.ema_device == "cpu"
@@ -94,7 +102,6 @@ def _loading_peak(config: Any, module: torch.nn.Module, at_dtype: int, frozen: i
     frozen dtype.  quanto/torchao load block by block (quantisation/streaming.py):
     the quantised model so far plus one block twice over (its mapped file pages
     and the copy read from them), at most the largest block."""
-    from simpletuner.quantisation.precisions import get_precision
     from simpletuner.quantisation.streaming import BLOCK_PARAMETERS, blocks_of
 
     if quantised_bytes is None or get_precision(config.base_model_precision).backend not in ("quanto", "torchao"):

@@ -1,15 +1,16 @@
 """Bytes per weight and per optimizer state, by option value.
 
-``quantised_weight_bytes`` is the one place the estimate depends on
-quantisation; the figure itself comes from the quantisation package's record
-of each format (``quantisation.precisions``), so the two cannot drift apart.
+``quantised_weight_bytes`` and ``dequantised_layer_bytes`` are the places the
+estimate depends on quantisation; the figures come from the quantisation
+package's record of each format (``quantisation.precisions``), so the two
+cannot drift apart.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from simpletuner.quantisation.precisions import NO_CHANGE, bytes_per_parameter
+from simpletuner.quantisation.precisions import NO_CHANGE, bytes_per_parameter, get_precision
 
 
 def quantised_weight_bytes(base_model_precision: str) -> Optional[float]:
@@ -17,6 +18,11 @@ def quantised_weight_bytes(base_model_precision: str) -> Optional[float]:
     if base_model_precision == NO_CHANGE:
         return None
     return bytes_per_parameter(base_model_precision)
+
+
+def dequantised_layer_bytes(base_model_precision: str) -> float:
+    """Bytes per weight of the one quantised layer a step dequantises at a time (0 for no_change)."""
+    return get_precision(base_model_precision).step_workspace
 
 
 def optimizer_state_bytes(optimizer: str) -> float:

@@ -23,6 +23,8 @@ class Skeleton:
     frozen_parameters: int
     linear_weight_parameters: int  # frozen nn.Linear weights: what weight quantisation shrinks
     trained_parameters: int
+    largest_quantisable_linear: int = 0  # weights of the largest Linear the family lets quantisation touch
+    largest_quantisable_conv: int = 0  # the same for Conv2d (quanto quantises those too)
 
 
 def build_skeleton(family: ModelFamily, source: ModelSource, config: Any, frozen_dtype: torch.dtype) -> Optional[Skeleton]:
@@ -46,6 +48,8 @@ def build_skeleton(family: ModelFamily, source: ModelSource, config: Any, frozen
     adapter_config = replace(config, lora_init_type="default") if config.model_type == "lora" else config
     trainable = trainable_for(adapter_config, family)
     linear = _linear_weight_parameters(module)
+    largest = _largest_quantisable(module, torch.nn.Linear, family.quantisation_exclude)
+    largest_conv = _largest_quantisable(module, torch.nn.Conv2d, family.quantisation_exclude)
     # The real run prepares the adapter again and says what it has to say
     # (a LyCORIS preset that misses, say); this shape-only copy stays quiet.
     with torch.device("meta"), quieted("simpletuner.training"):
@@ -54,9 +58,16 @@ def build_skeleton(family: ModelFamily, source: ModelSource, config: Any, frozen
     trained_ids = {id(p) for p in trained}
     frozen = sum(p.numel() for p in module.parameters() if id(p) not in trained_ids)
     if config.model_type == "full":
-        frozen, linear = 0, 0
-    return Skeleton(module, frozen, linear, sum(p.numel() for p in trained))
+        frozen, linear, largest, largest_conv = 0, 0, 0, 0
+    return Skeleton(module, frozen, linear, sum(p.numel() for p in trained), largest, largest_conv)
 
 
 def _linear_weight_parameters(module: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
+def _largest_quantisable(module: torch.nn.Module, kind: type, exclude: tuple[str, ...]) -> int:
+    from simpletuner.quantisation.apply import excluded
+
+    return max((m.weight.numel() for name, m in module.named_modules()
+                if isinstance(m, kind) and not excluded(name, exclude)), default=0)

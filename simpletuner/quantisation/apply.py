@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from simpletuner.quantisation.backward import lighten_backward
 from simpletuner.quantisation.precisions import get_precision
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,10 @@ def quantise_under(module: torch.nn.Module, precision: str, exclude: Sequence[st
         config = Int8WeightOnlyConfig() if precision == "int8-torchao" else Float8WeightOnlyConfig()
         quantize_(module, config, filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and _under(name, prefix)
                   and not excluded(name, exclude))
+        # torchao's own backward would save a bf16 copy of every weight (backward.py).
+        for name, layer in module.named_modules():
+            if _under(name, prefix) and _is_quantised(layer):
+                lighten_backward(layer)
 
 
 def _under(name: str, prefix: Optional[str]) -> bool:

@@ -28,6 +28,13 @@ class Precision:
             next to nothing per parameter).
         scale_bytes: bytes of scale (+ zero point) stored per group.
         description: one line for the generated documentation.
+        step_workspace: bytes per weight of one quantised layer that a training
+            step holds while that layer runs forward or backward (the backend
+            dequantises the frozen weight, with its temporaries); the step's
+            peak has it once, for the largest quantised layer.  Nothing is
+            kept per layer for backward: quanto keeps the quantised weight and
+            dequantises in backward, and torchao's layers are given the same
+            backward (``quantisation/backward.py``).
     """
 
     name: str
@@ -36,10 +43,17 @@ class Precision:
     group_size: Optional[int]
     scale_bytes: float
     description: str
+    step_workspace: float = 0.0
 
     @property
     def quantised(self) -> bool:
         return self.backend != "none"
+
+    @property
+    def quantises_convolutions(self) -> bool:
+        # quanto's quantize() swaps Conv2d for QConv2d as well; torchao's filter
+        # (quantisation/apply.py) and bitsandbytes take Linear layers only.
+        return self.backend == "quanto"
 
 
 # Group sizes and scale widths are those the libraries use by default:
@@ -48,25 +62,35 @@ class Precision:
 # for 8-bit types; torchao's int8/float8 weight-only configs scale per row;
 # bitsandbytes nf4 (QLoRA, Dettmers et al. 2023, "double quantisation") keeps
 # an 8-bit absmax per 64 weights plus an fp32 constant per 256 absmaxes.
+#
+# Step workspaces were measured on the CPU (torch 2.13, optimum-quanto 0.2.7,
+# torchao 0.18), one PEFT LoRA step through a Flux MLP layer (the worse of 3072->12288 and back), with glibc
+# returning every large free to the system so the peak is what was live; they
+# are pinned by tests/test_quantisation_workspace.py.  quanto int8/fp8
+# dequantise through fp32 in backward (4 bytes a weight); int4 unpacks
+# tinygemm's layout (11); int2 dequantises in forward and backward (5);
+# torchao int8 casts its int8 rows to bf16 (2), its fp8 forward dequantises
+# through fp32 (10).  nf4-bnb needs CUDA, so its 2 (bitsandbytes dequantises
+# to the compute dtype) is read from its code, not measured here.
 PRECISIONS: tuple[Precision, ...] = (
     Precision(NO_CHANGE, "none", 16, None, 0.0,
               "Weights stay as loaded (in --base_model_default_dtype)."),
     Precision("int8-quanto", "quanto", 8, None, 0.0,
-              "optimum-quanto int8 weights, one scale per output row."),
+              "optimum-quanto int8 weights, one scale per output row.", step_workspace=4.0),
     Precision("int4-quanto", "quanto", 4, 128, 4.0,
-              "optimum-quanto int4 weights in groups of 128 with a scale and shift."),
+              "optimum-quanto int4 weights in groups of 128 with a scale and shift.", step_workspace=11.25),
     Precision("int2-quanto", "quanto", 2, 128, 4.0,
-              "optimum-quanto int2 weights in groups of 128 with a scale and shift."),
+              "optimum-quanto int2 weights in groups of 128 with a scale and shift.", step_workspace=5.0),
     Precision("fp8-quanto", "quanto", 8, None, 0.0,
-              "optimum-quanto float8 (e4m3fn) weights, one scale per output row."),
+              "optimum-quanto float8 (e4m3fn) weights, one scale per output row.", step_workspace=4.0),
     Precision("fp8uz-quanto", "quanto", 8, None, 0.0,
-              "optimum-quanto float8 (e4m3fnuz, the AMD layout) weights, one scale per output row."),
+              "optimum-quanto float8 (e4m3fnuz, the AMD layout) weights, one scale per output row.", step_workspace=4.0),
     Precision("int8-torchao", "torchao", 8, None, 0.0,
-              "torchao int8 weight-only quantisation, one scale per output row."),
+              "torchao int8 weight-only quantisation, one scale per output row.", step_workspace=2.0),
     Precision("fp8-torchao", "torchao", 8, None, 0.0,
-              "torchao float8 weight-only quantisation, one scale per output row."),
+              "torchao float8 weight-only quantisation, one scale per output row.", step_workspace=10.0),
     Precision("nf4-bnb", "bnb", 4, 64, 1.0 + 4.0 / 256,
-              "bitsandbytes 4-bit NormalFloat with double quantisation (the QLoRA recipe)."),
+              "bitsandbytes 4-bit NormalFloat with double quantisation (the QLoRA recipe).", step_workspace=2.0),
 )
 
 PRECISIONS_BY_NAME: dict[str, Precision] = {p.name: p for p in PRECISIONS}
