@@ -132,12 +132,10 @@ CASES = [
     in_file("no_training_length", cfg(max_train_steps="0", num_train_epochs=0),
             "--max_train_steps and --num_train_epochs are both 0"),
     in_file("lycoris_without_config", cfg(lora_type="lycoris"), "--lora_type=lycoris needs --lycoris_config"),
-    # validation_resolution is not implemented yet either; the format rule
-    # still names the bad value.
     in_file("validation_resolution_not_wxh", cfg(validation_resolution="1024x"),
-            "--validation_resolution='1024x'", "WIDTHxHEIGHT", lines=2),
+            "--validation_resolution='1024x'", "WIDTHxHEIGHT"),
     in_file("validation_resolution_words", cfg(validation_resolution="1024x768,big"),
-            "--validation_resolution='1024x768,big'", lines=2),
+            "--validation_resolution='1024x768,big'", "'big' is not a size"),
     in_file("missing_model_family", cfg(model_family=DROP), "--model_family is required"),
     in_file("missing_pretrained_path", cfg(pretrained_model_name_or_path=DROP),
             "--pretrained_model_name_or_path is required"),

@@ -360,6 +360,16 @@ SLICE_FULLY = {
     "text_encoder_2_precision", "text_encoder_3_precision", "text_encoder_4_precision",
     # dtypes of the frozen base and of the VAE while caching (issue 13)
     "base_model_default_dtype", "vae_dtype",
+    # validation images and CLIP score (issue 14)
+    "validation_prompt", "validation_negative_prompt", "user_prompt_library", "validation_prompt_library",
+    "validation_using_datasets", "validation_disable_unconditional", "validation_steps", "validation_on_startup",
+    "validation_resolution", "num_validation_images", "validation_num_inference_steps", "validation_guidance",
+    "validation_guidance_real", "validation_no_cfg_until_timestep", "validation_guidance_rescale",
+    "validation_guidance_skip_layers", "validation_guidance_skip_layers_start",
+    "validation_guidance_skip_layers_stop", "validation_guidance_skip_scale", "validation_noise_scheduler",
+    "validation_seed", "validation_randomize", "validation_torch_compile", "validation_lycoris_strength",
+    "ema_validation", "disable_benchmark", "evaluation_type", "pretrained_evaluation_model_name_or_path",
+    "tracker_image_layout",
 }
 
 

@@ -43,6 +43,7 @@ from simpletuner.training.state import TrainState
 from simpletuner.training.stop import RunStopped, StopSignals
 from simpletuner.training.summary import Totals, log_changed_totals, log_summary, totals_of
 from simpletuner.training.trainable import trainable_for
+from simpletuner.validation.runner import Validation
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Trainer:
         self.source = ModelSource.from_config(config, self.family)
         self.output_dir = Path(config.output_dir)
         self.trainable = trainable_for(config, self.family)
+        self.validation = Validation(config, self.family, self.source, self.output_dir)
 
     def run(self) -> Path:
         """Train and return the folder holding the final weights."""
@@ -113,7 +115,8 @@ class Trainer:
         #    cannot be decoded are left out here, which can change the step count.
         self.stop.enter("caching")
         self.lookup = prepare_caches(self.family, self.source, data, config, self.accelerator,
-                                     self._progress_enabled(), seed=self.state.seed)
+                                     self._progress_enabled(), seed=self.state.seed,
+                                     extra_prompts=self.validation.prompts_to_cache(data, self.state.seed))
         total_steps = total_training_steps(config, data.report.batches_per_epoch)
         if summary is not None:
             log_changed_totals(summary, totals_of(data, total_steps), config)
@@ -141,6 +144,7 @@ class Trainer:
         self._warn_if_short_of_space(total_steps)
         # 8. The loop; from here a signal stops it after a step, with a checkpoint.
         set_optimizer_mode(self.optimizer, training=True)
+        self.validation.at_start(self)  # the base model's benchmark images at step 0
         self.stop.enter("training", deferring=True)
         self._train_until(total_steps)
         # 9. Final weights.
@@ -255,6 +259,7 @@ class Trainer:
         progress.step(self.state.global_step, loss, lr)
         if self.state.global_step % self.config.checkpointing_steps == 0:
             self._save_checkpoint()
+        self.validation.after_step(self)
 
     def _save_checkpoint(self) -> None:
         # A finite loss can still come with an update that overflowed the
