@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import random
 import time
+from pathlib import Path
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Iterator, Optional
 
 from simpletuner.errors import DataError
-from simpletuner.logs import log_file_path
 from simpletuner.validation.layout import RenderedImage, make_grid, read_validation, write_validation
 from simpletuner.validation.prompts import UNCONDITIONAL, ValidationPrompt, all_prompts, parse_resolutions, \
     size_multiple, validation_enabled
@@ -221,7 +221,7 @@ class Validation:
     def _report_failure(self, accelerator: Any, step: int, error: Exception) -> None:
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         logger.error("validation at step %d failed (%s); training continues, traceback in %s", step, reason,
-                     log_file_path() or "debug.log")
+                     Path(self.output_dir) / "debug.log")
         logger.debug("validation at step %d failed", step, exc_info=error)
         try:
             accelerator.log({"validation/failed": 1, "validation/error": reason}, step=step)
