@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from family_harness import train_in_process, write_two_class_project
+from wandb_offline import read_offline_run
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +56,12 @@ def test_failing_validation_is_one_line_and_training_continues(
         return stock_call(self, *args, **kwargs)
 
     monkeypatch.setattr(pipeline_class, "__call__", first_call_fails)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     root = write_two_class_project(tmp_path, size=32, per_class=2)
     with caplog.at_level(logging.DEBUG, logger="simpletuner"):  # as setup_logging leaves it
         output = train_in_process(root, model, family, *TRAINING, *VALIDATION, "--disable_benchmark",
-                                  "--report_to", "tensorboard")
+                                  "--report_to", "tensorboard,wandb")
 
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is None
@@ -77,3 +80,10 @@ def test_failing_validation_is_one_line_and_training_continues(
     accumulator.Reload()
     assert [(e.step, e.value) for e in accumulator.Scalars("validation/failed")] == [(1, 1.0)]
     assert [e.step for e in accumulator.Scalars("validation/duration_s")] == [2]
+    # wandb (gallery layout, the default): the failure record, then a panel per prompt and the grid.
+    history = read_offline_run(next((output / "logs").rglob("run-*.wandb")))["history"]
+    failed = [h for h in history if "validation/failed" in h]
+    assert [(h["_step"], h["validation/error"]) for h in failed] == [(1, "RuntimeError: injected pipeline fault")]
+    panels = [h for h in history if h.get("validation/validation/_type") == "images/separated"]
+    assert [(h["_step"], h["validation/validation/count"]) for h in panels] == [(2, 1)]
+    assert panels[0]["validation/unconditional/count"] == 1 and panels[0]["validation/grid/count"] == 1
