@@ -130,12 +130,23 @@ CASES = [
     in_file("no_training_length", cfg(max_train_steps="0", num_train_epochs=0),
             "--max_train_steps and --num_train_epochs are both 0"),
     in_file("lycoris_without_config", cfg(lora_type="lycoris"), "--lora_type=lycoris needs --lycoris_config"),
-    # validation_resolution is not implemented yet either; the format rule
-    # still names the bad value.
     in_file("validation_resolution_not_wxh", cfg(validation_resolution="1024x"),
-            "--validation_resolution='1024x'", "WIDTHxHEIGHT", lines=2),
+            "--validation_resolution='1024x'", "WIDTHxHEIGHT"),
     in_file("validation_resolution_words", cfg(validation_resolution="1024x768,big"),
-            "--validation_resolution='1024x768,big'", lines=2),
+            "--validation_resolution='1024x768,big'", "'big' is not a size"),
+    in_file("validation_resolution_not_multiple", cfg(validation_resolution="1024,1020"),
+            "--validation_resolution='1024,1020'", "'1020'", "multiples of 8"),
+    in_file("user_prompt_library_missing", cfg(user_prompt_library="prompts.json"),
+            "--user_prompt_library=prompts.json: no such file"),
+    Case("user_prompt_library_not_json", ("--user_prompt_library=prompts.json: not valid JSON",),
+         files={DEFAULT_FILE: cfg(user_prompt_library="prompts.json"), "prompts.json": "{'a': 'b'"}),
+    Case("user_prompt_library_not_prompts", ("--user_prompt_library=prompts.json", "non-empty prompt string"),
+         files={DEFAULT_FILE: cfg(user_prompt_library="prompts.json"), "prompts.json": {"red": 3}}),
+    in_file("clip_model_missing", cfg(evaluation_type="clip", pretrained_evaluation_model_name_or_path="./clip"),
+            "--pretrained_evaluation_model_name_or_path=./clip: folder has no config.json"),
+    Case("clip_model_not_clip", ("--pretrained_evaluation_model_name_or_path=clip", "holds a t5 model, not CLIP"),
+         files={DEFAULT_FILE: cfg(evaluation_type="clip", pretrained_evaluation_model_name_or_path="clip"),
+                "clip/config.json": {"model_type": "t5"}}),
     in_file("missing_model_family", cfg(model_family=DROP), "--model_family is required"),
     in_file("missing_pretrained_path", cfg(pretrained_model_name_or_path=DROP),
             "--pretrained_model_name_or_path is required"),
@@ -252,6 +263,9 @@ SUBPROCESS_SAMPLE = [
     "config_path_missing",
     "directory_as_config_file",
     "output_dir_is_a_file",
+    "validation_resolution_not_multiple",
+    "user_prompt_library_not_json",
+    "clip_model_not_clip",
 ]
 
 

@@ -148,7 +148,21 @@ def test_prompts_come_from_the_option_table(cwd: Path):
     rate_prompt = next(p for p in script.prompts if p.startswith("Learning rate"))
     assert f"[{OPTIONS_BY_NAME['learning_rate'].default}]" in rate_prompt
     precision_prompt = next(p for p in script.prompts if p.startswith("Mixed precision"))
-    assert "fp16" not in precision_prompt  # registered but not implemented
+    assert "(no, bf16, fp16)" in precision_prompt  # every implemented choice is offered
+
+
+def test_fp16_is_asked_again_on_a_machine_without_a_gpu(cwd: Path, capsys):
+    """The trainer refuses fp16 on a CPU, so the wizard does not accept it there."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, where fp16 is accepted")
+    script = Script(DEFAULTS[:13] + ["fp16", "bf16"] + DEFAULTS[14:])  # [13]: mixed precision
+    assert configure.main([], input_fn=script) == 0
+    assert sum(p.startswith("Mixed precision") for p in script.prompts) == 2
+    assert "needs a GPU" in capsys.readouterr().out
+    written = json.loads((cwd / "config" / "config.json").read_text(encoding="utf-8"))
+    assert written.get("mixed_precision", "bf16") == "bf16"
 
 
 def test_bad_answers_are_asked_again_with_the_choices(cwd: Path, capsys, monkeypatch: pytest.MonkeyPatch):

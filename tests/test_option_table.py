@@ -380,7 +380,17 @@ SLICE_FULLY = {
     "flow_matching_sigmoid_scale", "flux_guidance_mode", "flux_guidance_min", "flux_guidance_max",
     "flux_lora_target", "allow_tf32", "disable_tf32", "torch_num_threads",
     # held-out evaluation loss (issue 14)
-    "eval_dataset_id", "num_eval_images", "validation_steps",
+    "eval_dataset_id", "num_eval_images",
+    # validation images and CLIP score (issue 14)
+    "validation_prompt", "validation_negative_prompt", "user_prompt_library", "validation_prompt_library",
+    "validation_using_datasets", "validation_disable_unconditional", "validation_steps", "validation_on_startup",
+    "validation_resolution", "num_validation_images", "validation_num_inference_steps", "validation_guidance",
+    "validation_guidance_real", "validation_no_cfg_until_timestep", "validation_guidance_rescale",
+    "validation_guidance_skip_layers", "validation_guidance_skip_layers_start",
+    "validation_guidance_skip_layers_stop", "validation_guidance_skip_scale", "validation_noise_scheduler",
+    "validation_seed", "validation_randomize", "validation_torch_compile", "validation_lycoris_strength",
+    "ema_validation", "disable_benchmark", "evaluation_type", "pretrained_evaluation_model_name_or_path",
+    "tracker_image_layout",
 }
 # Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's
 # tuning knobs for machinery this trainer does not have (issue 16).

@@ -250,7 +250,7 @@ def _ask_everything(input_fn: InputFn) -> dict[str, Any]:
         )
     a["train_batch_size"] = ask_option(input_fn, "train_batch_size", "Batch size")
     a["checkpointing_steps"] = ask_option(input_fn, "checkpointing_steps", "Checkpointing steps")
-    a["mixed_precision"] = ask_option(input_fn, "mixed_precision", "Mixed precision")
+    a["mixed_precision"] = ask_option(input_fn, "mixed_precision", "Mixed precision", check=_mixed_precision_runs_here)
     a["base_model_precision"] = ask_option(
         input_fn, "base_model_precision", "Quantise the base model", check=_runs_here
     )
@@ -273,6 +273,14 @@ def _runs_here(value: Any) -> Optional[str]:
 
     problem = check(Combination(value), detect_hardware())
     return problem.split(": ", 1)[1] if problem else None
+
+
+def _mixed_precision_runs_here(value: Any) -> Optional[str]:
+    """The trainer's own refusal of fp16 on a machine without a GPU."""
+    from simpletuner.config.training_rules import fp16_supported
+
+    problem = fp16_supported({"mixed_precision": value})
+    return problem.removeprefix("--mixed_precision=") if problem else None
 
 
 def _whole_pixels(value: Any) -> Optional[str]:

@@ -11,7 +11,6 @@ go.  Single-option checks (type, choice, bounds) already happened in
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -24,8 +23,6 @@ Rule = Callable[[Values], Optional[str]]
 
 # Options that make the trainer print something and exit; they need no model.
 INFORMATION_ONLY = ("print_config", "list_model_families")
-
-_RESOLUTION_ITEM = re.compile(r"^\s*(\d+)(\s*x\s*(\d+))?\s*$")
 
 
 def not_implemented(values: Values) -> Optional[str]:
@@ -131,16 +128,37 @@ def loftq_unavailable(values: Values) -> Optional[str]:
 
 
 def validation_resolution_format(values: Values) -> Optional[str]:
+    from simpletuner.validation.prompts import parse_resolutions, size_multiple
+
     raw = values.get("validation_resolution")
     if raw in (None, ""):
         return None
-    for item in str(raw).split(","):
-        if not _RESOLUTION_ITEM.match(item):
-            return (
-                f"--validation_resolution={raw!r}: each entry must be a size like 1024 "
-                f"or WIDTHxHEIGHT like 1216x832, separated by commas"
-            )
+    try:
+        parse_resolutions(raw, size_multiple(values.get("model_family")))
+    except ValueError as error:
+        return (f"--validation_resolution={raw!r}: {error}; give sizes like 1024 or WIDTHxHEIGHT like "
+                "1216x832, separated by commas")
     return None
+
+
+def user_prompt_library_valid(values: Values) -> Optional[str]:
+    from simpletuner.validation.prompts import read_prompt_library
+
+    if not values.get("user_prompt_library"):
+        return None
+    try:
+        read_prompt_library(values["user_prompt_library"])
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def evaluation_model_usable(values: Values) -> Optional[str]:
+    if values.get("evaluation_type") != "clip":
+        return None
+    from simpletuner.validation.clip_check import clip_model_problem
+
+    return clip_model_problem(values.get("pretrained_evaluation_model_name_or_path"))
 
 
 def report_to_none_alone(values: Values) -> Optional[str]:
@@ -268,6 +286,8 @@ RULES: tuple[Rule, ...] = (
     training_length,
     lycoris_needs_config,
     validation_resolution_format,
+    user_prompt_library_valid,
+    evaluation_model_usable,
     report_to_none_alone,
     resume_path_exists,
     output_dir_is_folder,
@@ -287,6 +307,7 @@ RULES: tuple[Rule, ...] = (
 
 # Rules that still apply when the user only asks for information.
 _ALWAYS = (not_implemented, training_length, lycoris_needs_config, validation_resolution_format,
+           user_prompt_library_valid,
            report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses,
            soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits,
            lycoris_config_valid, loftq_unavailable, hub_model_id_valid, webhook_config_valid) + TRAINING_RULES

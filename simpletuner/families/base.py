@@ -292,6 +292,25 @@ class ModelFamily:
         """The denoiser's output in the layout of the objective's target."""
         return output.sample if hasattr(output, "sample") else output[0]
 
+    # Validation ------------------------------------------------------------------
+    def validation_inputs(self, positive: dict[str, torch.Tensor],
+                          negative: Optional[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Keyword arguments of the pipeline's ``__call__`` for one validation image.
+
+        ``positive``/``negative`` are text-embed cache entries as batches of one;
+        their names are the pipeline's own (``prompt_embeds``, ...), so the
+        negative ones take the ``negative_`` prefix the pipelines use.
+        """
+        inputs: dict[str, Any] = dict(positive)
+        if negative is not None:
+            inputs.update({f"negative_{name}": value for name, value in negative.items()})
+        inputs["guidance_scale"] = self.option("validation_guidance", 7.5)
+        return inputs
+
+    def render_validation(self, pipeline: Any, inputs: dict[str, Any]) -> Any:
+        """The pipeline's first image for ``inputs``."""
+        return pipeline(**inputs).images[0]
+
     # Saving --------------------------------------------------------------------
     def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
         """The LoRA in the key layout --lora_format names."""

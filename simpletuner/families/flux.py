@@ -160,6 +160,45 @@ class FluxFamily(FlowMatchingFamily):
             packed, height * self.vae_scale_factor, width * self.vae_scale_factor, self.vae_scale_factor
         )
 
+    def validation_inputs(self, positive: dict[str, torch.Tensor], negative: Any) -> dict[str, Any]:
+        # --validation_guidance is the value dev embeds; real CFG (--validation_guidance_real)
+        # runs the model a second time on the negative prompt.
+        real = self.option("validation_guidance_real", 1.0)
+        inputs = super().validation_inputs(positive, negative if real > 1 else None)
+        if real > 1:
+            inputs["true_cfg_scale"] = real
+        return inputs
+
+    def render_validation(self, pipeline: Any, inputs: dict[str, Any]) -> Any:
+        """--validation_no_cfg_until_timestep: the first steps without real CFG.
+
+        The stock pipeline guides every step or none, so the run is split: the
+        first call stops after those steps (the pipeline's interrupt flag) and
+        returns its packed latents; the second continues from them over the
+        rest of the same sigma schedule, with guidance.
+        """
+        import numpy as np
+
+        unguided = min(self.option("validation_no_cfg_until_timestep", 2), inputs["num_inference_steps"])
+        if "true_cfg_scale" not in inputs or unguided == 0:
+            return super().render_validation(pipeline, inputs)
+        steps = inputs["num_inference_steps"]
+        sigmas = np.linspace(1.0, 1 / steps, steps)  # the pipeline's own default schedule
+        if unguided == steps:
+            plain = {k: v for k, v in inputs.items() if not k.startswith("negative_") and k != "true_cfg_scale"}
+            return super().render_validation(pipeline, plain)
+
+        def stop(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if index == unguided - 1:
+                pipe._interrupt = True
+            return tensors
+
+        first = {k: v for k, v in inputs.items() if not k.startswith("negative_") and k != "true_cfg_scale"}
+        latents = pipeline(**{**first, "sigmas": sigmas, "output_type": "latent",
+                              "callback_on_step_end": stop}).images
+        rest = {**inputs, "sigmas": sigmas[unguided:], "num_inference_steps": steps - unguided, "latents": latents}
+        return pipeline(**rest).images[0]
+
     def overridden_components(self, source: ModelSource) -> dict[str, Any]:
         if not any(component in source.overrides for component in self.t5_components):
             return {}

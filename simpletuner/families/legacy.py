@@ -65,5 +65,10 @@ class LegacyFamily(ModelFamily):
         return {"sample": noisy_latents, "timestep": timesteps, "encoder_hidden_states": batch["prompt_embeds"]}
 
 
+    def validation_inputs(self, positive: dict[str, torch.Tensor], negative: Any) -> dict[str, Any]:
+        inputs = super().validation_inputs(positive, negative)
+        inputs["guidance_rescale"] = self.option("validation_guidance_rescale", 0.0)
+        return inputs
+
 
 FAMILY_CLASS = LegacyFamily

@@ -98,6 +98,14 @@ class PixArtSigmaFamily(ModelFamily):
             return sample[:, :channels]
         return sample
 
+    def validation_inputs(self, positive: dict[str, torch.Tensor], negative: Any) -> dict[str, Any]:
+        inputs = super().validation_inputs(positive, negative)
+        # Binning would render at the nearest trained aspect bucket and resize:
+        # validation images are drawn at exactly the size asked for.
+        inputs["use_resolution_binning"] = False
+        inputs["negative_prompt"] = None  # defaults to "", which the pipeline refuses beside embeds
+        return inputs
+
     def save_diffusers_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
         # PixArtSigmaPipeline has no LoRA loader mixin, hence no save_lora_weights;
         # the file has the layout of diffusers' transformer LoRAs (SD3, Flux):

@@ -99,6 +99,26 @@ class SD3Family(FlowMatchingFamily):
             "pooled_projections": batch["pooled_prompt_embeds"],
         }
 
+    def validation_inputs(self, positive: dict[str, torch.Tensor], negative: Any) -> dict[str, Any]:
+        # The pipeline takes CLIP and T5 states joined, as encode_prompt returns them.
+        inputs = super().validation_inputs(self._joined(positive), self._joined(negative) if negative else None)
+        layers = self.option("validation_guidance_skip_layers", None)
+        if layers:
+            inputs.update(
+                skip_guidance_layers=[int(layer) for layer in layers],
+                skip_layer_guidance_scale=self.option("validation_guidance_skip_scale", 2.8),
+                skip_layer_guidance_start=self.option("validation_guidance_skip_layers_start", 0.01),
+                skip_layer_guidance_stop=self.option("validation_guidance_skip_layers_stop", 0.2),
+            )
+        return inputs
+
+    def _joined(self, entry: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        t5 = entry["t5_prompt_embeds"]
+        if self.option("sd3_skip_t5", False):
+            t5 = torch.zeros_like(t5)
+        return {"prompt_embeds": torch.cat([entry["clip_prompt_embeds"], t5], dim=1),
+                "pooled_prompt_embeds": entry["pooled_prompt_embeds"]}
+
     def overridden_components(self, source: ModelSource) -> dict[str, Any]:
         if not any(component in source.overrides for component in self.t5_components):
             return {}

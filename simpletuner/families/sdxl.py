@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from typing import Any
+
 import torch
 
 from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
@@ -65,6 +67,11 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
             for i in range(len(prompts))
         ]
 
+
+    def validation_inputs(self, positive: dict[str, torch.Tensor], negative: Any) -> dict[str, Any]:
+        inputs = super().validation_inputs(positive, negative)
+        inputs["guidance_rescale"] = self.option("validation_guidance_rescale", 0.0)
+        return inputs
 
 
 FAMILY_CLASS = SDXLFamily

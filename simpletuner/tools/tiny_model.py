@@ -28,11 +28,13 @@ from pathlib import Path
 from simpletuner.errors import USER_ERROR_EXIT_CODE, ConfigError, UserError
 
 _FAMILIES = ("sdxl", "legacy", "sd3", "flux", "pixart_sigma", "kolors")
+# Models that are not a model family: the CLIP that --evaluation_type clip scores with.
+_EXTRAS = ("clip",)
 
 
 def available_builders() -> list[str]:
-    """Families with a tiny-model builder module."""
-    return [f for f in _FAMILIES if importlib.util.find_spec(f"simpletuner.tools.tiny.{f}") is not None]
+    """Families (and extras such as clip) with a tiny-model builder module."""
+    return [f for f in _FAMILIES + _EXTRAS if importlib.util.find_spec(f"simpletuner.tools.tiny.{f}") is not None]
 
 
 def make_tiny_model(model_family: str, output_dir: str | Path, seed: int = 0, **options: str) -> Path:

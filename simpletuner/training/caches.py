@@ -18,7 +18,7 @@ import gc
 import logging
 import weakref
 from dataclasses import replace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from simpletuner.caching.latents import build_latent_cache, latent_keys, scan_latents
 from simpletuner.caching.store import TensorStore
@@ -70,9 +70,13 @@ class _Loaded:
 
 def prepare_caches(
     family: ModelFamily, source: ModelSource, data: PreparedData, config: Any, accelerator: Any,
-    show_progress: bool, seed: int = 0,
+    show_progress: bool, seed: int = 0, extra_prompts: Sequence[str] = (),
 ) -> CacheLookup:
-    """Make every cache entry the run needs; ``seed`` draws the per-epoch crops."""
+    """Make every cache entry the run needs; ``seed`` draws the per-epoch crops.
+
+    ``extra_prompts`` (validation prompts) are encoded into every text-embed
+    dataset beside the captions, so validation reads them like any caption.
+    """
     shard = (accelerator.process_index, accelerator.num_processes)
     compress = config.compress_disk_cache
     lookup = CacheLookup(
@@ -117,14 +121,14 @@ def prepare_caches(
     else:
         vae.release()
 
-    _build_text_caches(family, source, data, config, accelerator, lookup.text_identity, show_progress)
+    _build_text_caches(family, source, data, config, accelerator, lookup.text_identity, show_progress, extra_prompts)
     accelerator.wait_for_everyone()
     return lookup
 
 
 def _build_text_caches(
     family: ModelFamily, source: ModelSource, data: PreparedData, config: Any, accelerator: Any,
-    identity: str, show_progress: bool,
+    identity: str, show_progress: bool, extra_prompts: Sequence[str] = (),
 ) -> None:
     """One pass per text-embed dataset over the captions of every image dataset using it.
 
@@ -140,6 +144,8 @@ def _build_text_caches(
         text_config = data.backends.text_embeds_for(dataset_id)
         configs[text_config.id] = text_config
         captions.setdefault(text_config.id, []).extend(s.caption for s in samples)
+    for texts in captions.values():
+        texts.extend(extra_prompts)
     encoders = _Loaded(lambda: quantise_text_encoders(family.load_text_encoders(source), config, accelerator.device))
     for text_id, texts in captions.items():
         report = build_text_cache(

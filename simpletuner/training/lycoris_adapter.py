@@ -142,12 +142,19 @@ def lycoris_disabled(network: Any) -> Iterator[None]:
     Unwrapping and re-wrapping the layers instead would not be safe: the
     ``full`` algorithm folds the original weight into its own on wrapping.
     """
-    multiplier = network.multiplier
-    network.set_multiplier(0.0)
+    with lycoris_multiplier(network, 0.0):
+        yield
+
+
+@contextmanager
+def lycoris_multiplier(network: Any, multiplier: float) -> Iterator[None]:
+    """Every wrapper's contribution scaled by ``multiplier`` inside; as before after."""
+    previous = network.multiplier
+    network.set_multiplier(multiplier)
     try:
         yield
     finally:
-        network.set_multiplier(multiplier)
+        network.set_multiplier(previous)
 
 
 def lycoris_state(network: Any) -> dict[str, torch.Tensor]:

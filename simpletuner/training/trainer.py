@@ -49,6 +49,7 @@ from simpletuner.training.state import TrainState
 from simpletuner.training.stop import RunStopped, StopSignals
 from simpletuner.training.summary import Totals, log_changed_totals, log_summary, totals_of
 from simpletuner.training.trainable import trainable_for
+from simpletuner.validation.runner import Validation
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Trainer:
         self.source = ModelSource.from_config(config, self.family)
         self.output_dir = Path(config.output_dir)
         self.trainable = trainable_for(config, self.family)
+        self.validation = Validation(config, self.family, self.source, self.output_dir)
 
     def run(self) -> Path:
         """Train and return the folder holding the final weights."""
@@ -127,7 +129,8 @@ class Trainer:
         #    cannot be decoded are left out here, which can change the step count.
         self.stop.enter("caching")
         self.lookup = prepare_caches(self.family, self.source, data, config, self.accelerator,
-                                     self._progress_enabled(), seed=self.state.seed)
+                                     self._progress_enabled(), seed=self.state.seed,
+                                     extra_prompts=self.validation.prompts_to_cache(data, self.state.seed))
         total_steps = total_training_steps(config, data.report.batches_per_epoch)
         if summary is not None:
             log_changed_totals(summary, totals_of(data, total_steps), config)
@@ -159,11 +162,12 @@ class Trainer:
         self._warn_if_short_of_space(total_steps)
         # 8. The loop; from here a signal stops it after a step, with a checkpoint.
         set_optimizer_mode(self.optimizer, training=True)
-        if self.state.global_step == 0:
-            self._evaluate()  # the baseline; a resumed run evaluated its step before the checkpoint
-        self.stop.enter("training", deferring=True)
         self.publishing.started(run_summary(config, self.family, self.trainable, data, total_steps,
                                             self.accelerator.num_processes, self.state.seed))
+        if self.state.global_step == 0:
+            self._evaluate()  # the baseline; a resumed run evaluated its step before the checkpoint
+        self._validated(self.validation.at_start(self))  # the base model's benchmark images at step 0
+        self.stop.enter("training", deferring=True)
         self._train_until(total_steps)
         # 9. Final weights; then the model card and the Hub push (waiting for uploads).
         output = self._save_final()
@@ -283,6 +287,12 @@ class Trainer:
         self._evaluate()
         if self.state.global_step % self.config.checkpointing_steps == 0:
             self._save_checkpoint()
+        self._validated(self.validation.after_step(self))
+
+    def _validated(self, grid: Optional[Path]) -> None:
+        """Tell the webhooks about a validation that wrote ``grid`` (None: none ran here)."""
+        if grid is not None:
+            self.publishing.validated(self.state.global_step, grid)
 
     def _evaluate(self) -> None:
         """The held-out loss (--eval_dataset_id) at validation steps, of the weights a save would keep."""

@@ -36,7 +36,6 @@ from simpletuner.config.options.common import (
     FLOW_FAMILIES,
     HARDWARE,
     LENGTH,
-    LOGGING,
     LOSS,
     OPTIMIZER,
     RUN,
@@ -213,43 +212,15 @@ OPTIONS: tuple[Option, ...] = (
     _refused("accelerator_cache_clear_interval", "int", None, "Empty the accelerator's memory cache every this "
              "many steps.", HARDWARE),
     # ------------------------------------------------------------ Validation
-    _refused("validation_guidance_rescale", "float", 0.0, "Guidance rescale of validation images.", VALIDATION),
-    _refused("validation_guidance_real", "float", 1.0, "Real classifier-free guidance of Flux validation "
-             "images.", VALIDATION),
-    _refused("validation_no_cfg_until_timestep", "int", 2, "Skip classifier-free guidance for this many first "
-             "validation steps.", VALIDATION),
-    _refused("validation_guidance_skip_layers", "list", None, "Layers skipped for skip-layer guidance.",
-             VALIDATION),
-    _refused("validation_guidance_skip_layers_start", "float", 0.01, "Where skip-layer guidance starts.",
-             VALIDATION),
-    _refused("validation_guidance_skip_layers_stop", "float", 0.2, "Where skip-layer guidance stops.",
-             VALIDATION),
-    _refused("validation_guidance_skip_scale", "float", 2.8, "Strength of skip-layer guidance.", VALIDATION),
-    _refused("validation_noise_scheduler", "str", None, "Sampler used for validation images.", VALIDATION),
-    _refused("validation_on_startup", "bool", False, "Render validation images before the first step.",
-             VALIDATION),
-    _refused("validation_prompt_library", "bool", False, "Render SimpleTuner's built-in prompt library at "
-             "validation.", VALIDATION),
-    _refused("validation_randomize", "bool", False, "Pick a new seed for every validation.", VALIDATION),
     _refused("validation_seed_source", "str", "cpu", "Device whose generator seeds validation images.",
              VALIDATION),
     _refused("validation_torch_compile_mode", "str", "max-autotune", "The torch.compile mode of the validation "
              "pipeline.", VALIDATION),
-    _refused("validation_using_datasets", "bool", False, "Validate on images of the datasets (img2img).",
-             VALIDATION),
-    _refused("validation_disable_unconditional", "bool", False, "Leave out the unconditional validation image.",
-             VALIDATION),
-    _refused("validation_lycoris_strength", "float", 1.0, "Strength of a LyCORIS adapter in validation images.",
-             VALIDATION),
     _refused("cache_clear_validation_prompts", "bool", False, "Encode validation prompts again at start-up.",
              VALIDATION),
     _refused("benchmark_base_model", "bool", False, "Render base-model images for comparison.", VALIDATION),
     _refused("enable_watermark", "bool", False, "Watermark SDXL validation images invisibly.", VALIDATION),
-    _refused("pretrained_evaluation_model_name_or_path", "str", "openai/clip-vit-large-patch14-336",
-             "CLIP model that scores validation images.", VALIDATION),
     # -------------------------------------------------- Logging and tracking
-    _refused("tracker_image_layout", "str", "gallery", "How validation images are laid out in the trackers.",
-             LOGGING),
     # ----------------------------------------------------------- Run control
     _no_effect("local_rank", "int", -1, "The process's rank, as old launchers passed it.", RUN,
                "the launcher passes each process its rank through the environment (LOCAL_RANK)"),

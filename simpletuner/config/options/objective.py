@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simpletuner.config.option import Option
+from simpletuner.config.option import AppliesWhen, Option
 from simpletuner.config.options.common import (
     BIAS_PORTION,
     BIAS_RANGE,
@@ -329,8 +329,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "ema_validation", "str", "none",
-        "Which weights validation images use: none (live weights only), ema_only, "
-        "or comparison (both).",
-        EMA, choices=("none", "ema_only", "comparison"), implemented=False,
+        "Which weights validation images use with --use_ema: none (the trained "
+        "weights only), ema_only, or comparison (both; the EMA images are named "
+        "with -ema after the shortname).",
+        EMA, choices=("none", "ema_only", "comparison"),
+        applies_when=(AppliesWhen("use_ema", (True,), "only --use_ema keeps EMA weights"),),
     ),
 )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from simpletuner.config.option import Option
+from simpletuner.config.option import AppliesWhen, Option
 from simpletuner.config.options.common import (
     CHECKPOINTS,
+    DIFFUSION_FAMILIES,
     LOGGING,
     EVAL_DATASET,
+    LYCORIS,
     PUBLISHING,
     PUSHING,
     VALIDATION,
@@ -34,62 +36,150 @@ OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------------ Validation
     Option(
         "validation_prompt", "str", None,
-        "Prompt for sample images generated during training. Unset turns "
-        "validation images off.",
-        VALIDATION, implemented=False,
+        "Prompt for sample images generated during training (shortname "
+        "validation). Validation runs when this or a prompt library gives at "
+        "least one prompt.",
+        VALIDATION,
     ),
     Option(
         "validation_negative_prompt", "str", "blurry, cropped, ugly",
-        "Negative prompt used for validation images.",
-        VALIDATION, implemented=False,
+        "Negative prompt used for validation images (the unconditional half of "
+        "classifier-free guidance).",
+        VALIDATION,
     ),
     Option(
         "user_prompt_library", "path", None,
-        "JSON file of named extra prompts that are rendered at every validation.",
-        VALIDATION, implemented=False,
+        "JSON file mapping shortnames to prompts, each rendered at every "
+        "validation and named by its shortname.",
+        VALIDATION,
+    ),
+    Option(
+        "validation_prompt_library", "bool", False,
+        "Also render the built-in library of test prompts (portraits, scenes, "
+        "text, objects) at every validation.",
+        VALIDATION,
+    ),
+    Option(
+        "validation_using_datasets", "bool", False,
+        "Also render the caption of one image from each training dataset "
+        "(chosen once from the seed), named after the dataset.",
+        VALIDATION,
+    ),
+    Option(
+        "validation_disable_unconditional", "bool", False,
+        "Skip the extra image rendered from the empty prompt at every "
+        "validation (shortname unconditional), which shows what the model draws "
+        "with no text; saves time with a single prompt.",
+        VALIDATION,
     ),
     Option(
         "validation_steps", "int", 100,
-        "Generate validation images every this many optimizer steps.",
+        "Generate validation images every this many optimizer steps (at each "
+        "multiple of it, so a resumed run keeps the same steps).",
         VALIDATION, minimum=1,
+    ),
+    Option(
+        "validation_on_startup", "bool", False,
+        "Also validate before the first training step (or at the step a "
+        "resumed run starts from).",
+        VALIDATION,
     ),
     Option(
         "validation_resolution", "str", "1024",
         "Size of validation images: one number for a square, or WIDTHxHEIGHT; "
-        "several sizes may be separated by commas.",
-        VALIDATION, implemented=False,
+        "several sizes may be separated by commas, and every prompt is rendered "
+        "at each.",
+        VALIDATION,
     ),
     Option(
         "num_validation_images", "int", 1,
-        "Images generated per validation prompt.",
-        VALIDATION, minimum=1, implemented=False,
+        "Images generated per validation prompt and resolution, with seeds "
+        "counting up from --validation_seed.",
+        VALIDATION, minimum=1,
     ),
     Option(
         "validation_num_inference_steps", "int", 30,
         "Denoising steps used for each validation image.",
-        VALIDATION, minimum=1, implemented=False,
+        VALIDATION, minimum=1,
     ),
     Option(
         "validation_guidance", "float", 7.5,
-        "Classifier-free guidance scale for validation images.",
-        VALIDATION, minimum=0, implemented=False,
+        "Classifier-free guidance scale for validation images (for flux, the "
+        "guidance value the model embeds).",
+        VALIDATION, minimum=0,
+    ),
+    Option(
+        "validation_guidance_real", "float", 1.0,
+        "Real classifier-free guidance for flux validation images, with "
+        "--validation_negative_prompt; 1.0 turns it off. Each step then runs "
+        "the model twice.",
+        VALIDATION, minimum=1, families=("flux",),
+    ),
+    Option(
+        "validation_no_cfg_until_timestep", "int", 2,
+        "With --validation_guidance_real, the first this many denoising steps "
+        "run without it.",
+        VALIDATION, minimum=0, families=("flux",),
+        applies_when=(AppliesWhen("validation_guidance_real", (1, 1.0), "--validation_guidance_real is 1.0, "
+                                  "so no real guidance runs", unless=True),),
+    ),
+    Option(
+        "validation_guidance_rescale", "float", 0.0,
+        "Rescale guided predictions toward the unguided one's spread (0 is off, "
+        "0.7 is common for zero-terminal-SNR models).",
+        VALIDATION, minimum=0, maximum=1, families=("sdxl", "legacy"),
+    ),
+    Option(
+        "validation_guidance_skip_layers", "list", None,
+        "SD3 skip-layer guidance: indices of the transformer blocks left out of "
+        "an extra guidance pass (SD 3.5 Medium uses 7,8,9). Unset turns it off.",
+        VALIDATION, families=("sd3",),
+    ),
+    Option(
+        "validation_guidance_skip_layers_start", "float", 0.01,
+        "Fraction of the denoising steps after which skip-layer guidance starts.",
+        VALIDATION, minimum=0, maximum=1, families=("sd3",),
+    ),
+    Option(
+        "validation_guidance_skip_layers_stop", "float", 0.2,
+        "Fraction of the denoising steps after which skip-layer guidance stops.",
+        VALIDATION, minimum=0, maximum=1, families=("sd3",),
+    ),
+    Option(
+        "validation_guidance_skip_scale", "float", 2.8,
+        "Strength of skip-layer guidance.",
+        VALIDATION, minimum=0, families=("sd3",),
+    ),
+    Option(
+        "validation_noise_scheduler", "str", None,
+        "Sampler for validation images; unset uses the one the model ships "
+        "with.",
+        VALIDATION, choices=("ddim", "ddpm", "euler", "euler-a", "unipc"), families=DIFFUSION_FAMILIES,
     ),
     Option(
         "validation_seed", "int", None,
-        "Seed for validation images, so that images from different steps can be "
-        "compared.",
-        VALIDATION, minimum=0, implemented=False,
+        "Seed of the first validation image (the next images count up from "
+        "it), so that images from different steps can be compared. Unset uses "
+        "--seed.",
+        VALIDATION, minimum=0,
+    ),
+    Option(
+        "validation_randomize", "bool", False,
+        "Draw fresh seeds at every validation instead of repeating "
+        "--validation_seed; file names still record each seed.",
+        VALIDATION,
     ),
     Option(
         "validation_torch_compile", "bool", False,
-        "Compile the validation pipeline's denoiser with torch.compile.",
-        VALIDATION, implemented=False,
+        "Compile the validation pipeline's denoiser with torch.compile (pays "
+        "off only when validations are many and large).",
+        VALIDATION,
     ),
     Option(
-        "evaluation_type", "str", "none",
-        "Score validation images against their prompts: clip computes CLIP "
-        "scores, none skips scoring.",
-        VALIDATION, choices=("none", "clip"), implemented=False,
+        "validation_lycoris_strength", "float", 1.0,
+        "Multiplier of the LyCORIS network while validation images render "
+        "(training is unaffected).",
+        VALIDATION, minimum=0, applies_when=(LYCORIS,),
     ),
     Option(
         "eval_dataset_id", "str", None,
@@ -110,7 +200,19 @@ OPTIONS: tuple[Option, ...] = (
         "disable_benchmark", "bool", False,
         "Skip generating base-model images at step 0, which are otherwise shown "
         "beside later validation images for comparison.",
-        VALIDATION, implemented=False,
+        VALIDATION,
+    ),
+    Option(
+        "evaluation_type", "str", "none",
+        "Score validation images against their prompts: clip computes CLIP "
+        "scores, none skips scoring.",
+        VALIDATION, choices=("none", "clip"),
+    ),
+    Option(
+        "pretrained_evaluation_model_name_or_path", "str", "openai/clip-vit-large-patch14",
+        "The CLIP model (Hub id or local folder) that --evaluation_type clip "
+        "scores with.",
+        VALIDATION, applies_when=(AppliesWhen("evaluation_type", ("clip",), "only --evaluation_type clip uses it"),),
     ),
     # ------------------------------------------------------------ Publishing
     Option(
@@ -185,5 +287,11 @@ OPTIONS: tuple[Option, ...] = (
         "tracker_run_name", "str", None,
         "Name of this run in the trackers. Unset lets the tracker choose one.",
         LOGGING,
+    ),
+    Option(
+        "tracker_image_layout", "str", "gallery",
+        "How wandb shows validation images: gallery (one image panel per "
+        "prompt) or table (one row per image with its prompt, size and seed).",
+        LOGGING, choices=("gallery", "table"),
     ),
 )
