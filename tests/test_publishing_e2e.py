@@ -1,7 +1,8 @@
 """Publishing end to end: real training runs push to a Hub on loopback through huggingface_hub.
 
-Two runs of a tiny SDXL LoRA.  The first pushes checkpoints while it trains and the
-final weights, card and validation images at the end, posting webhooks throughout;
+Two runs of a tiny SDXL LoRA.  The first validates (real images, drawn by the
+validation package) and pushes checkpoints while it trains, and the final weights,
+card and validation images at the end, posting webhooks throughout;
 every secret planted in it is then looked for in every file written and every byte
 sent.  The second meets a Hub that answers 500 and then goes away: training still
 finishes, the files stay intact, the run exits 4 naming the retry command, and that
@@ -37,6 +38,11 @@ SECRETS_ENV = {
 }
 REPO = "tester/tiny-lora"
 STEPS = 4
+# Two prompts, one cheap image each, every 2 steps; the benchmark (step 0) stays off
+# so the webhooks' sequence is the training's own.
+VALIDATION = ("--validation_prompt", "zxq style red", "--user_prompt_library", "PROMPTS", "--validation_steps", "2",
+              "--validation_resolution", "64", "--validation_num_inference_steps", "1",
+              "--validation_disable_unconditional", "--disable_benchmark")
 
 
 def _project(tmp: Path) -> Path:
@@ -47,18 +53,8 @@ def _project(tmp: Path) -> Path:
     return root
 
 
-def _validation_step(results: Path, step: int) -> None:
-    """What the validation code writes (see its manifest format); here by hand."""
-    folder = results / "validation_images" / f"step_{step:06d}"
-    folder.mkdir(parents=True)
-    images = []
-    for index, prompt in enumerate(["zxq style red", "zxq style blue"]):
-        name = f"{index:02d}.png"
-        Image.new("RGB", (64, 64), (step * 40 % 255, 10 * index, 200)).save(folder / name)
-        images.append({"file": name, "prompt": prompt, "shortname": f"p{index}", "width": 64, "height": 64,
-                       "seed": 7, "index": index})
-    Image.new("RGB", (128, 64)).save(folder / "grid.png")
-    (folder / "manifest.json").write_text(json.dumps({"step": step, "images": images, "grid": "grid.png"}))
+def _latest_manifest(results: Path) -> dict:
+    return json.loads((results / "validation_images" / f"step_{STEPS:06d}" / "manifest.json").read_text())
 
 
 def _train(argv: list[str], patch: pytest.MonkeyPatch) -> int:
@@ -90,10 +86,10 @@ def _hub_environment(patch: pytest.MonkeyPatch, hub: FakeHub) -> None:
 def published(tmp_path_factory: pytest.TempPathFactory, tiny_sdxl: Path):
     root = _project(tmp_path_factory.mktemp("publish"))
     results = root / "output" / "tiny-lora"
-    _validation_step(results, 2)
-    _validation_step(results, 4)
     hub, hooks = FakeHub(HUB_TOKEN), WebhookReceiver()
     discord_url, raw_url = f"{hooks.url}/discord/SecretDiscordPath77", f"{hooks.url}/raw/SecretRawPath88"
+    (root / "prompts.json").write_text(json.dumps({"blue": "zxq style blue"}))
+    validation = [str(root / "prompts.json") if arg == "PROMPTS" else arg for arg in VALIDATION]
     (root / "webhooks.json").write_text(json.dumps([
         {"webhook_type": "discord", "webhook_url": discord_url, "message_prefix": "box1"},
         {"webhook_type": "raw", "callback_url": raw_url},
@@ -110,7 +106,8 @@ def published(tmp_path_factory: pytest.TempPathFactory, tiny_sdxl: Path):
             try:
                 code = _train(_argv(root, tiny_sdxl, "--push_checkpoints_to_hub", "--checkpointing_steps", "2",
                                     "--webhook_config", str(root / "webhooks.json"),
-                                    "--webhook_reporting_interval", "1", "--model_card_note", "NOTE-LINE: tiny"),
+                                    "--webhook_reporting_interval", "1", "--model_card_note", "NOTE-LINE: tiny",
+                                    *validation),
                               patch)
             finally:
                 os.dup2(saved, 2)
@@ -130,8 +127,9 @@ def _sha(data: bytes) -> str:
 def test_run_finishes_and_every_file_arrives_byte_for_byte(published) -> None:
     assert published["code"] == 0, published["console"][-2000:]
     results, files = published["results"], published["hub"].files(REPO)
+    first_image = f"validation_images/step_000004/{_latest_manifest(results)['images'][0]['file']}"
     for name in ("pytorch_lora_weights.safetensors", "README.md", "training_config.json", "run_summary.json",
-                 "validation_images/step_000004/00.png", "validation_images/step_000004/manifest.json"):
+                 first_image, "validation_images/step_000004/grid.png", "validation_images/step_000004/manifest.json"):
         assert name in files, sorted(files)
         assert _sha(files[name]) == _sha((results / name).read_bytes()), name
     for step in (2, 4):
@@ -160,14 +158,16 @@ def test_card_metadata_widget_note_and_gallery(published) -> None:
     assert meta["pipeline_tag"] == "text-to-image" and meta["library_name"] == "diffusers"
     assert {"diffusers", "lora", "text-to-image", "sdxl", "not-for-all-audiences"} <= set(meta["tags"])
     assert meta["instance_prompt"] == "zxq style"
-    assert meta["widget"] == [
-        {"text": "zxq style red", "output": {"url": "validation_images/step_000004/00.png"}},
-        {"text": "zxq style blue", "output": {"url": "validation_images/step_000004/01.png"}},
-    ]
+    # The widget is the last validation's images, as the validation package wrote them.
+    drawn = _latest_manifest(published["results"])["images"]
+    assert sorted(image["prompt"] for image in drawn) == ["zxq style blue", "zxq style red"]
+    assert meta["widget"] == [{"text": image["prompt"], "output": {"url": f"validation_images/step_000004/{image['file']}"}}
+                              for image in drawn]
     body = card.split("---", 2)[2]
     assert body.index("NOTE-LINE: tiny") < body.index("## Training")
     assert "| steps | 4 " in body and "| classes | 4 | 64px |" in body
-    assert "![zxq style red](validation_images/step_000004/00.png)" in body
+    red = next(image["file"] for image in drawn if image["prompt"] == "zxq style red")
+    assert f"![zxq style red](validation_images/step_000004/{red})" in body
 
 
 def test_token_travels_only_in_the_authorization_header(published) -> None:
@@ -180,17 +180,23 @@ def test_token_travels_only_in_the_authorization_header(published) -> None:
             assert request.headers.get("authorization") == f"Bearer {HUB_TOKEN}", request.path
 
 
-def test_webhooks_tell_start_each_checkpoint_and_finish(published) -> None:
+def test_webhooks_tell_start_each_checkpoint_validation_and_finish(published) -> None:
     hooks = published["hooks"]
     discord = [p.json["content"] for p in hooks.on("/discord/")]
-    assert len(discord) == 4, discord
+    assert len(discord) == 6, discord
     assert discord[0] == f"box1 Training {REPO} started for 4 steps."
-    assert [m.split(" ", 1)[1] for m in discord[1:3]] == ["Saved checkpoint-2.", "Saved checkpoint-4."]
-    assert "finished at step 4" in discord[3] and REPO in discord[3]
+    assert [m.split(" ", 1)[1] for m in discord[1:5]] == [
+        "Saved checkpoint-2.", "Validation images at step 2.", "Saved checkpoint-4.", "Validation images at step 4."]
+    assert "finished at step 4" in discord[5] and REPO in discord[5]
+    # Each validation's grid travels with its Discord post, byte for byte.
+    grids = [p for p in hooks.on("/discord/") if "Validation images" in p.json["content"]]
+    for post, step in zip(grids, (2, 4)):
+        grid = published["results"] / "validation_images" / f"step_{step:06d}" / "grid.png"
+        assert grid.read_bytes() in post.body
     raw = [p.json for p in hooks.on("/raw/")]
     events = [(e["event"], e.get("step")) for e in raw]
-    assert events == [("started", None), ("progress", 1), ("progress", 2), ("checkpointed", 2), ("progress", 3),
-                      ("progress", 4), ("checkpointed", 4), ("finished", 4)]
+    assert events == [("started", None), ("progress", 1), ("progress", 2), ("checkpointed", 2), ("validated", 2),
+                      ("progress", 3), ("progress", 4), ("checkpointed", 4), ("validated", 4), ("finished", 4)]
     assert all(isinstance(e["loss"], float) for e in raw if e["event"] == "progress")
 
 
