@@ -228,22 +228,35 @@ def test_aspect_bucket_worker_count_sets_the_discovery_threads(tmp_path: Path, m
     _images(data, 600, size=(8, 8))  # three chunks of work
     threads: set[str] = set()
     real = discovery._process_chunk
+    # With more than one worker, the first two chunks must be in flight at once:
+    # each waits for the other (a lone worker would break the barrier).
+    together = threading.Barrier(2, timeout=30)
+    met: list[bool] = []
+    tickets = iter(range(10**6))  # next() on it is atomic under the GIL
 
     def spy(context, chunk):
         threads.add(threading.current_thread().name)
+        if waiting and next(tickets) < 2:
+            try:
+                together.wait()
+                met.append(True)
+            except threading.BrokenBarrierError:
+                met.append(False)
         return real(context, chunk)
 
     monkeypatch.setattr(discovery, "_process_chunk", spy)
     dataset = {"id": "many", "instance_data_dir": str(data), "cache_dir_vae": str(tmp_path / "cache"),
                "minimum_image_size": 1}
+    waiting = False
     config = _project(tmp_path, [dataset], "--aspect_bucket_worker_count", "1")
     prepare_training_data(config, load_backends(config), show_progress=False)
     assert threads == {threading.current_thread().name}
     threads.clear()
     (tmp_path / "cache" / "discovery.json").unlink()
+    waiting = True
     config = _project(tmp_path, [dataset], "--aspect_bucket_worker_count", "3")
     prepare_training_data(config, load_backends(config), show_progress=False)
-    assert len(threads) > 1 and threading.current_thread().name not in threads
+    assert met == [True, True] and len(threads) > 1 and threading.current_thread().name not in threads
 
 
 def test_print_filenames_lists_every_skipped_image(tmp_path: Path):

@@ -98,6 +98,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, tiny_sdxl: Path):
     _hub_environment(patch, hub)
     for name, value in SECRETS_ENV.items():
         patch.setenv(name, value)
+    _final_save_waits_for_the_first_checkpoint_push(patch, hub)
     console = root / "console.txt"
     try:
         with open(console, "w") as sink:
@@ -118,6 +119,29 @@ def published(tmp_path_factory: pytest.TempPathFactory, tiny_sdxl: Path):
     yield {"code": code, "root": root, "results": results, "hub": hub, "hooks": hooks,
            "urls": (discord_url, raw_url), "console": console.read_text()}
     hub.stop()
+
+
+def _final_save_waits_for_the_first_checkpoint_push(patch: pytest.MonkeyPatch, hub: FakeHub) -> None:
+    """Hold the final save (up to a minute) until checkpoint-2's commit reaches the Hub.
+
+    On a busy machine the four tiny steps can end before a background upload
+    does; waiting here makes "pushed while training went on" a fact the test
+    can check, not a race.  Pushes made only at the end never arrive in time.
+    """
+    import time
+
+    from simpletuner.training.trainer import Trainer
+
+    real = Trainer._save_final
+
+    def save_final(trainer: Trainer):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                c.message == "SimpleTuner: checkpoint-2" for c in hub.state.commits):
+            time.sleep(0.05)
+        return real(trainer)
+
+    patch.setattr(Trainer, "_save_final", save_final)
 
 
 def _sha(data: bytes) -> str:
