@@ -8,6 +8,7 @@ nothing, never half a file.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Tuple, Union
@@ -96,3 +97,16 @@ class LocalStorage(Storage):
 def _seek_read(fd: int, start: int, stop: int) -> bytes:
     os.lseek(fd, start, os.SEEK_SET)
     return os.read(fd, max(0, stop - start))
+
+
+def move_into_place(complete: Path, final: Path, aside: Path) -> None:
+    """Rename the finished folder ``complete`` to ``final``; an existing ``final`` is moved to
+    ``aside`` first and removed only once the new one is in place, so a folder under its
+    final name is always whole."""
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
+        os.replace(complete, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(complete, final)

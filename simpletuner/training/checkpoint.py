@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from simpletuner.storage.local import move_into_place
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE_FILE = "trainer_state.json"
 
@@ -93,14 +95,8 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    if final.exists():  # re-saving a step after a resume: keep the old copy until the new one is in place
-        replaced = output_dir / f".checkpoint-{step}.replaced"
-        shutil.rmtree(replaced, ignore_errors=True)
-        os.replace(final, replaced)
-        os.replace(temporary, final)
-        shutil.rmtree(replaced, ignore_errors=True)
-    else:
-        os.replace(temporary, final)
+    # Re-saving a step after a resume keeps the old copy until the new one is in place.
+    move_into_place(temporary, final, output_dir / f".checkpoint-{step}.replaced")
     if total_limit:
         for old in list_checkpoints(output_dir)[:-total_limit]:
             _delete_folder(old)

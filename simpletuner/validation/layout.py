@@ -10,11 +10,12 @@ manifest, so its keys are a contract (documentation/VALIDATION.md).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from simpletuner.storage.local import move_into_place
 
 VALIDATION_FOLDER = "validation_images"
 MANIFEST = "manifest.json"
@@ -72,14 +73,7 @@ def write_validation(output_dir: Path, step: int, images: list[RenderedImage],
     make_grid(images, benchmark).save(partial / GRID)
     manifest = {"step": step, "images": [item.manifest_entry() for item in images], "grid": GRID}
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    if folder.exists():
-        aside = folder.with_name(folder.name + ".old")
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(folder, aside)
-        os.replace(partial, folder)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(partial, folder)
+    move_into_place(partial, folder, folder.with_name(folder.name + ".old"))
     return folder
 
 
