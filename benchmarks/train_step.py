@@ -38,8 +38,10 @@ What runs
   draws (``torch.randn``/``torch.randint`` from a private generator, DDPM
   ``add_noise``), ``torch.autocast("cpu", bfloat16)`` around the forward pass
   when the trainer's accelerator uses bf16 (what accelerate does), fp32 MSE,
-  ``backward``, ``clip_grad_norm_`` over a parameter list built once,
-  ``step``, lr step, ``zero_grad(set_to_none=True)`` and ``loss.item()`` (what
+  ``backward``, clipping as the trainer's ``--grad_clip_method`` says
+  (``clip_grad_value_`` by default, ``clip_grad_norm_`` for ``norm``) over a
+  parameter list built once, ``step``, lr step, ``zero_grad`` as
+  ``--set_grads_to_none`` says, and ``loss.item()`` (what
   any loop that logs its loss pays).  The bare loop is set up after the
   trainer's warm-up, from the trainer's live objects, so the two cannot drift
   apart in settings.
@@ -216,6 +218,8 @@ class BareLoop:
         optimizer_settings: dict[str, Any],
         max_grad_norm: float,
         batch: dict[str, torch.Tensor],
+        clip_by_value: bool = False,
+        grads_to_none: bool = True,
     ) -> None:
         import optimi
         from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -238,6 +242,8 @@ class BareLoop:
         self.generator = torch.Generator().manual_seed(SEED)
         self.autocast = autocast
         self.max_grad_norm = max_grad_norm
+        self.clip_by_value = clip_by_value
+        self.grads_to_none = grads_to_none
         self.batch = batch
 
     @classmethod
@@ -265,6 +271,9 @@ class BareLoop:
             optimizer_settings=settings,
             max_grad_norm=config.max_grad_norm,
             batch=batch,
+            # --grad_clip_method and --set_grads_to_none, as the trainer applies them.
+            clip_by_value=getattr(config, "grad_clip_method", "norm") == "value",
+            grads_to_none=getattr(config, "set_grads_to_none", True),
         )
 
     def step(self) -> float:
@@ -281,11 +290,13 @@ class BareLoop:
             ).sample
         loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
         loss.backward()
-        if self.max_grad_norm > 0:
+        if self.max_grad_norm > 0 and self.clip_by_value:
+            torch.nn.utils.clip_grad_value_(self.params, self.max_grad_norm)
+        elif self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.grads_to_none)
         return loss.item()
 
 
