@@ -12,6 +12,7 @@ from simpletuner.config.rules import information_only, rule_problems
 from simpletuner.config.sources import gather_values, locate_config_file
 from simpletuner.config.spellings import apply_simpletuner_meanings, respell
 from simpletuner.errors import ConfigError
+from simpletuner.families.flavours import with_flavour_model
 
 
 def load_config(
@@ -53,7 +54,7 @@ def load_config(
         )
     if problems:
         raise ConfigError("\n".join(problems))
-    return make_config(with_results_folder(values), explicit, path, ignored)
+    return make_config(with_results_folder(with_flavour_model(values)), explicit, path, ignored)
 
 
 def with_results_folder(values: dict[str, Any]) -> dict[str, Any]:

@@ -57,9 +57,16 @@ def model_family_required(values: Values) -> Optional[str]:
 
 
 def model_path_required(values: Values) -> Optional[str]:
-    if not values["pretrained_model_name_or_path"]:
-        return "--pretrained_model_name_or_path is required: a diffusers model folder or hub id"
+    if not values["pretrained_model_name_or_path"] and not values.get("model_flavour"):
+        return ("--pretrained_model_name_or_path is required (a diffusers model folder, hub id or "
+                ".safetensors file), or --model_flavour to pick the family's model")
     return None
+
+
+def model_flavour_known(values: Values) -> Optional[str]:
+    from simpletuner.families.flavours import flavour_problem
+
+    return flavour_problem(values)
 
 
 def data_config_required(values: Values) -> Optional[str]:
@@ -282,6 +289,7 @@ RULES: tuple[Rule, ...] = (
     not_implemented,
     model_family_required,
     model_path_required,
+    model_flavour_known,
     data_config_required,
     training_length,
     lycoris_needs_config,
@@ -306,7 +314,7 @@ RULES: tuple[Rule, ...] = (
 ) + TRAINING_RULES
 
 # Rules that still apply when the user only asks for information.
-_ALWAYS = (not_implemented, training_length, lycoris_needs_config, validation_resolution_format,
+_ALWAYS = (not_implemented, model_flavour_known, training_length, lycoris_needs_config, validation_resolution_format,
            user_prompt_library_valid,
            report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses,
            soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits,

@@ -34,13 +34,24 @@ class ModelSource:
     revision: Optional[str] = None
     variant: Optional[str] = None
     overrides: dict[str, tuple[str, Optional[str]]] = field(default_factory=dict)
+    # A single-file checkpoint (--pretrained_model_name_or_path model.safetensors):
+    # the denoiser, and the VAE where the file holds one, load from it through
+    # diffusers' from_single_file; ``base`` then only supplies the configs and
+    # the parts the file lacks (families/flavours.py says which folder or id).
+    single_file: Optional[str] = None
 
     @classmethod
     def from_config(cls, config: Any, family: Optional["ModelFamily"] = None) -> "ModelSource":
+        from simpletuner.families.flavours import is_single_file, single_file_config_source
+
+        base, single_file = config.pretrained_model_name_or_path, None
+        if is_single_file(base) and family is not None:
+            base, single_file = single_file_config_source(config, family), base
         source = cls(
-            base=config.pretrained_model_name_or_path,
+            base=base,
             revision=config.revision,
             variant=config.variant,
+            single_file=single_file,
         )
         # A separate component folder holds that component at its root unless
         # its --pretrained_*_subfolder says otherwise (e.g. a whole pipeline).
@@ -50,7 +61,7 @@ class ModelSource:
             if path:
                 source.overrides[component] = (path, subfolder)
             elif subfolder:
-                source.overrides[component] = (config.pretrained_model_name_or_path, subfolder)
+                source.overrides[component] = (source.base, subfolder)
         t5 = getattr(config, "pretrained_t5_model_name_or_path", None)
         if t5 and family is not None:
             if not family.t5_components:
@@ -69,6 +80,11 @@ class ModelSource:
         or reachable; the folder's model_index.json must match the family
         (see families/model_folder.py).
         """
+        if self.single_file is not None:
+            from simpletuner.families.model_folder import check_single_file
+
+            check_single_file(self, family)
+            return
         path = Path(self.base).expanduser()
         if path.is_dir():
             if not (path / "model_index.json").is_file():
@@ -77,10 +93,7 @@ class ModelSource:
                     "point it at a diffusers model folder (the one containing unet/, vae/, ...)"
                 )
         elif path.exists():
-            raise ModelError(
-                f"--pretrained_model_name_or_path={self.base}: is a file; single-file checkpoints "
-                "are not implemented yet, use a diffusers model folder"
-            )
+            raise ModelError(f"--pretrained_model_name_or_path={self.base}: is not a folder or a file")
         elif self.base.startswith((".", "/", "~")):
             raise ModelError(f"--pretrained_model_name_or_path={self.base}: no such folder")
         from simpletuner.families.model_folder import check_model_folder
@@ -93,6 +106,9 @@ class ModelSource:
         For a local folder it includes each file's size and mtime, so
         regenerating or editing the weights in place invalidates caches.
         """
+        if self.from_file(component):
+            stat = Path(self.single_file).expanduser().stat()
+            return f"{Path(self.single_file).expanduser().resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         path, subfolder = self.overrides.get(component, (self.base, component))
         parts = [str(Path(path).expanduser().resolve()) if Path(path).exists() else path,
                  subfolder or "", self.revision or "", self.variant or ""]
@@ -105,13 +121,27 @@ class ModelSource:
         return "|".join(parts)
 
     def local_folder(self, component: str) -> Optional[Path]:
-        """The component's folder on this machine; None for a Hub id."""
+        """The component's folder on this machine; None for a Hub id or the single file."""
+        if self.from_file(component):
+            return None
         path, subfolder = self.overrides.get(component, (self.base, component))
         folder = Path(path).expanduser() / (subfolder or "")
         return folder if folder.is_dir() else None
 
+    def from_file(self, component: str) -> bool:
+        """The component loads from the single-file checkpoint (not overridden, and in the file)."""
+        if self.single_file is None or component in self.overrides:
+            return False
+        from simpletuner.families.model_folder import single_file_components
+
+        return component in single_file_components(self.single_file)
+
     def load_pipeline(self, pipeline_class: Any, **components: Any) -> Any:
         """The whole pipeline from the base path, with some components replaced."""
+        if "vae" not in components and self.from_file("vae"):  # the callers pass the denoiser
+            from diffusers import AutoencoderKL
+
+            components["vae"] = self.load(AutoencoderKL, "vae")
         try:
             return pipeline_class.from_pretrained(
                 self.base, revision=self.revision, variant=self.variant, **components
@@ -121,6 +151,8 @@ class ModelSource:
 
     def load(self, loader: Any, component: str, **kwargs: Any) -> Any:
         """``loader.from_pretrained`` for one component, with a readable error."""
+        if self.from_file(component):
+            return self._load_from_file(loader, component, **kwargs)
         path, subfolder = self.overrides.get(component, (self.base, component))
         try:
             return loader.from_pretrained(
@@ -131,10 +163,24 @@ class ModelSource:
             raise ModelError(f"cannot load {component} from {path}: {first_line}") from None
 
 
+    def _load_from_file(self, loader: Any, component: str, **kwargs: Any) -> Any:
+        """``loader.from_single_file`` with the configs from ``base`` (never fetched from the file's guess)."""
+        try:
+            return loader.from_single_file(
+                str(Path(self.single_file).expanduser()), config=self.base, subfolder=component,
+                revision=self.revision, **kwargs,
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelError(f"cannot load {component} from the single file {self.single_file}: {first_line}") from None
+
+
 class ModelFamily:
     """Constants and hooks of one architecture.  Subclasses set the constants."""
 
     name: ClassVar[str]
+    # --model_flavour's names -> Hub ids (SimpleTuner's); the first is the family's default.
+    flavours: ClassVar[dict[str, str]] = {}
     pipeline_class_name: ClassVar[str]
     denoiser_component: ClassVar[str]  # "unet" or "transformer"
     denoiser_class_name: ClassVar[str]  # the diffusers class, e.g. "UNet2DConditionModel"

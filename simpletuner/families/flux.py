@@ -34,6 +34,9 @@ FLUX_LORA_PRESETS: dict[str, tuple[str, ...]] = {
 
 class FluxFamily(FlowMatchingFamily):
     name = "flux"
+    # --model_flavour -> the base model it picks (SimpleTuner's names); the first is the default.
+    flavours = {"dev": "black-forest-labs/FLUX.1-dev", "schnell": "black-forest-labs/FLUX.1-schnell",
+                "krea": "black-forest-labs/FLUX.1-Krea-dev"}
     pipeline_class_name = "FluxPipeline"
     denoiser_component = "transformer"
     denoiser_class_name = "FluxTransformer2DModel"

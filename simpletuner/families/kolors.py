@@ -19,6 +19,8 @@ from simpletuner.families.micro_conditioning import TextTimeConditioning
 class KolorsFamily(TextTimeConditioning, ModelFamily):
     # sample_conditioning (time_ids) and model_inputs come from TextTimeConditioning.
     name = "kolors"
+    # --model_flavour -> the base model it picks (SimpleTuner's names).
+    flavours = {"1.0": "Kwai-Kolors/Kolors-diffusers"}
     pipeline_class_name = "KolorsPipeline"
     denoiser_component = "unet"
     denoiser_class_name = "UNet2DConditionModel"

@@ -19,6 +19,9 @@ from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
 
 class LegacyFamily(ModelFamily):
     name = "legacy"
+    # --model_flavour -> the base model it picks (SimpleTuner's names); the first is the default.
+    flavours = {"1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5", "1.4": "CompVis/stable-diffusion-v1-4",
+                "2.0": "stabilityai/stable-diffusion-2", "2.1": "stabilityai/stable-diffusion-2-1"}
     pipeline_class_name = "StableDiffusionPipeline"
     denoiser_component = "unet"
     denoiser_class_name = "UNet2DConditionModel"

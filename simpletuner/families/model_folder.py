@@ -9,7 +9,9 @@ Checked before anything is encoded or downloaded:
   denoiser's class) must be what ``--model_family`` trains
   (:meth:`ModelFamily.model_index_problem`), and a separate denoiser folder
   (``--pretrained_unet/transformer_model_name_or_path``) must hold the
-  family's denoiser class.
+  family's denoiser class;
+* a single-file checkpoint must be a readable safetensors file, and the
+  folder or Hub id its configs come from passes the checks above.
 """
 
 from __future__ import annotations
@@ -31,12 +33,43 @@ def is_local(path: str) -> bool:
     return Path(path).expanduser().exists() or path.startswith((".", "/", "~"))
 
 
-def check_model_folder(source: "ModelSource", family: Optional["ModelFamily"]) -> None:
-    index_file = _find(source.base, "model_index.json", source.revision, "--pretrained_model_name_or_path")
+def single_file_components(path: str) -> set[str]:
+    """The components a single-file checkpoint holds: the denoiser always (it is the
+    model), the VAE when its original (``first_stage_model.``) or ``vae.`` keys are there."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(path).expanduser()), framework="pt") as handle:
+        keys = list(handle.keys())
+    found = {"unet", "transformer"}
+    if any(key.startswith(("first_stage_model.", "vae.")) for key in keys):
+        found.add("vae")
+    return found
+
+
+def check_single_file(source: "ModelSource", family: Optional["ModelFamily"]) -> None:
+    """A readable safetensors file, and a config source that is the family's."""
+    from simpletuner.families.flavours import SINGLE_FILE_SUFFIXES
+
+    path = Path(str(source.single_file)).expanduser()
+    option = f"--pretrained_model_name_or_path={source.single_file}"
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise ModelError(f"{option}: a single-file checkpoint must be a .safetensors file (got {path.suffix or 'no suffix'}); "
+                         "convert it, or point it at a diffusers model folder")
+    try:
+        single_file_components(str(path))
+    except Exception as error:  # safetensors' own error types: a damaged or foreign file
+        raise ModelError(f"{option}: cannot be read as safetensors ({type(error).__name__}); "
+                         "the file is damaged or not a checkpoint") from None
+    check_model_folder(source, family, option="--single_file_config")
+
+
+def check_model_folder(source: "ModelSource", family: Optional["ModelFamily"],
+                       option: str = "--pretrained_model_name_or_path") -> None:
+    index_file = _find(source.base, "model_index.json", source.revision, option)
     if index_file is not None and family is not None:
         problem = family.model_index_problem(_read_json(index_file), set(source.overrides))
         if problem:
-            raise ModelError(f"--pretrained_model_name_or_path={source.base}: {problem}")
+            raise ModelError(f"{option}={source.base}: {problem}")
     for component, (path, subfolder) in source.overrides.items():
         if path == source.base:
             continue

@@ -22,6 +22,11 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 class PixArtSigmaFamily(ModelFamily):
     name = "pixart_sigma"
+    # --model_flavour -> the base model it picks (SimpleTuner's names); the first is the default.
+    flavours = {"sigma-900M-1024": "terminusresearch/pixart-900m-1024-ft-v0.6",
+                "sigma-600M-1024": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+                "sigma-600M-512": "PixArt-alpha/PixArt-Sigma-XL-2-512-MS",
+                "sigma-600M-2k": "PixArt-alpha/PixArt-Sigma-XL-2-2K-MS"}
     pipeline_class_name = "PixArtSigmaPipeline"
     denoiser_component = "transformer"
     denoiser_class_name = "PixArtTransformer2DModel"

@@ -13,6 +13,8 @@ from simpletuner.training.lora_formats import adapter_metadata
 
 class SD3Family(FlowMatchingFamily):
     name = "sd3"
+    # --model_flavour -> the base model it picks (SimpleTuner's names); the first is the default.
+    flavours = {"medium": "stabilityai/stable-diffusion-3.5-medium", "large": "stabilityai/stable-diffusion-3.5-large"}
     pipeline_class_name = "StableDiffusion3Pipeline"
     denoiser_component = "transformer"
     denoiser_class_name = "SD3Transformer2DModel"

@@ -15,6 +15,9 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     # sample_conditioning (time_ids from each sample's real crop/size) and
     # model_inputs come from TextTimeConditioning, shared with Kolors.
     name = "sdxl"
+    # --model_flavour -> the base model it picks (SimpleTuner's names); the first is the default.
+    flavours = {"base-1.0": "stabilityai/stable-diffusion-xl-base-1.0",
+                "base-0.9": "stabilityai/stable-diffusion-xl-base-0.9"}
     pipeline_class_name = "StableDiffusionXLPipeline"
     denoiser_component = "unet"
     denoiser_class_name = "UNet2DConditionModel"

@@ -32,8 +32,24 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "pretrained_model_name_or_path", "path", None,
-        "The base model to start from: a Hugging Face Hub id or a local folder in "
-        "diffusers layout.",
+        "The base model to start from: a Hugging Face Hub id, a local folder in "
+        "diffusers layout, or a single-file .safetensors checkpoint (sdxl, legacy, sd3, flux; "
+        "see --single_file_config). Unset: the --model_flavour's model.",
+        CORE,
+    ),
+    Option(
+        "model_flavour", "str", None,
+        "A named variant of the family (SimpleTuner's names, e.g. flux dev or schnell, sd3 "
+        "medium or large, sdxl base-1.0, legacy 1.5 or 2.1) that picks the base model when "
+        "--pretrained_model_name_or_path is not given, and the configs of a single-file checkpoint.",
+        CORE,
+    ),
+    Option(
+        "single_file_config", "path", None,
+        "For a single-file --pretrained_model_name_or_path (model.safetensors): the diffusers "
+        "model folder or Hub id of the same family whose configs, tokenizers, scheduler and "
+        "missing components (e.g. Flux's text encoders) go with it. Unset: the --model_flavour's "
+        "model (the family's default flavour when none is set).",
         CORE,
     ),
     Option(

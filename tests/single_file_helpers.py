@@ -1,0 +1,80 @@
+"""Single-file checkpoints made from the tiny models, for the single-file tests.
+
+diffusers only converts original checkpoints *to* its layout, so the UNet's
+inverse (diffusers -> the original LDM/SGM key layout that SDXL's and SD's
+released .safetensors files use) is written out here, after diffusers'
+scripts/convert_diffusers_to_original_sdxl.py; the test round-trips it
+through diffusers' own converter, so a wrong name fails there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+_RESNET = (("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"),
+           ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut"))
+_TOP = (("time_embed.0", "time_embedding.linear_1"), ("time_embed.2", "time_embedding.linear_2"),
+        ("label_emb.0.0", "add_embedding.linear_1"), ("label_emb.0.2", "add_embedding.linear_2"),
+        ("input_blocks.0.0", "conv_in"), ("out.0", "conv_norm_out"), ("out.2", "conv_out"))
+
+
+def _prefixes(config: dict) -> list[tuple[str, str]]:
+    """(original prefix, diffusers prefix) of every block of a UNet2DConditionModel."""
+    levels, per_block = len(config["block_out_channels"]), config["layers_per_block"]
+    pairs = []
+    for i in range(levels):
+        for j in range(per_block):
+            pairs.append((f"input_blocks.{(per_block + 1) * i + j + 1}.0.", f"down_blocks.{i}.resnets.{j}."))
+            pairs.append((f"input_blocks.{(per_block + 1) * i + j + 1}.1.", f"down_blocks.{i}.attentions.{j}."))
+        for j in range(per_block + 1):
+            pairs.append((f"output_blocks.{(per_block + 1) * i + j}.0.", f"up_blocks.{i}.resnets.{j}."))
+            pairs.append((f"output_blocks.{(per_block + 1) * i + j}.1.", f"up_blocks.{i}.attentions.{j}."))
+        if i < levels - 1:
+            pairs.append((f"input_blocks.{(per_block + 1) * (i + 1)}.0.op.", f"down_blocks.{i}.downsamplers.0.conv."))
+            has_attention = "CrossAttn" in config["up_block_types"][i]
+            pairs.append((f"output_blocks.{(per_block + 1) * i + per_block}.{2 if has_attention else 1}.",
+                          f"up_blocks.{i}.upsamplers.0."))
+    pairs.append(("middle_block.1.", "mid_block.attentions.0."))
+    pairs += [(f"middle_block.{2 * j}.", f"mid_block.resnets.{j}.") for j in range(2)]
+    return pairs
+
+
+def unet_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """A diffusers UNet2DConditionModel state dict in the original layout (``model.diffusion_model.``)."""
+    prefixes = _prefixes(config)
+    out = {}
+    for name, tensor in state.items():
+        new = name
+        for original, diffusers_name in _TOP:
+            if name.startswith(diffusers_name + "."):
+                new = original + name[len(diffusers_name):]
+        for original, diffusers_prefix in prefixes:
+            if name.startswith(diffusers_prefix):
+                rest = name[len(diffusers_prefix):]
+                if "resnets" in diffusers_prefix:
+                    for old, ours in _RESNET:
+                        rest = rest.replace(ours, old) if rest.startswith(ours) else rest
+                new = original + rest
+        out["model.diffusion_model." + new] = tensor.clone()
+    return out
+
+
+def write_sdxl_single_file(model: Path, path: Path) -> Path:
+    """The tiny SDXL's UNet as an original-layout single file."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    save_file(unet_to_original(unet.state_dict(), dict(unet.config)), str(path))
+    return path
+
+
+def write_diffusers_single_file(model: Path, component: str, class_name: str, path: Path) -> Path:
+    """A denoiser saved as one file in diffusers' key layout (how many Flux fine-tunes ship)."""
+    import diffusers
+
+    denoiser = getattr(diffusers, class_name).from_pretrained(model, subfolder=component)
+    save_file({k: v.contiguous() for k, v in denoiser.state_dict().items()}, str(path))
+    return path
