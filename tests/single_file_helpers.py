@@ -10,6 +10,7 @@ through diffusers' own converter, so a wrong name fails there.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -62,19 +63,50 @@ def unet_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, 
     return out
 
 
-def write_sdxl_single_file(model: Path, path: Path) -> Path:
-    """The tiny SDXL's UNet as an original-layout single file."""
-    from diffusers import UNet2DConditionModel
+_VAE_ATTENTION = (("norm.", "group_norm."), ("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."), ("proj_out.", "to_out.0."))
 
-    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
-    save_file(unet_to_original(unet.state_dict(), dict(unet.config)), str(path))
+
+def vae_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """A diffusers AutoencoderKL state dict in the original layout (``first_stage_model.``)."""
+    levels, per_block = len(config["block_out_channels"]), config["layers_per_block"]
+    prefixes = [("mid.attn_1.", "mid_block.attentions.0.")]
+    prefixes += [(f"mid.block_{j + 1}.", f"mid_block.resnets.{j}.") for j in range(2)]
+    for i in range(levels):
+        prefixes += [(f"down.{i}.block.{j}.", f"down_blocks.{i}.resnets.{j}.") for j in range(per_block)]
+        prefixes += [(f"up.{levels - 1 - i}.block.{j}.", f"up_blocks.{i}.resnets.{j}.") for j in range(per_block + 1)]
+        if i < levels - 1:
+            prefixes.append((f"down.{i}.downsample.", f"down_blocks.{i}.downsamplers.0."))
+            prefixes.append((f"up.{levels - 1 - i}.upsample.", f"up_blocks.{i}.upsamplers.0."))
+    out = {}
+    for name, tensor in state.items():
+        side, rest = name.split(".", 1) if name.startswith(("encoder.", "decoder.")) else ("", name)
+        for original, diffusers_prefix in prefixes:
+            if rest.startswith(diffusers_prefix):
+                rest = original + rest[len(diffusers_prefix):]
+                if original == "mid.attn_1.":
+                    for old, ours in _VAE_ATTENTION:
+                        if rest.startswith("mid.attn_1." + ours):
+                            rest = "mid.attn_1." + old + rest[len("mid.attn_1." + ours):]
+                    if tensor.ndim == 2:  # the original attention uses 1x1 convolutions
+                        tensor = tensor[:, :, None, None]
+                break
+        rest = rest.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
+        out["first_stage_model." + (f"{side}." if side else "") + rest] = tensor.clone().contiguous()
+    return out
+
+
+def write_sdxl_single_file(model: Path, path: Path, unet: Any = None, vae: Any = None) -> Path:
+    """The tiny SDXL's UNet and VAE (or the ones given) as an original-layout single file."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    unet = unet or UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    vae = vae or AutoencoderKL.from_pretrained(model, subfolder="vae")
+    save_file({**unet_to_original(unet.state_dict(), dict(unet.config)),
+               **vae_to_original(vae.state_dict(), dict(vae.config))}, str(path))
     return path
 
 
-def write_diffusers_single_file(model: Path, component: str, class_name: str, path: Path) -> Path:
+def write_diffusers_single_file(denoiser: Any, path: Path) -> Path:
     """A denoiser saved as one file in diffusers' key layout (how many Flux fine-tunes ship)."""
-    import diffusers
-
-    denoiser = getattr(diffusers, class_name).from_pretrained(model, subfolder=component)
     save_file({k: v.contiguous() for k, v in denoiser.state_dict().items()}, str(path))
     return path

@@ -1,0 +1,133 @@
+"""Single-file checkpoints (--pretrained_model_name_or_path model.safetensors) and --model_flavour."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from family_harness import train_in_process, write_two_class_project
+from simpletuner.config.loader import load_config
+from simpletuner.errors import ConfigError, ModelError
+from simpletuner.families.base import ModelSource
+from simpletuner.families.registry import get_family
+from single_file_helpers import write_diffusers_single_file, write_sdxl_single_file
+
+
+def _source(tmp_path: Path, family: str, *flags: str) -> tuple[object, ModelSource]:
+    config = load_config(["--model_family", family, "--print_config", *flags], env={}, cwd=tmp_path)
+    family_object = get_family(config.model_family, config)
+    return family_object, ModelSource.from_config(config, family_object)
+
+
+def _perturbed_sdxl(model: Path) -> tuple[object, object]:
+    """The tiny SDXL's UNet and VAE, changed so that weights from the file differ from the folder's."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    with torch.no_grad():
+        unet.conv_in.bias += 0.5
+        vae.quant_conv.bias[:4] += 1.0
+    return unet, vae
+
+
+def test_an_original_layout_sdxl_file_loads_its_own_unet_and_vae(tmp_path: Path, tiny_sdxl: Path) -> None:
+    unet, vae = _perturbed_sdxl(tiny_sdxl)
+    single = write_sdxl_single_file(tiny_sdxl, tmp_path / "model.safetensors", unet=unet, vae=vae)
+    family, source = _source(tmp_path, "sdxl", "--pretrained_model_name_or_path", str(single),
+                             "--single_file_config", str(tiny_sdxl))
+    source.check(family)
+    assert source.base == str(tiny_sdxl) and source.single_file == str(single)
+    loaded_unet, loaded_vae = family.load_denoiser(source), family.load_vae(source)
+    assert torch.equal(loaded_unet.conv_in.bias, unet.conv_in.bias)  # the file's weights, not the folder's
+    assert torch.equal(loaded_vae.quant_conv.bias, vae.quant_conv.bias)
+    # Caches are keyed by the file for what comes from it, by the folder for the rest.
+    assert str(single.resolve()) in source.identity("unet") and str(single.resolve()) in source.identity("vae")
+    assert str(tiny_sdxl) in source.identity("text_encoder")
+    assert source.local_folder("unet") is None  # no folder to stream quantised weights from
+    before = source.identity("vae")
+    write_sdxl_single_file(tiny_sdxl, single)  # the file rewritten with other weights
+    assert source.identity("vae") != before
+
+
+def test_a_single_file_needs_safetensors_and_names_its_config_source_offline(tmp_path: Path, tiny_sdxl: Path,
+                                                                             monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    single = write_sdxl_single_file(tiny_sdxl, tmp_path / "model.safetensors")
+    family, source = _source(tmp_path, "sdxl", "--pretrained_model_name_or_path", str(single))
+    with pytest.raises(ModelError) as error:
+        source.check(family)  # no --single_file_config: the default flavour's model gives the configs
+    assert str(error.value).startswith("--single_file_config=stabilityai/stable-diffusion-xl-base-1.0: "
+                                       "not in the local Hugging Face cache")
+    pickle = tmp_path / "model.ckpt"
+    pickle.write_bytes(b"not a checkpoint")
+    family, source = _source(tmp_path, "sdxl", "--pretrained_model_name_or_path", str(pickle),
+                             "--single_file_config", str(tiny_sdxl))
+    with pytest.raises(ModelError, match=r"model.ckpt: a single-file checkpoint must be a .safetensors file"):
+        source.check(family)
+
+
+def test_model_flavour_picks_the_family_model(tmp_path: Path, monkeypatch, caplog) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    family, source = _source(tmp_path, "flux", "--model_flavour", "schnell")
+    assert source.base == "black-forest-labs/FLUX.1-schnell"
+    with pytest.raises(ModelError, match=r"^--pretrained_model_name_or_path=black-forest-labs/FLUX.1-schnell: "
+                                         r"not in the local Hugging Face cache"):
+        source.check(family)
+    assert _source(tmp_path, "sd2x", "--model_flavour", "2.1")[1].base == "stabilityai/stable-diffusion-2-1"
+    # With both, the explicit path wins, with a warning naming what the flavour would pick.
+    with caplog.at_level(logging.WARNING, logger="simpletuner"):
+        _, source = _source(tmp_path, "sd3", "--model_flavour", "large", "--pretrained_model_name_or_path", "me/sd3")
+    assert source.base == "me/sd3"
+    assert "--model_flavour=large would pick stabilityai/stable-diffusion-3.5-large" in caplog.text
+
+
+def test_an_unknown_flavour_lists_the_family_flavours(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(["--model_family", "flux", "--model_flavour", "turbo", "--print_config"], env={}, cwd=tmp_path)
+    assert str(error.value) == ("--model_flavour=turbo is not a flavour of --model_family=flux; "
+                                "choose one of: dev, schnell, krea")
+
+
+@pytest.mark.slow
+def test_sdxl_trains_from_an_original_layout_file_and_caches_by_it(tmp_path: Path, tiny_sdxl: Path, caplog) -> None:
+    root = write_two_class_project(tmp_path / "project", per_class=4)
+    flags = ("--max_train_steps", "1", "--train_batch_size", "2")
+    train_in_process(root, tiny_sdxl, "sdxl", *flags)
+    unet, vae = _perturbed_sdxl(tiny_sdxl)
+    single = write_sdxl_single_file(tiny_sdxl, tmp_path / "sdxl.safetensors", unet=unet, vae=vae)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="simpletuner"):
+        output = train_in_process(root, single, "sdxl", *flags, "--single_file_config", str(tiny_sdxl),
+                                  output_name="output_single")
+    # The file's VAE differs from the folder's: its latents are encoded anew, not reused.
+    assert "0 reused, 8 encoded" in "\n".join(r.getMessage() for r in caplog.records)
+    assert (output / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_flux_trains_from_a_single_file(tmp_path: Path, tiny_flux: Path) -> None:
+    # diffusers' converter of the original Flux layout assumes FLUX.1's width (3072), which
+    # the tiny model does not have, so this file is in diffusers' key layout.
+    from diffusers import FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel.from_pretrained(tiny_flux, subfolder="transformer")
+    with torch.no_grad():
+        transformer.x_embedder.bias += 0.5
+    single = write_diffusers_single_file(transformer, tmp_path / "flux.safetensors")
+    family, source = _source(tmp_path, "flux", "--pretrained_model_name_or_path", str(single),
+                             "--single_file_config", str(tiny_flux))
+    assert torch.equal(family.load_denoiser(source).x_embedder.bias, transformer.x_embedder.bias)
+    root = write_two_class_project(tmp_path / "project", per_class=2)
+    output = train_in_process(root, single, "flux", "--max_train_steps", "1", "--train_batch_size", "2",
+                              "--single_file_config", str(tiny_flux))
+    assert (output / "pytorch_lora_weights.safetensors").is_file()
