@@ -391,6 +391,8 @@ SLICE_FULLY = {
     "validation_seed", "validation_randomize", "validation_torch_compile", "validation_lycoris_strength",
     "ema_validation", "disable_benchmark", "evaluation_type", "pretrained_evaluation_model_name_or_path",
     "tracker_image_layout",
+    # single-file checkpoints and family flavours (issue 16)
+    "model_flavour", "single_file_config",
 }
 # Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's
 # tuning knobs for machinery this trainer does not have (issue 16).
