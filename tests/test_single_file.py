@@ -131,3 +131,19 @@ def test_flux_trains_from_a_single_file(tmp_path: Path, tiny_flux: Path) -> None
     output = train_in_process(root, single, "flux", "--max_train_steps", "1", "--train_batch_size", "2",
                               "--single_file_config", str(tiny_flux))
     assert (output / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_file_of_another_family_or_an_unsupported_family_is_one_line(tmp_path: Path, tiny_sdxl: Path,
+                                                                       tiny_flux: Path) -> None:
+    from diffusers import FluxTransformer2DModel
+
+    flux_file = write_diffusers_single_file(FluxTransformer2DModel.from_pretrained(tiny_flux, subfolder="transformer"),
+                                            tmp_path / "flux.safetensors")
+    family, source = _source(tmp_path, "sdxl", "--pretrained_model_name_or_path", str(flux_file),
+                             "--single_file_config", str(tiny_sdxl))
+    with pytest.raises(ModelError, match=r"flux.safetensors: holds no sdxl unet \(no tensor name starts with "):
+        source.check(family)
+    family, source = _source(tmp_path, "pixart_sigma", "--pretrained_model_name_or_path", str(flux_file),
+                             "--single_file_config", str(tiny_sdxl))
+    with pytest.raises(ModelError, match=r"--model_family=pixart_sigma cannot load single-file checkpoints"):
+        source.check(family)

@@ -181,6 +181,9 @@ class ModelFamily:
     name: ClassVar[str]
     # --model_flavour's names -> Hub ids (SimpleTuner's); the first is the family's default.
     flavours: ClassVar[dict[str, str]] = {}
+    # Key prefixes that show a single-file checkpoint holds this family's denoiser;
+    # empty where diffusers cannot load the family from a single file.
+    single_file_markers: ClassVar[tuple[str, ...]] = ()
     pipeline_class_name: ClassVar[str]
     denoiser_component: ClassVar[str]  # "unet" or "transformer"
     denoiser_class_name: ClassVar[str]  # the diffusers class, e.g. "UNet2DConditionModel"

@@ -34,6 +34,8 @@ FLUX_LORA_PRESETS: dict[str, tuple[str, ...]] = {
 
 class FluxFamily(FlowMatchingFamily):
     name = "flux"
+    # Key prefixes by which a single-file checkpoint holds this family's denoiser (the double blocks, or diffusers' single_transformer_blocks).
+    single_file_markers = ("model.diffusion_model.double_blocks.", "double_blocks.", "single_transformer_blocks.")
     # --model_flavour -> the base model it picks (SimpleTuner's names); the first is the default.
     flavours = {"dev": "black-forest-labs/FLUX.1-dev", "schnell": "black-forest-labs/FLUX.1-schnell",
                 "krea": "black-forest-labs/FLUX.1-Krea-dev"}

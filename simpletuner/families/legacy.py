@@ -19,6 +19,8 @@ from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
 
 class LegacyFamily(ModelFamily):
     name = "legacy"
+    # Key prefixes by which a single-file checkpoint holds this family's denoiser (the UNet's blocks, original or diffusers layout).
+    single_file_markers = ("model.diffusion_model.input_blocks.", "input_blocks.", "down_blocks.")
     # --model_flavour -> the base model it picks (SimpleTuner's names); the first is the default.
     flavours = {"1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5", "1.4": "CompVis/stable-diffusion-v1-4",
                 "2.0": "stabilityai/stable-diffusion-2", "2.1": "stabilityai/stable-diffusion-2-1"}

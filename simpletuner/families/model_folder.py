@@ -33,13 +33,18 @@ def is_local(path: str) -> bool:
     return Path(path).expanduser().exists() or path.startswith((".", "/", "~"))
 
 
-def single_file_components(path: str) -> set[str]:
-    """The components a single-file checkpoint holds: the denoiser always (it is the
-    model), the VAE when its original (``first_stage_model.``) or ``vae.`` keys are there."""
+def single_file_keys(path: str) -> list[str]:
+    """The tensor names of a safetensors file (its header only)."""
     from safetensors import safe_open
 
     with safe_open(str(Path(path).expanduser()), framework="pt") as handle:
-        keys = list(handle.keys())
+        return list(handle.keys())
+
+
+def single_file_components(path: str) -> set[str]:
+    """The components a single-file checkpoint holds: the denoiser always (it is the
+    model), the VAE when its original (``first_stage_model.``) or ``vae.`` keys are there."""
+    keys = single_file_keys(path)
     found = {"unet", "transformer"}
     if any(key.startswith(("first_stage_model.", "vae.")) for key in keys):
         found.add("vae")
@@ -55,11 +60,17 @@ def check_single_file(source: "ModelSource", family: Optional["ModelFamily"]) ->
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ModelError(f"{option}: a single-file checkpoint must be a .safetensors file (got {path.suffix or 'no suffix'}); "
                          "convert it, or point it at a diffusers model folder")
+    if family is not None and not family.single_file_markers:
+        raise ModelError(f"{option}: --model_family={family.name} cannot load single-file checkpoints "
+                         "(diffusers cannot convert them); use a diffusers model folder")
     try:
-        single_file_components(str(path))
+        keys = single_file_keys(str(path))
     except Exception as error:  # safetensors' own error types: a damaged or foreign file
         raise ModelError(f"{option}: cannot be read as safetensors ({type(error).__name__}); "
                          "the file is damaged or not a checkpoint") from None
+    if family is not None and not any(key.startswith(family.single_file_markers) for key in keys):
+        raise ModelError(f"{option}: holds no {family.name} {family.denoiser_component} (no tensor name starts "
+                         f"with {' or '.join(family.single_file_markers)}); check --model_family or the file")
     check_model_folder(source, family, option="--single_file_config")
 
 

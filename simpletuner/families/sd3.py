@@ -13,6 +13,8 @@ from simpletuner.training.lora_formats import adapter_metadata
 
 class SD3Family(FlowMatchingFamily):
     name = "sd3"
+    # Key prefixes by which a single-file checkpoint holds this family's denoiser (the MMDiT's joint blocks, or diffusers' pos_embed).
+    single_file_markers = ("model.diffusion_model.joint_blocks.", "joint_blocks.", "pos_embed.pos_embed")
     # --model_flavour -> the base model it picks (SimpleTuner's names); the first is the default.
     flavours = {"medium": "stabilityai/stable-diffusion-3.5-medium", "large": "stabilityai/stable-diffusion-3.5-large"}
     pipeline_class_name = "StableDiffusion3Pipeline"

@@ -15,6 +15,8 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     # sample_conditioning (time_ids from each sample's real crop/size) and
     # model_inputs come from TextTimeConditioning, shared with Kolors.
     name = "sdxl"
+    # Key prefixes by which a single-file checkpoint holds this family's denoiser (its original layout's label embedder, or diffusers' add_embedding).
+    single_file_markers = ("model.diffusion_model.label_emb.", "label_emb.", "add_embedding.")
     # --model_flavour -> the base model it picks (SimpleTuner's names); the first is the default.
     flavours = {"base-1.0": "stabilityai/stable-diffusion-xl-base-1.0",
                 "base-0.9": "stabilityai/stable-diffusion-xl-base-0.9"}
