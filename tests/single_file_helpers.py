@@ -95,14 +95,15 @@ def vae_to_original(state: dict[str, torch.Tensor], config: dict) -> dict[str, t
     return out
 
 
-def write_sdxl_single_file(model: Path, path: Path, unet: Any = None, vae: Any = None) -> Path:
-    """The tiny SDXL's UNet and VAE (or the ones given) as an original-layout single file."""
+def write_sdxl_single_file(model: Path, path: Path, unet: Any = None, vae: Any = None,
+                           extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """A tiny SDXL's or SD's UNet and VAE (or the ones given) as an original-layout single file."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     unet = unet or UNet2DConditionModel.from_pretrained(model, subfolder="unet")
     vae = vae or AutoencoderKL.from_pretrained(model, subfolder="vae")
     save_file({**unet_to_original(unet.state_dict(), dict(unet.config)),
-               **vae_to_original(vae.state_dict(), dict(vae.config))}, str(path))
+               **vae_to_original(vae.state_dict(), dict(vae.config)), **(extra or {})}, str(path))
     return path
 
 

@@ -23,7 +23,7 @@ def _source(tmp_path: Path, family: str, *flags: str) -> tuple[object, ModelSour
 
 
 def _perturbed_sdxl(model: Path) -> tuple[object, object]:
-    """The tiny SDXL's UNet and VAE, changed so that weights from the file differ from the folder's."""
+    """A tiny SDXL's or SD's UNet and VAE, changed so that weights from the file differ from the folder's."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet")
@@ -34,22 +34,28 @@ def _perturbed_sdxl(model: Path) -> tuple[object, object]:
     return unet, vae
 
 
-def test_an_original_layout_sdxl_file_loads_its_own_unet_and_vae(tmp_path: Path, tiny_sdxl: Path) -> None:
-    unet, vae = _perturbed_sdxl(tiny_sdxl)
-    single = write_sdxl_single_file(tiny_sdxl, tmp_path / "model.safetensors", unet=unet, vae=vae)
-    family, source = _source(tmp_path, "sdxl", "--pretrained_model_name_or_path", str(single),
-                             "--single_file_config", str(tiny_sdxl))
-    source.check(family)
-    assert source.base == str(tiny_sdxl) and source.single_file == str(single)
+@pytest.mark.parametrize("family_name", ["sdxl", "legacy"])
+def test_an_original_layout_file_loads_its_own_unet_and_vae(tmp_path: Path, family_name: str, request,
+                                                             caplog) -> None:
+    model = request.getfixturevalue(f"tiny_{family_name}")
+    unet, vae = _perturbed_sdxl(model)
+    text_encoder = {"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.ones(4)}
+    single = write_sdxl_single_file(model, tmp_path / "model.safetensors", unet=unet, vae=vae, extra=text_encoder)
+    family, source = _source(tmp_path, family_name, "--pretrained_model_name_or_path", str(single),
+                             "--single_file_config", str(model))
+    with caplog.at_level(logging.WARNING, logger="simpletuner"):
+        source.check(family)
+    assert f"holds text encoders, which are not used: the text encoders come from {model}" in caplog.text
+    assert source.base == str(model) and source.single_file == str(single)
     loaded_unet, loaded_vae = family.load_denoiser(source), family.load_vae(source)
     assert torch.equal(loaded_unet.conv_in.bias, unet.conv_in.bias)  # the file's weights, not the folder's
     assert torch.equal(loaded_vae.quant_conv.bias, vae.quant_conv.bias)
     # Caches are keyed by the file for what comes from it, by the folder for the rest.
     assert str(single.resolve()) in source.identity("unet") and str(single.resolve()) in source.identity("vae")
-    assert str(tiny_sdxl) in source.identity("text_encoder")
+    assert str(model) in source.identity("text_encoder")
     assert source.local_folder("unet") is None  # no folder to stream quantised weights from
     before = source.identity("vae")
-    write_sdxl_single_file(tiny_sdxl, single)  # the file rewritten with other weights
+    write_sdxl_single_file(model, single)  # the file rewritten with other weights
     assert source.identity("vae") != before
 
 

@@ -17,6 +17,7 @@ Checked before anything is encoded or downloaded:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -24,6 +25,11 @@ from simpletuner.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from simpletuner.families.base import ModelFamily, ModelSource
+
+logger = logging.getLogger("simpletuner")
+
+# Where single files (SD 1/2, SDXL, SD3) keep their text encoders.
+_TEXT_ENCODER_PREFIXES = ("cond_stage_model.", "conditioner.embedders.", "text_encoders.")
 
 # How long the Hub may take to answer whether a model exists.
 HUB_TIMEOUT_S = 5.0
@@ -71,6 +77,11 @@ def check_single_file(source: "ModelSource", family: Optional["ModelFamily"]) ->
     if family is not None and not any(key.startswith(family.single_file_markers) for key in keys):
         raise ModelError(f"{option}: holds no {family.name} {family.denoiser_component} (no tensor name starts "
                          f"with {' or '.join(family.single_file_markers)}); check --model_family or the file")
+    if any(key.startswith(_TEXT_ENCODER_PREFIXES) for key in keys):
+        # diffusers' converter picks CLIP-L or CLIP-G by comparing widths, which is not reliable
+        # beyond the stock models, so the encoders come from the configs' model instead.
+        logger.warning("%s holds text encoders, which are not used: the text encoders come from %s",
+                       source.single_file, source.base)
     check_model_folder(source, family, option="--single_file_config")
 
 
