@@ -153,3 +153,17 @@ def test_a_file_of_another_family_or_an_unsupported_family_is_one_line(tmp_path:
                              "--single_file_config", str(tiny_sdxl))
     with pytest.raises(ModelError, match=r"--model_family=pixart_sigma cannot load single-file checkpoints"):
         source.check(family)
+
+
+def test_an_sd3_file_loads_its_own_transformer(tmp_path: Path, tiny_sd3: Path) -> None:
+    from diffusers import SD3Transformer2DModel
+
+    transformer = SD3Transformer2DModel.from_pretrained(tiny_sd3, subfolder="transformer")
+    with torch.no_grad():
+        transformer.context_embedder.bias += 0.5
+    single = write_diffusers_single_file(transformer, tmp_path / "sd3.safetensors")
+    family, source = _source(tmp_path, "sd3", "--pretrained_model_name_or_path", str(single),
+                             "--single_file_config", str(tiny_sd3))
+    source.check(family)
+    assert torch.equal(family.load_denoiser(source).context_embedder.bias, transformer.context_embedder.bias)
+    assert str(single.resolve()) in source.identity("transformer")
