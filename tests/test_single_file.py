@@ -71,6 +71,10 @@ def test_a_single_file_needs_safetensors_and_names_its_config_source_offline(tmp
         source.check(family)  # no --single_file_config: the default flavour's model gives the configs
     assert str(error.value).startswith("--single_file_config=stabilityai/stable-diffusion-xl-base-1.0: "
                                        "not in the local Hugging Face cache")
+    family, source = _source(tmp_path, "sdxl", "--pretrained_model_name_or_path", str(single),
+                             "--model_flavour", "base-0.9")
+    with pytest.raises(ModelError, match=r"^--single_file_config=stabilityai/stable-diffusion-xl-base-0.9: "):
+        source.check(family)  # the flavour named gives the configs
     pickle = tmp_path / "model.ckpt"
     pickle.write_bytes(b"not a checkpoint")
     family, source = _source(tmp_path, "sdxl", "--pretrained_model_name_or_path", str(pickle),
