@@ -1,10 +1,10 @@
 """Single-file checkpoints made from the tiny models, for the single-file tests.
 
-diffusers only converts original checkpoints *to* its layout, so the UNet's
-inverse (diffusers -> the original LDM/SGM key layout that SDXL's and SD's
-released .safetensors files use) is written out here, after diffusers'
-scripts/convert_diffusers_to_original_sdxl.py; the test round-trips it
-through diffusers' own converter, so a wrong name fails there.
+diffusers only converts original checkpoints *to* its layout, so the
+inverses (diffusers -> the original LDM/SGM layout of SDXL's and SD's released
+.safetensors files, after diffusers' scripts/convert_diffusers_to_original_sdxl.py,
+and -> Stability's MMDiT layout for SD3) are written out here; the tests load
+them through diffusers' own converters, so a wrong name fails there.
 """
 
 from __future__ import annotations
@@ -111,3 +111,61 @@ def write_diffusers_single_file(denoiser: Any, path: Path) -> Path:
     """A denoiser saved as one file in diffusers' key layout (how many Flux fine-tunes ship)."""
     save_file({k: v.contiguous() for k, v in denoiser.state_dict().items()}, str(path))
     return path
+
+
+def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
+    """diffusers' swap_scale_shift, which is its own inverse."""
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def sd3_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers SD3Transformer2DModel state dict in Stability's MMDiT layout
+    (``model.diffusion_model.joint_blocks...``), the inverse of diffusers'
+    convert_sd3_transformer_checkpoint_to_diffusers."""
+    state = dict(state)
+    out: dict[str, torch.Tensor] = {}
+
+    def move(ours: str, original: str, transform: Any = None) -> None:
+        for suffix in ("weight", "bias"):
+            if f"{ours}.{suffix}" in state:
+                tensor = state.pop(f"{ours}.{suffix}")
+                out[f"{original}.{suffix}"] = transform(tensor) if transform else tensor
+
+    def fuse(ours: list[str], original: str) -> None:
+        for suffix in ("weight", "bias"):
+            out[f"{original}.{suffix}"] = torch.cat([state.pop(f"{name}.{suffix}") for name in ours], dim=0)
+
+    out["pos_embed"] = state.pop("pos_embed.pos_embed")
+    move("pos_embed.proj", "x_embedder.proj")
+    move("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0")
+    move("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2")
+    move("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0")
+    move("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2")
+    move("context_embedder", "context_embedder")
+    layers = 1 + max(int(name.split(".")[1]) for name in state if name.startswith("transformer_blocks."))
+    for i in range(layers):
+        ours, x, context = f"transformer_blocks.{i}.", f"joint_blocks.{i}.x_block.", f"joint_blocks.{i}.context_block."
+        last = i == layers - 1
+        fuse([f"{ours}attn.to_{p}" for p in "qkv"], f"{x}attn.qkv")
+        fuse([f"{ours}attn.add_{p}_proj" for p in "qkv"], f"{context}attn.qkv")
+        for norm, original in (("norm_q", f"{x}attn.ln_q"), ("norm_k", f"{x}attn.ln_k"),
+                               ("norm_added_q", f"{context}attn.ln_q"), ("norm_added_k", f"{context}attn.ln_k")):
+            move(f"{ours}attn.{norm}", original)
+        move(f"{ours}attn.to_out.0", f"{x}attn.proj")
+        move(f"{ours}attn.to_add_out", f"{context}attn.proj")
+        if f"{ours}attn2.to_q.weight" in state:
+            fuse([f"{ours}attn2.to_{p}" for p in "qkv"], f"{x}attn2.qkv")
+            move(f"{ours}attn2.norm_q", f"{x}attn2.ln_q")
+            move(f"{ours}attn2.norm_k", f"{x}attn2.ln_k")
+            move(f"{ours}attn2.to_out.0", f"{x}attn2.proj")
+        move(f"{ours}norm1.linear", f"{x}adaLN_modulation.1")
+        move(f"{ours}norm1_context.linear", f"{context}adaLN_modulation.1", _swap_halves if last else None)
+        move(f"{ours}ff.net.0.proj", f"{x}mlp.fc1")
+        move(f"{ours}ff.net.2", f"{x}mlp.fc2")
+        move(f"{ours}ff_context.net.0.proj", f"{context}mlp.fc1")
+        move(f"{ours}ff_context.net.2", f"{context}mlp.fc2")
+    move("proj_out", "final_layer.linear")
+    move("norm_out.linear", "final_layer.adaLN_modulation.1", _swap_halves)
+    assert not state, f"not mapped: {sorted(state)}"
+    return {f"model.diffusion_model.{name}": tensor.contiguous() for name, tensor in out.items()}

@@ -13,7 +13,7 @@ from simpletuner.config.loader import load_config
 from simpletuner.errors import ConfigError, ModelError
 from simpletuner.families.base import ModelSource
 from simpletuner.families.registry import get_family
-from single_file_helpers import write_diffusers_single_file, write_sdxl_single_file
+from single_file_helpers import sd3_to_original, write_diffusers_single_file, write_sdxl_single_file
 
 
 def _source(tmp_path: Path, family: str, *flags: str) -> tuple[object, ModelSource]:
@@ -159,13 +159,15 @@ def test_a_file_of_another_family_or_an_unsupported_family_is_one_line(tmp_path:
         source.check(family)
 
 
-def test_an_sd3_file_loads_its_own_transformer(tmp_path: Path, tiny_sd3: Path) -> None:
+def test_an_original_layout_sd3_file_loads_its_own_transformer(tmp_path: Path, tiny_sd3: Path) -> None:
     from diffusers import SD3Transformer2DModel
+    from safetensors.torch import save_file
 
     transformer = SD3Transformer2DModel.from_pretrained(tiny_sd3, subfolder="transformer")
     with torch.no_grad():
         transformer.context_embedder.bias += 0.5
-    single = write_diffusers_single_file(transformer, tmp_path / "sd3.safetensors")
+    single = tmp_path / "sd3.safetensors"
+    save_file(sd3_to_original(transformer.state_dict()), str(single))
     family, source = _source(tmp_path, "sd3", "--pretrained_model_name_or_path", str(single),
                              "--single_file_config", str(tiny_sd3))
     source.check(family)
