@@ -165,12 +165,14 @@ class ModelSource:
 
     def _load_from_file(self, loader: Any, component: str, **kwargs: Any) -> Any:
         """``loader.from_single_file`` with the configs from ``base`` (never fetched from the file's guess)."""
+        from diffusers.loaders.single_file_utils import SingleFileComponentError
+
         try:
             return loader.from_single_file(
                 str(Path(self.single_file).expanduser()), config=self.base, subfolder=component,
                 revision=self.revision, **kwargs,
             )
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
+        except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelError(f"cannot load {component} from the single file {self.single_file}: {first_line}") from None
 
