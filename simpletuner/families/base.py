@@ -162,7 +162,6 @@ class ModelSource:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelError(f"cannot load {component} from {path}: {first_line}") from None
 
-
     def _load_from_file(self, loader: Any, component: str, **kwargs: Any) -> Any:
         """``loader.from_single_file`` with the configs from ``base`` (never fetched from the file's guess)."""
         from diffusers.loaders.single_file_utils import SingleFileComponentError
