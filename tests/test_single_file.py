@@ -173,3 +173,12 @@ def test_an_original_layout_sd3_file_loads_its_own_transformer(tmp_path: Path, t
     source.check(family)
     assert torch.equal(family.load_denoiser(source).context_embedder.bias, transformer.context_embedder.bias)
     assert str(single.resolve()) in source.identity("transformer")
+
+
+def test_single_file_config_without_a_single_file_is_refused(tmp_path: Path, tiny_sdxl: Path):
+    """Set beside a model folder it would do nothing, so it is an error, not silently ignored."""
+    with pytest.raises(ConfigError, match=r"--single_file_config=.* is only read when "
+                                          r"--pretrained_model_name_or_path is a single \.safetensors file"):
+        load_config(["--model_family", "sdxl", "--pretrained_model_name_or_path", str(tiny_sdxl),
+                     "--single_file_config", str(tiny_sdxl), "--output_dir", str(tmp_path / "out")],
+                    env={}, cwd=tmp_path)

@@ -115,6 +115,19 @@ def hub_model_id_valid(values: Values) -> Optional[str]:
     return None
 
 
+def single_file_config_needs_a_file(values: Values) -> Optional[str]:
+    """--single_file_config only means something beside a single-file checkpoint; never ignore it silently."""
+    if not values.get("single_file_config"):
+        return None
+    from simpletuner.families.flavours import is_single_file
+
+    if is_single_file(values.get("pretrained_model_name_or_path")):
+        return None
+    return (f"--single_file_config={values['single_file_config']} is only read when "
+            "--pretrained_model_name_or_path is a single .safetensors file; remove it, or point "
+            "--pretrained_model_name_or_path at the checkpoint file")
+
+
 def webhook_config_valid(values: Values) -> Optional[str]:
     if not values.get("webhook_config"):
         return None
@@ -287,6 +300,7 @@ def lora_format_fits(values: Values) -> Optional[str]:
 
 RULES: tuple[Rule, ...] = (
     not_implemented,
+    single_file_config_needs_a_file,
     model_family_required,
     model_path_required,
     model_flavour_known,
