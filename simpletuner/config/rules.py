@@ -278,6 +278,24 @@ def lora_format_fits(values: Values) -> Optional[str]:
     return None
 
 
+def dora_fits(values: Values) -> Optional[str]:
+    """--use_dora is PEFT's DoRA; refuse the settings that cannot carry its magnitudes."""
+    if not values.get("use_dora") or values["model_type"] != "lora":
+        return None
+    if values["lora_type"] == "lycoris":
+        return ("--use_dora is PEFT's DoRA for --lora_type standard; for LyCORIS set \"dora_wd\": true "
+                "in --lycoris_config instead")
+    if values["lora_format"] == "comfyui":
+        # Our kohya writer has no dora_scale entries, and dropping the magnitudes would change the model.
+        return "--use_dora cannot be saved with --lora_format comfyui; use --lora_format diffusers"
+    if values["lora_init_type"] in ("olora", "pissa"):
+        # Those inits train on a residual base; the saved LoRA is re-expressed
+        # for the real base, which a magnitude learnt on the residual does not survive.
+        return (f"--use_dora cannot be combined with --lora_init_type={values['lora_init_type']}; "
+                "use default or gaussian")
+    return None
+
+
 RULES: tuple[Rule, ...] = (
     not_implemented,
     model_family_required,
@@ -299,6 +317,7 @@ RULES: tuple[Rule, ...] = (
     noise_offset_settings,
     timestep_bias_settings,
     lora_format_fits,
+    dora_fits,
     lycoris_config_valid,
     loftq_unavailable,
     hub_model_id_valid,
@@ -309,7 +328,7 @@ RULES: tuple[Rule, ...] = (
 _ALWAYS = (not_implemented, training_length, lycoris_needs_config, validation_resolution_format,
            user_prompt_library_valid,
            report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses,
-           soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits,
+           soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits, dora_fits,
            lycoris_config_valid, loftq_unavailable, hub_model_id_valid, webhook_config_valid) + TRAINING_RULES
 
 

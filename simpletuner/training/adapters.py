@@ -29,6 +29,9 @@ def add_lora(denoiser: torch.nn.Module, config: Any, target_modules: tuple[str, 
         lora_dropout=config.lora_dropout,
         init_lora_weights=_INIT[config.lora_init_type],
         target_modules=list(target_modules),
+        # DoRA: PEFT splits each weight into a trained magnitude per output
+        # row and a LoRA-updated direction (saved as lora_magnitude_vector).
+        use_dora=bool(getattr(config, "use_dora", False)),
     )
     if hasattr(denoiser, "add_adapter"):
         denoiser.add_adapter(lora_config, adapter_name=ADAPTER_NAME)

@@ -38,10 +38,14 @@ def adapter_metadata(config: Any, state: dict[str, torch.Tensor]) -> Optional[di
     alpha = rank)."""
     if config is None:
         return None
+    dora = {key for key in state if "lora_magnitude_vector" in key}
     return {
         "r": config.lora_rank,
         "lora_alpha": lora_alpha(config),
-        "target_modules": sorted(module_weights(state)),
+        "target_modules": sorted(module_weights({k: v for k, v in state.items() if k not in dora})),
+        # The loader builds its LoraConfig from this header alone, so a DoRA
+        # file must say so or its magnitudes would be dropped as unexpected keys.
+        "use_dora": bool(dora),
     }
 
 

@@ -137,7 +137,6 @@ OPTIONS: tuple[Option, ...] = (
     _refused("unet_attention_slice", "bool", False, "Compute a UNet's attention in slices to save memory.",
              HARDWARE, "attention slicing only helps inference; --gradient_checkpointing saves training memory"),
     # -------------------------------------------------------------- Adapters
-    _refused("use_dora", "bool", False, "Train a weight-decomposed LoRA (DoRA).", ADAPTERS),
     _refused("init_lora", "path", None, "LoRA weights a LyCORIS adapter starts from.", ADAPTERS),
     _refused("init_lokr_norm", "float", None, "Initial norm of a LyCORIS LoKr adapter's weights.", ADAPTERS),
     _refused("layer_freeze_strategy", "str", "none", "Freeze layers of a full fine-tune (bitfit keeps only the "
