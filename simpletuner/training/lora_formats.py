@@ -27,9 +27,10 @@ from simpletuner.training.adapters import lora_alpha
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 # The suffixes an adapter's down (A) and up (B) matrices carry, in PEFT's and
-# in diffusers' older naming (what convert_state_dict_to_diffusers produces).
-_DOWN_SUFFIXES = (".lora_A.weight", ".lora.down.weight")
-_UP_SUFFIXES = (".lora_B.weight", ".lora.up.weight")
+# in diffusers' older naming (what convert_state_dict_to_diffusers produces;
+# lora_linear_layer for text encoders).
+_DOWN_SUFFIXES = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight")
+_UP_SUFFIXES = (".lora_B.weight", ".lora.up.weight", ".lora_linear_layer.up.weight")
 
 
 def adapter_metadata(config: Any, state: dict[str, torch.Tensor]) -> Optional[dict[str, Any]]:
