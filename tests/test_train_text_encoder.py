@@ -32,6 +32,8 @@ def _encode(text_encoder: torch.nn.Module, tokenizer, prompt: str = "red") -> to
     (("--validation_prompt", "a red square"), "--train_text_encoder with validation prompts is not implemented "
                                               "yet (validation would use the untrained text encoder); remove the "
                                               "validation prompt options"),
+    (("--text_encoder_1_precision", "int8-torchao"), "--train_text_encoder with --text_encoder_1_precision is "
+                                                     "not implemented yet; remove --text_encoder_1_precision"),
 ])
 def test_unsupported_combinations_are_refused_in_one_line(tmp_path: Path, flags, message) -> None:
     argv = ["--model_family", "legacy", "--pretrained_model_name_or_path", "model", "--data_backend_config",
