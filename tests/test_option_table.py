@@ -379,6 +379,8 @@ SLICE_FULLY = {
     "flux_use_beta_schedule", "flux_beta_schedule_alpha", "flux_beta_schedule_beta", "flux_use_uniform_schedule",
     "flow_matching_sigmoid_scale", "flux_guidance_mode", "flux_guidance_min", "flux_guidance_max",
     "flux_lora_target", "allow_tf32", "disable_tf32", "torch_num_threads",
+    # DoRA and text-encoder LoRA training (issue 16)
+    "use_dora", "train_text_encoder", "text_encoder_lr",
     # held-out evaluation loss (issue 14)
     "eval_dataset_id", "num_eval_images",
     # validation images and CLIP score (issue 14)

@@ -101,11 +101,11 @@ def test_a_refused_name_says_why_and_exits_2(tmp_path: Path, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     for name in ("CONFIG_PATH", "ENV", "CONFIG_BACKEND"):
         monkeypatch.delenv(name, raising=False)
-    _project(tmp_path, {**BASE, "controlnet": True, "use_dora": True})
+    _project(tmp_path, {**BASE, "controlnet": True, "fuse_optimizer": True})
     assert train_main(["--print_config"]) == 2
     err = capsys.readouterr().err
     assert "--controlnet is not implemented yet (ControlNet training is outside this trainer's scope)" in err
-    assert "--use_dora is not implemented yet; remove it or set it to False" in err
+    assert "--fuse_optimizer is not implemented yet; remove it or set it to False" in err
     assert "Traceback" not in err
 
 

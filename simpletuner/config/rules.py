@@ -298,6 +298,55 @@ def lora_format_fits(values: Values) -> Optional[str]:
     return None
 
 
+def dora_fits(values: Values) -> Optional[str]:
+    """--use_dora is PEFT's DoRA; refuse the settings that cannot carry its magnitudes."""
+    if not values.get("use_dora") or values["model_type"] != "lora":
+        return None
+    if values["lora_type"] == "lycoris":
+        return ("--use_dora is PEFT's DoRA for --lora_type standard; for LyCORIS set \"dora_wd\": true "
+                "in --lycoris_config instead")
+    if values["lora_format"] == "comfyui":
+        # Our kohya writer has no dora_scale entries, and dropping the magnitudes would change the model.
+        return "--use_dora cannot be saved with --lora_format comfyui; use --lora_format diffusers"
+    if values["lora_init_type"] in ("olora", "pissa"):
+        # Those inits train on a residual base; the saved LoRA is re-expressed
+        # for the real base, which a magnitude learnt on the residual does not survive.
+        return (f"--use_dora cannot be combined with --lora_init_type={values['lora_init_type']}; "
+                "use default or gaussian")
+    return None
+
+
+def text_encoder_training_fits(values: Values) -> Optional[str]:
+    """--train_text_encoder: a standard LoRA on a supported family's text encoder, without
+    the features that still read the (then missing) cached caption embeds."""
+    from simpletuner.config.options.common import TEXT_ENCODER_TRAINING_FAMILIES
+    from simpletuner.validation.prompts import validation_enabled
+
+    if not values.get("train_text_encoder"):
+        return None
+    family = values["model_family"]
+    if family and family not in TEXT_ENCODER_TRAINING_FAMILIES:
+        return (f"--train_text_encoder is not implemented yet for --model_family={family} "
+                f"(only {', '.join(TEXT_ENCODER_TRAINING_FAMILIES)}); remove it")
+    if values["model_type"] != "lora" or values["lora_type"] != "standard":
+        return "--train_text_encoder trains a LoRA on the text encoder: it needs --model_type lora and --lora_type standard"
+    if values["lora_format"] == "comfyui":
+        return "--train_text_encoder is not implemented yet with --lora_format comfyui; use --lora_format diffusers"
+    if values["lora_init_type"] in ("olora", "pissa"):
+        return (f"--train_text_encoder is not implemented yet with --lora_init_type={values['lora_init_type']}; "
+                "use default or gaussian")
+    if validation_enabled(values):
+        return ("--train_text_encoder with validation prompts is not implemented yet (validation would use the "
+                "untrained text encoder); remove the validation prompt options")
+    if values.get("eval_dataset_id"):
+        return "--train_text_encoder with --eval_dataset_id is not implemented yet; remove --eval_dataset_id"
+    if values.get("text_encoder_1_precision", "no_change") != "no_change":
+        # The trained encoder is loaded at full precision; a quantised one would be silently ignored.
+        return ("--train_text_encoder with --text_encoder_1_precision is not implemented yet; "
+                "remove --text_encoder_1_precision")
+    return None
+
+
 RULES: tuple[Rule, ...] = (
     not_implemented,
     single_file_config_needs_a_file,
@@ -321,6 +370,8 @@ RULES: tuple[Rule, ...] = (
     noise_offset_settings,
     timestep_bias_settings,
     lora_format_fits,
+    dora_fits,
+    text_encoder_training_fits,
     lycoris_config_valid,
     loftq_unavailable,
     hub_model_id_valid,
@@ -331,7 +382,8 @@ RULES: tuple[Rule, ...] = (
 _ALWAYS = (not_implemented, model_flavour_known, training_length, lycoris_needs_config, validation_resolution_format,
            user_prompt_library_valid,
            report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses,
-           soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits,
+           soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits, dora_fits,
+           text_encoder_training_fits,
            lycoris_config_valid, loftq_unavailable, hub_model_id_valid, webhook_config_valid) + TRAINING_RULES
 
 

@@ -312,6 +312,15 @@ class ModelFamily:
         """One dict of tensors per prompt, without a batch dimension."""
         raise NotImplementedError
 
+    # The text-encoder modules --train_text_encoder gives LoRA layers; empty
+    # where the family does not support it (config/rules.py refuses it there).
+    text_encoder_lora_targets: ClassVar[tuple[str, ...]] = ()
+
+    def trainable_text_embeds(self, text: TextEncoders, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The batch's text inputs, as encode_text makes them but batched, on the
+        encoders' device and with gradients (--train_text_encoder)."""
+        raise NotImplementedError
+
     def encode_images(self, vae: Any, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """Latents ready for the denoiser, batch first: the inverse of the
         pipeline's decode (``latents / scaling_factor + shift_factor``).
@@ -362,27 +371,34 @@ class ModelFamily:
         return pipeline(**inputs).images[0]
 
     # Saving --------------------------------------------------------------------
-    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
-        """The LoRA in the key layout --lora_format names."""
+    def save_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor],
+                  text_encoder_states: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> None:
+        """The LoRA in the key layout --lora_format names (text encoders' LoRAs: diffusers layout only)."""
         if self.option("lora_format", "diffusers") == "comfyui":
             from simpletuner.training.lora_formats import save_kohya_lora
 
             save_kohya_lora(output_dir, denoiser_lora_state, self.kohya_lora_prefix, self.config)
         else:
-            self.save_diffusers_lora(output_dir, denoiser_lora_state)
+            # Families whose text encoders do not train keep the two-argument form.
+            extra = (text_encoder_states,) if text_encoder_states else ()
+            self.save_diffusers_lora(output_dir, denoiser_lora_state, *extra)
 
-    def save_diffusers_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor]) -> None:
-        """diffusers-format LoRA through the pipeline's own save_lora_weights."""
+    def save_diffusers_lora(self, output_dir: Path, denoiser_lora_state: dict[str, torch.Tensor],
+                            text_encoder_states: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> None:
+        """diffusers-format LoRA through the pipeline's own save_lora_weights.
+
+        ``text_encoder_states`` ({component: diffusers-layout state}) go in as
+        ``<component>_lora_layers``, which load_lora_weights gives the encoders.
+        """
         from simpletuner.training.lora_formats import adapter_metadata
 
-        component = self.denoiser_component
-        self.pipeline_class().save_lora_weights(
-            save_directory=str(output_dir),
-            safe_serialization=True,
-            **{f"{component}_lora_layers": denoiser_lora_state,
-               # Without rank and alpha in the header the loader assumes alpha = rank.
-               f"{component}_lora_adapter_metadata": adapter_metadata(self.config, denoiser_lora_state)},
-        )
+        states = {self.denoiser_component: denoiser_lora_state, **(text_encoder_states or {})}
+        layers: dict[str, Any] = {}
+        for component, state in states.items():
+            layers[f"{component}_lora_layers"] = state
+            # Without rank and alpha in the header the loader assumes alpha = rank.
+            layers[f"{component}_lora_adapter_metadata"] = adapter_metadata(self.config, state)
+        self.pipeline_class().save_lora_weights(save_directory=str(output_dir), safe_serialization=True, **layers)
 
     def load_lora(self, pipeline: Any, folder: Path) -> None:
         """Load a LoRA that ``save_lora`` wrote into ``folder`` into ``pipeline``."""

@@ -40,6 +40,8 @@ class LegacyFamily(ModelFamily):
     default_resolution = 512
     resolution_by_prediction_type = {"epsilon": 512, "v_prediction": 768}
     text_components = ("text_encoder", "tokenizer")
+    # CLIP's attention projections, as diffusers' train_dreambooth_lora trains them.
+    text_encoder_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj")
     latent_normalisation = "legacy:scaling_factor"
 
     def load_text_encoders(self, source: ModelSource) -> TextEncoders:
@@ -50,18 +52,25 @@ class LegacyFamily(ModelFamily):
         return TextEncoders(tokenizers=[source.load(CLIPTokenizer, "tokenizer")], encoders=[encoder])
 
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            embeds = self._prompt_embeds(text, prompts)
+        return [{"prompt_embeds": embeds[i].cpu()} for i in range(len(prompts))]
+
+    def trainable_text_embeds(self, text: TextEncoders, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return {"prompt_embeds": self._prompt_embeds(text, prompts)}
+
+    def _prompt_embeds(self, text: TextEncoders, prompts: list[str]) -> torch.Tensor:
         # The pipeline's own encode_prompt (last hidden state after the final
         # layer norm, 77 tokens), so training sees what inference produces.
         pipeline = self.pipeline_class()(
             vae=None, text_encoder=text.encoders[0], tokenizer=text.tokenizers[0], unet=None,
             scheduler=None, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
-        with torch.no_grad():
-            embeds, _ = pipeline.encode_prompt(
-                prompt=prompts, device=text.encoders[0].device, num_images_per_prompt=1,
-                do_classifier_free_guidance=False,
-            )
-        return [{"prompt_embeds": embeds[i].cpu()} for i in range(len(prompts))]
+        embeds, _ = pipeline.encode_prompt(
+            prompt=prompts, device=text.encoders[0].device, num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+        )
+        return embeds
 
     def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
         return {"prompt_embeds": torch.zeros(batch_size, 77, denoiser_config.cross_attention_dim)}

@@ -29,12 +29,18 @@ def add_lora(denoiser: torch.nn.Module, config: Any, target_modules: tuple[str, 
         lora_dropout=config.lora_dropout,
         init_lora_weights=_INIT[config.lora_init_type],
         target_modules=list(target_modules),
+        # DoRA: PEFT splits each weight into a trained magnitude per output
+        # row and a LoRA-updated direction (saved as lora_magnitude_vector).
+        use_dora=bool(getattr(config, "use_dora", False)),
     )
-    if hasattr(denoiser, "add_adapter"):
+    from diffusers.loaders.peft import PeftAdapterMixin
+
+    if isinstance(denoiser, PeftAdapterMixin):
         denoiser.add_adapter(lora_config, adapter_name=ADAPTER_NAME)
     else:
-        # Denoisers without diffusers' PeftAdapterMixin (PixArt's transformer):
-        # PEFT's injection, which is what add_adapter does underneath.
+        # Models without diffusers' PeftAdapterMixin (PixArt's transformer, the
+        # transformers text encoders, whose add_adapter wants a newer PEFT):
+        # PEFT's injection, which is what diffusers' add_adapter does underneath.
         from peft import inject_adapter_in_model
 
         inject_adapter_in_model(lora_config, denoiser, adapter_name=ADAPTER_NAME)

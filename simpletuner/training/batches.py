@@ -123,12 +123,18 @@ def caption_dropout(count: int, probability: float, generator: torch.Generator) 
 
 
 def collate(
-    samples: list[TrainingSample], lookup: CacheLookup, family: Any, dropped: Optional[Sequence[bool]] = None
+    samples: list[TrainingSample], lookup: CacheLookup, family: Any, dropped: Optional[Sequence[bool]] = None,
+    cached_text: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """The batch of ``samples``; those marked in ``dropped`` get the empty prompt's embeds."""
+    """The batch of ``samples``; those marked in ``dropped`` get the empty prompt's embeds.
+
+    ``cached_text=False`` (--train_text_encoder) leaves the text embeds out:
+    the trainer encodes them itself.
+    """
     batch: dict[str, Any] = {"latents": torch.stack([lookup.latents(s) for s in samples])}
     dropped = dropped or [False] * len(samples)
-    texts = [lookup.empty_text(s.dataset_id) if drop else lookup.text(s) for s, drop in zip(samples, dropped)]
+    texts = [lookup.empty_text(s.dataset_id) if drop else lookup.text(s) for s, drop in zip(samples, dropped)
+             ] if cached_text else [{}]
     for name in texts[0]:
         batch[name] = torch.stack([t[name] for t in texts])
     batch.update(family.sample_conditioning(samples))

@@ -143,7 +143,9 @@ def _build_text_caches(
             continue
         text_config = data.backends.text_embeds_for(dataset_id)
         configs[text_config.id] = text_config
-        captions.setdefault(text_config.id, []).extend(s.caption for s in samples)
+        # Trained text encoders (--train_text_encoder) encode each step: caching their captions would be stale.
+        trained = config.train_text_encoder
+        captions.setdefault(text_config.id, []).extend(() if trained else (s.caption for s in samples))
     for texts in captions.values():
         texts.extend(extra_prompts)
     encoders = _Loaded(lambda: quantise_text_encoders(family.load_text_encoders(source), config, accelerator.device))

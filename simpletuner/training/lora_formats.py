@@ -27,9 +27,10 @@ from simpletuner.training.adapters import lora_alpha
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 # The suffixes an adapter's down (A) and up (B) matrices carry, in PEFT's and
-# in diffusers' older naming (what convert_state_dict_to_diffusers produces).
-_DOWN_SUFFIXES = (".lora_A.weight", ".lora.down.weight")
-_UP_SUFFIXES = (".lora_B.weight", ".lora.up.weight")
+# in diffusers' older naming (what convert_state_dict_to_diffusers produces;
+# lora_linear_layer for text encoders).
+_DOWN_SUFFIXES = (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight")
+_UP_SUFFIXES = (".lora_B.weight", ".lora.up.weight", ".lora_linear_layer.up.weight")
 
 
 def adapter_metadata(config: Any, state: dict[str, torch.Tensor]) -> Optional[dict[str, Any]]:
@@ -38,10 +39,14 @@ def adapter_metadata(config: Any, state: dict[str, torch.Tensor]) -> Optional[di
     alpha = rank)."""
     if config is None:
         return None
+    dora = {key for key in state if "lora_magnitude_vector" in key}
     return {
         "r": config.lora_rank,
         "lora_alpha": lora_alpha(config),
-        "target_modules": sorted(module_weights(state)),
+        "target_modules": sorted(module_weights({k: v for k, v in state.items() if k not in dora})),
+        # The loader builds its LoraConfig from this header alone, so a DoRA
+        # file must say so or its magnitudes would be dropped as unexpected keys.
+        "use_dora": bool(dora),
     }
 
 

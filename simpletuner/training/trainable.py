@@ -21,12 +21,15 @@ from safetensors.torch import load_file, save_file
 from simpletuner.training import adapters
 
 WEIGHTS_FILE = "trainable.safetensors"
+TEXT_WEIGHTS_FILE = "text_encoders.safetensors"  # --train_text_encoder's LoRA weights in a checkpoint
 LORA_FILE = "pytorch_lora_weights.safetensors"
 EMA_FOLDER = "ema"
 
 
 class LoraTraining:
     has_base_model = True
+    # The trained text encoders (--train_text_encoder), set by the trainer; None: their embeds are cached.
+    text: Optional[Any] = None
 
     def __init__(self, config: Any, family: Any) -> None:
         self.config = config
@@ -51,7 +54,8 @@ class LoraTraining:
             self.initial = {k: v.clone() for k, v in adapters.adapter_state(denoiser).items()}
 
     def parameters(self, denoiser: torch.nn.Module) -> list[torch.nn.Parameter]:
-        return adapters.trainable_parameters(denoiser)
+        encoders = self.text.parameters() if self.text is not None else []
+        return adapters.trainable_parameters(denoiser) + encoders
 
     def base_model(self, denoiser: torch.nn.Module) -> AbstractContextManager:
         if self.initial is None:
@@ -61,11 +65,24 @@ class LoraTraining:
 
     def save_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         save_file(adapters.adapter_state(denoiser), str(folder / WEIGHTS_FILE))
+        if self.text is not None:
+            from simpletuner.training.text_encoder_lora import flat_state
+
+            save_file(flat_state(self.text.states()), str(folder / TEXT_WEIGHTS_FILE))
         # The same weights as a LoRA file, so a checkpoint is usable as a LoRA.
         self._save_lora(denoiser, folder)
 
     def load_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         adapters.load_adapter_state(denoiser, load_file(str(folder / WEIGHTS_FILE)))
+        if self.text is not None:
+            from simpletuner.training.text_encoder_lora import split_state
+
+            path = folder / TEXT_WEIGHTS_FILE
+            if not path.is_file():
+                from simpletuner.errors import UserError
+
+                raise UserError(f"{folder} was saved without --train_text_encoder; resume it without that option")
+            self.text.load_states(split_state(load_file(str(path)), self.text.components))
 
     def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
         return 2 * _state_bytes(adapters.adapter_state(denoiser))  # the state and its LoRA-file copy
@@ -84,7 +101,10 @@ class LoraTraining:
     def _save_lora(self, denoiser: torch.nn.Module, folder: Path) -> None:
         state = adapters.adapter_state(denoiser)
         if self.initial is None:
-            self.family.save_lora(folder, adapters.diffusers_layout(state))
+            encoders = None
+            if self.text is not None:  # saved beside the denoiser's, as load_lora_weights reads them
+                encoders = {name: adapters.diffusers_layout(s) for name, s in self.text.states().items()}
+            self.family.save_lora(folder, adapters.diffusers_layout(state), encoders)
             return
         # A LoRA that applies to the published base weights, not to the residual
         # this run trained on: twice the rank, its scale folded into the weights.
@@ -100,6 +120,7 @@ class LycorisTraining:
     """A LyCORIS network described by --lycoris_config; saved in LyCORIS' own format."""
 
     has_base_model = True
+    text: Optional[Any] = None  # --train_text_encoder is a standard LoRA's only
 
     def __init__(self, config: Any, family: Any) -> None:
         from simpletuner.training.lycoris_config import read_lycoris_config
@@ -158,6 +179,7 @@ class LycorisTraining:
 class FullTraining:
     # Every weight trains, so there is no untouched base model to ask.
     has_base_model = False
+    text: Optional[Any] = None  # --train_text_encoder is a standard LoRA's only
 
     def __init__(self, config: Any, family: Any) -> None:
         self.config = config

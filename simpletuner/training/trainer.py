@@ -29,6 +29,7 @@ from simpletuner.publishing.run_summary import run_summary
 from simpletuner.publishing.session import RunPublishing
 from simpletuner.quantisation.streaming import load_placed_denoiser
 from simpletuner.training.batches import caption_dropout, collate, to_device
+from simpletuner.training.text_encoder_lora import TextEncoderLora, optimizer_groups
 from simpletuner.training.caches import prepare_caches
 from simpletuner.training.checkpoint import publish
 from simpletuner.training.disk_space import run_space_needed, space_warning, writing
@@ -148,7 +149,8 @@ class Trainer:
         sampler = data.sampler(self.state.seed, self.accelerator.process_index, self.accelerator.num_processes)
         self.trained_parameters = self.trainable.parameters(denoiser)
         learning_rate = scaled_learning_rate(config, self.accelerator.num_processes)
-        optimizer = build_optimizer(self.trained_parameters, config, learning_rate)
+        optimizer = build_optimizer(optimizer_groups(self.trained_parameters, self.trainable.text, config, learning_rate),
+                                    config, learning_rate)
         lr_scheduler = build_lr_scheduler(optimizer, config, total_steps)
         self.ema = build_ema(self.trained_parameters, config, self.device)
         self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, optimizer)
@@ -195,6 +197,9 @@ class Trainer:
         denoiser = load_placed_denoiser(self.family, self.source, self.config.base_model_precision, self.device,
                                         self.trainable.frozen_dtype(self.dtype), self.config.quantize_via)
         self.trainable.prepare(denoiser)
+        if self.config.train_text_encoder:
+            self.trainable.text = TextEncoderLora(self.config, self.family, self.source, self.device,
+                                                  self.accelerator.num_processes)
         if self.config.lora_format == "comfyui":
             from simpletuner.training.adapters import diffusers_lora_state
             from simpletuner.training.lora_formats import check_kohya_layout
@@ -253,7 +258,11 @@ class Trainer:
 
     def _loss(self, samples: list) -> torch.Tensor:
         dropped = caption_dropout(len(samples), self.config.caption_dropout_probability, self.generator)
-        batch = to_device(collate(samples, self.lookup, self.family, dropped), self.device, self.dtype)
+        text = self.trainable.text  # trained text encoders (--train_text_encoder) encode the captions now
+        batch = to_device(collate(samples, self.lookup, self.family, dropped, cached_text=text is None),
+                          self.device, self.dtype)
+        if text is not None:
+            batch.update(text.embeds(samples, dropped, self.dtype))
         batch.update(self.family.random_conditioning(len(samples), self.generator))
         noised = self.objective.noise(batch["latents"], self.generator)
         inputs = self.family.model_inputs(batch, noised.noisy, noised.timesteps)

@@ -49,6 +49,15 @@ OPTIONS: tuple[Option, ...] = (
         applies_when=(ADAPTER_RUN, PEFT_LORA),
     ),
     Option(
+        "use_dora", "bool", False,
+        "Train a weight-decomposed LoRA (DoRA, PEFT's use_dora): each trained "
+        "weight also learns its per-row magnitude. Saved in the diffusers layout, "
+        "which load_lora_weights reads; not with --lora_format comfyui or the "
+        "olora/pissa initialisations.",
+        ADAPTERS,
+        applies_when=(ADAPTER_RUN,),
+    ),
+    Option(
         "lora_target_modules", "list", None,
         "Names of the modules that receive LoRA layers, replacing the family's "
         "preset.",

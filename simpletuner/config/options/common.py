@@ -59,6 +59,8 @@ T5_FAMILIES = ("sd3", "flux", "pixart_sigma")
 # Families whose diffusers LoRA loader reads the kohya layout (--lora_format comfyui);
 # each has a kohya_lora_prefix.
 KOHYA_LORA_FAMILIES = ("sdxl", "legacy", "kolors", "flux")
+# Families whose text encoder --train_text_encoder gives a LoRA (families/*.py: text_encoder_lora_targets).
+TEXT_ENCODER_TRAINING_FAMILIES = ("legacy",)
 
 # Conditions under which an option has an effect (see Option.applies_when).
 ADAPTER_RUN = AppliesWhen("model_type", ("lora",), "only --model_type lora trains an adapter (a full fine-tune "
@@ -66,6 +68,7 @@ ADAPTER_RUN = AppliesWhen("model_type", ("lora",), "only --model_type lora train
 PEFT_LORA = AppliesWhen("lora_type", ("standard",), "with --lora_type lycoris the adapter comes from "
                         "--lycoris_config (linear_dim, linear_alpha, dropout, apply_preset)")
 LYCORIS = AppliesWhen("lora_type", ("lycoris",), "only --lora_type lycoris reads it")
+TRAIN_TE = AppliesWhen("train_text_encoder", (True,), "only --train_text_encoder uses it")
 BIAS_STRATEGY = AppliesWhen("timestep_bias_strategy", ("none",), "--timestep_bias_strategy={timestep_bias_strategy} "
                             "does not use it", unless=True)
 LOGIT_NORMAL = AppliesWhen("flow_weighting_scheme", ("logit_normal",), "only --flow_weighting_scheme logit_normal "

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 from simpletuner.config.option import AppliesWhen, Option
 from simpletuner.config.options.common import (
+    TRAIN_TE,
     ADAPTERS,
     CACHING,
     COMPONENTS,
@@ -74,7 +75,6 @@ CONTROLNET = "ControlNet training is outside this trainer's scope"
 REFINER = "SDXL refiner (two-stage) training is outside this trainer's scope"
 DEEPSPEED = "DeepSpeed is not used here; --base_model_precision and --gradient_checkpointing save memory instead"
 
-TRAIN_TE = AppliesWhen("train_text_encoder", (True,), "only --train_text_encoder uses it")
 REFINING = AppliesWhen("refiner_training", (True,), "only --refiner_training uses it")
 
 
@@ -107,8 +107,6 @@ OPTIONS: tuple[Option, ...] = (
     _refused("non_ema_revision", "str", None, "Hub revision holding the non-EMA weights of the base model.",
              CORE),
     # ------------------------------------------------------ Model components
-    _refused("train_text_encoder", "bool", False, "Train the text encoders together with the denoiser.",
-             COMPONENTS),
     _refused("save_text_encoder", "bool", False, "Save the trained text encoders with the model.", COMPONENTS,
              applies_when=(TRAIN_TE,)),
     _refused("text_encoder_limit", "int", 25, "Percentage of the steps during which text encoders train.",
@@ -137,7 +135,6 @@ OPTIONS: tuple[Option, ...] = (
     _refused("unet_attention_slice", "bool", False, "Compute a UNet's attention in slices to save memory.",
              HARDWARE, "attention slicing only helps inference; --gradient_checkpointing saves training memory"),
     # -------------------------------------------------------------- Adapters
-    _refused("use_dora", "bool", False, "Train a weight-decomposed LoRA (DoRA).", ADAPTERS),
     _refused("init_lora", "path", None, "LoRA weights a LyCORIS adapter starts from.", ADAPTERS),
     _refused("init_lokr_norm", "float", None, "Initial norm of a LyCORIS LoKr adapter's weights.", ADAPTERS),
     _refused("layer_freeze_strategy", "str", "none", "Freeze layers of a full fine-tune (bitfit keeps only the "
@@ -156,8 +153,6 @@ OPTIONS: tuple[Option, ...] = (
     _refused("offload_param_path", "path", None, "Folder DeepSpeed offloads parameters to.", OPTIMIZER,
              DEEPSPEED),
     # ------------------------------------------------ Learning rate schedule
-    _refused("text_encoder_lr", "float", None, "Learning rate of trained text encoders.", SCHEDULE,
-             applies_when=(TRAIN_TE,)),
     # -------------------------------------------------------- Loss and noise
     Option(
         "offset_noise", "bool", False,

@@ -76,6 +76,16 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # ------------------------------------------------------ Model components
     Option(
+        "train_text_encoder", "bool", False,
+        "Train a LoRA on the text encoder beside the denoiser's (as diffusers' "
+        "train_dreambooth_lora does), at --text_encoder_lr. Captions are then "
+        "encoded every step instead of cached, and the saved LoRA holds the text "
+        "encoder's part, which load_lora_weights loads. legacy only for now; needs "
+        "--model_type lora with --lora_type standard, one process, no validation "
+        "prompts or --eval_dataset_id.",
+        COMPONENTS,
+    ),
+    Option(
         "pretrained_vae_model_name_or_path", "path", None,
         "Take the VAE from this Hub id or folder instead of from the base model.",
         COMPONENTS,

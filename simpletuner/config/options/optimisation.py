@@ -9,6 +9,7 @@ from simpletuner.config.options.common import (
     OPTIMIZER,
     OPTIMIZERS,
     SCHEDULE,
+    TRAIN_TE,
 )
 
 OPTIONS: tuple[Option, ...] = (
@@ -122,6 +123,13 @@ OPTIONS: tuple[Option, ...] = (
         "Peak learning rate, reached once any warmup is over. LoRA runs usually "
         "sit far higher than full fine-tunes.",
         SCHEDULE, minimum=0,
+    ),
+    Option(
+        "text_encoder_lr", "float", None,
+        "Peak learning rate of the text encoder's LoRA under --train_text_encoder, "
+        "scaled and scheduled like --learning_rate. Unset: --learning_rate.",
+        SCHEDULE, minimum=0,
+        applies_when=(TRAIN_TE,),
     ),
     Option(
         "lr_scheduler", "str", "constant",
