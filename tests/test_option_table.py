@@ -379,6 +379,9 @@ SLICE_FULLY = {
     "flux_use_beta_schedule", "flux_beta_schedule_alpha", "flux_beta_schedule_beta", "flux_use_uniform_schedule",
     "flow_matching_sigmoid_scale", "flux_guidance_mode", "flux_guidance_min", "flux_guidance_max",
     "flux_lora_target", "allow_tf32", "disable_tf32", "torch_num_threads",
+    # SD3/Flux/PixArt text-encoder options (issue 16)
+    "t5_padding", "tokenizer_max_length", "sd3_clip_uncond_behaviour", "sd3_t5_uncond_behaviour",
+    "flux_attention_masked_training",
     # held-out evaluation loss (issue 14)
     "eval_dataset_id", "num_eval_images",
     # validation images and CLIP score (issue 14)

@@ -296,6 +296,14 @@ OPTIONS: tuple[Option, ...] = (
         families=("flux",),
         applies_when=(GUIDANCE_RANGE,),
     ),
+    Option(
+        "flux_attention_masked_training", "bool", False,
+        "Hide the padding tokens of the T5 prompt from Flux's attention while "
+        "training (the T5 mask is cached with the embeds). Validation renders "
+        "with the stock pipeline, which attends to every token.",
+        FLOW,
+        families=("flux",),
+    ),
     # ------------------------------------------------------------------- EMA
     Option(
         "use_ema", "bool", False,
