@@ -138,7 +138,7 @@ def test_each_setting_enters_the_text_cache_key(family_class, settings, tmp_path
     stock = text_encoder_identity(source, family_class(defaults))
     assert text_encoder_identity(source, family_class(changed)) != stock
     # At the defaults the key is what it was before these options existed: old caches stay valid.
-    assert stock == text_encoder_identity(source, family_class())
+    assert family_class(defaults).text_settings() == "" and stock == text_encoder_identity(source, family_class())
 
 
 @pytest.mark.parametrize("flags, named", [
@@ -151,3 +151,28 @@ def test_bad_values_are_refused_naming_the_option(flags: list[str], named: str, 
             "--data_backend_config", "mdb.json", *flags]
     with pytest.raises(ConfigError, match=named):
         load_config(argv, env={}, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_flux_trains_with_masked_zero_padded_short_t5_prompts(tmp_path: Path, tiny_flux: Path) -> None:
+    """The options reach the cache and the training step through the real trainer."""
+    from family_harness import train_in_process, write_two_class_project
+
+    from simpletuner.caching.keys import text_key
+    from simpletuner.caching.store import TensorStore
+    from simpletuner.config.loader import load_config
+    from simpletuner.families.registry import get_family
+
+    root = write_two_class_project(tmp_path, size=32, per_class=2)
+    flags = ("--model_type", "lora", "--lora_rank", "2", "--train_batch_size", "2", "--max_train_steps", "2",
+             "--flux_attention_masked_training", "--t5_padding", "zero", "--tokenizer_max_length", "16")
+    output = train_in_process(root, tiny_flux, "flux", *flags)
+    assert (output / "pytorch_lora_weights.safetensors").is_file()
+    config = load_config(["--model_family", "flux", "--pretrained_model_name_or_path", str(tiny_flux),
+                          "--data_backend_config", str(root / "mdb.json"), "--output_dir", str(output), *flags],
+                         env={}, cwd=root)
+    identity = text_encoder_identity(ModelSource(str(tiny_flux)), get_family("flux", config), config)
+    entry = TensorStore(root / "cache/text").load(text_key("red", identity))
+    assert entry is not None and entry["prompt_embeds"].shape[0] == 16
+    padding = entry["prompt_attention_mask"] == 0
+    assert padding.any() and entry["prompt_embeds"][padding].abs().sum() == 0
