@@ -176,3 +176,27 @@ def test_flux_trains_with_masked_zero_padded_short_t5_prompts(tmp_path: Path, ti
     assert entry is not None and entry["prompt_embeds"].shape[0] == 16
     padding = entry["prompt_attention_mask"] == 0
     assert padding.any() and entry["prompt_embeds"][padding].abs().sum() == 0
+
+
+def test_flux_validation_renders_with_the_mask_it_trained_with(tiny_flux: Path) -> None:
+    from diffusers import FluxPipeline
+
+    source = ModelSource(str(tiny_flux))
+    pipeline = FluxPipeline.from_pretrained(tiny_flux)
+    pipeline.set_progress_bar_config(disable=True)
+
+    def render(masked: bool, disturb_padding: bool):
+        family = FluxFamily(SimpleNamespace(tokenizer_max_length=24, flux_attention_masked_training=masked,
+                                            validation_guidance=3.5, validation_guidance_real=1.0))
+        entry = _batch(family, source, ["red"])
+        if disturb_padding:
+            padding = _padding(family.load_text_encoders(source).tokenizers[1], ["red"], 24)
+            noise = torch.randn(entry["prompt_embeds"].shape, generator=torch.Generator().manual_seed(1))
+            entry["prompt_embeds"] = torch.where(padding[..., None], noise * 10, entry["prompt_embeds"])
+        inputs = family.validation_inputs(entry, None)
+        inputs.update(height=32, width=32, num_inference_steps=2, output_type="np",
+                      generator=torch.Generator().manual_seed(0))
+        return torch.from_numpy(family.render_validation(pipeline, inputs))
+
+    assert torch.allclose(render(True, False), render(True, True), atol=1e-5)
+    assert not torch.allclose(render(False, False), render(False, True), atol=1e-3)

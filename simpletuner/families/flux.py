@@ -201,10 +201,13 @@ class FluxFamily(FlowMatchingFamily):
         # --validation_guidance is the value dev embeds; real CFG (--validation_guidance_real)
         # runs the model a second time on the negative prompt.
         real = self.option("validation_guidance_real", 1.0)
-        # The stock pipeline renders without a T5 padding mask (it takes none).
+        # The pipeline takes no T5 mask beside the embeds; render_validation passes it on.
+        mask = positive.get("prompt_attention_mask")
         positive, negative = ({k: v for k, v in entry.items() if k != "prompt_attention_mask"} if entry else entry
                               for entry in (positive, negative))
         inputs = super().validation_inputs(positive, negative if real > 1 else None)
+        if mask is not None and real <= 1:
+            inputs["prompt_attention_mask"] = mask
         if real > 1:
             inputs["true_cfg_scale"] = real
         return inputs
@@ -219,6 +222,16 @@ class FluxFamily(FlowMatchingFamily):
         """
         import numpy as np
 
+        mask = inputs.pop("prompt_attention_mask", None)
+        if mask is not None:
+            # --flux_attention_masked_training: render as trained, padding hidden.  Only
+            # without real CFG (validation_inputs keeps no mask then): the pipeline
+            # gives its positive and negative passes the same attention arguments.
+            scale = 2 * pipeline.vae_scale_factor  # pixels per packed image token
+            image_tokens = (inputs["height"] // scale) * (inputs["width"] // scale)
+            packed = torch.empty(mask.shape[0], image_tokens, 0, device=pipeline.device)
+            joint = self._joint_mask({"prompt_attention_mask": mask}, packed)
+            inputs = {**inputs, "joint_attention_kwargs": {"attention_mask": joint}}
         unguided = min(self.option("validation_no_cfg_until_timestep", 2), inputs["num_inference_steps"])
         if "true_cfg_scale" not in inputs or unguided == 0:
             return super().render_validation(pipeline, inputs)

@@ -299,8 +299,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "flux_attention_masked_training", "bool", False,
         "Hide the padding tokens of the T5 prompt from Flux's attention while "
-        "training (the T5 mask is cached with the embeds). Validation renders "
-        "with the stock pipeline, which attends to every token.",
+        "training (the T5 mask is cached with the embeds). Validation images "
+        "are rendered masked too, except with real CFG "
+        "(--validation_guidance_real above 1), which renders unmasked.",
         FLOW,
         families=("flux",),
     ),
