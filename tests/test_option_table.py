@@ -381,6 +381,9 @@ SLICE_FULLY = {
     "flux_lora_target", "allow_tf32", "disable_tf32", "torch_num_threads",
     # DoRA and text-encoder LoRA training (issue 16)
     "use_dora", "train_text_encoder", "text_encoder_lr",
+    # SD3/Flux/PixArt text-encoder options (issue 16)
+    "t5_padding", "tokenizer_max_length", "sd3_clip_uncond_behaviour", "sd3_t5_uncond_behaviour",
+    "flux_attention_masked_training",
     # held-out evaluation loss (issue 14)
     "eval_dataset_id", "num_eval_images",
     # validation images and CLIP score (issue 14)

@@ -223,7 +223,13 @@ class ModelFamily:
 
     def option(self, name: str, default: Any) -> Any:
         """The run's value of option ``name``, or ``default`` without a config."""
-        return default if self.config is None else getattr(self.config, name)
+        # A partial config (a test's namespace) falls back to the default too.
+        return default if self.config is None else getattr(self.config, name, default)
+
+    def text_settings(self) -> str:
+        """Options that change this family's text embeds (e.g. --t5_padding), as a
+        string for the text-embed cache key; empty when all are at their defaults."""
+        return ""
 
     def model_index_problem(self, index: dict[str, Any], overridden: set[str]) -> Optional[str]:
         """What in a model folder's model_index.json says it is not this family's, or None.

@@ -9,6 +9,7 @@ import torch
 
 from simpletuner.errors import ModelError
 from simpletuner.families.base import FlowMatchingFamily, ModelSource, TextEncoders
+from simpletuner.families.t5_prompts import settings_identity, t5_attention_mask, t5_length, zero_padding
 from simpletuner.training.lora_formats import adapter_metadata
 
 _ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")  # image side of the double blocks, and the single blocks
@@ -61,8 +62,11 @@ class FluxFamily(FlowMatchingFamily):
     text_components = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     t5_components = ("text_encoder_2", "tokenizer_2")
     latent_normalisation = "flux:shift_factor,scaling_factor"
-    # encode_prompt's default, what the pipeline uses at inference.
+    # encode_prompt's default, what the pipeline uses at inference (--tokenizer_max_length changes it).
     max_sequence_length = 512
+    # Options that change the cached text embeds, with their defaults.
+    text_setting_defaults = {"t5_padding": "unmodified", "tokenizer_max_length": None,
+                             "flux_attention_masked_training": False}
 
     def load_text_encoders(self, source: ModelSource) -> TextEncoders:
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -108,11 +112,21 @@ class FluxFamily(FlowMatchingFamily):
         low, high = float(self.option("flux_guidance_min", 0.0)), float(self.option("flux_guidance_max", 4.0))
         return {"guidance": low + (high - low) * torch.rand((batch_size,), generator=generator)}
 
+    def text_settings(self) -> str:
+        return settings_identity(self.option, self.text_setting_defaults)
+
+    def _masked(self) -> bool:
+        return bool(self.option("flux_attention_masked_training", False))
+
     def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
-        return {
-            "prompt_embeds": torch.zeros(batch_size, self.max_sequence_length, denoiser_config.joint_attention_dim),
+        length = t5_length(self.option, self.max_sequence_length)
+        batch = {
+            "prompt_embeds": torch.zeros(batch_size, length, denoiser_config.joint_attention_dim),
             "pooled_prompt_embeds": torch.zeros(batch_size, denoiser_config.pooled_projection_dim),
         }
+        if self._masked():
+            batch["prompt_attention_mask"] = torch.ones(batch_size, length)
+        return batch
 
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
         # The pipeline's encode_prompt: T5's hidden states and CLIP's pooled
@@ -123,12 +137,21 @@ class FluxFamily(FlowMatchingFamily):
             text_encoder_2=text.encoders[1], tokenizer_2=text.tokenizers[1],
         )
         device = text.encoders[0].device
+        length = t5_length(self.option, self.max_sequence_length)
         with torch.no_grad():
             embeds, pooled, _ = pipeline.encode_prompt(
-                prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1,
-                max_sequence_length=self.max_sequence_length,
+                prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1, max_sequence_length=length,
             )
-        return [{"prompt_embeds": embeds[i].cpu(), "pooled_prompt_embeds": pooled[i].cpu()} for i in range(len(prompts))]
+        # The pipeline does not return T5's padding mask; the same tokenization gives it.
+        mask = t5_attention_mask(text.tokenizers[1], prompts, length)
+        if self.option("t5_padding", "unmodified") == "zero":
+            embeds = zero_padding(embeds, mask)
+        entries = [{"prompt_embeds": embeds[i].cpu(), "pooled_prompt_embeds": pooled[i].cpu()}
+                   for i in range(len(prompts))]
+        if self._masked():  # kept only when training reads it (the option enters the cache key)
+            for entry, row in zip(entries, mask):
+                entry["prompt_attention_mask"] = row
+        return entries
 
     def model_inputs(self, batch: dict[str, Any], noisy_latents: torch.Tensor, timesteps: torch.Tensor) -> dict[str, Any]:
         from diffusers import FluxPipeline
@@ -146,6 +169,8 @@ class FluxFamily(FlowMatchingFamily):
                 batch_size, height // 2, width // 2, noisy_latents.device, noisy_latents.dtype
             ),
         }
+        if self._masked():
+            inputs["joint_attention_kwargs"] = {"attention_mask": self._joint_mask(batch, inputs["hidden_states"])}
         if getattr(self, "guidance_embeds", True):
             drawn = batch.get("guidance")  # random_conditioning's draw, else the constant value
             inputs["guidance"] = (
@@ -155,6 +180,18 @@ class FluxFamily(FlowMatchingFamily):
                 )
             )
         return inputs
+
+    @staticmethod
+    def _joint_mask(batch: dict[str, Any], packed: torch.Tensor) -> torch.Tensor:
+        """--flux_attention_masked_training: a boolean mask over Flux's joint sequence
+        (T5 tokens, then image tokens) that hides T5's padding tokens from every query.
+
+        Shaped (batch, 1, 1, tokens) so it broadcasts over heads and queries; the
+        attention processors of both block kinds take it as ``attention_mask``.
+        """
+        text = batch["prompt_attention_mask"].to(packed.device).bool()
+        image = torch.ones(packed.shape[0], packed.shape[1], dtype=torch.bool, device=packed.device)
+        return torch.cat([text, image], dim=1)[:, None, None, :]
 
     def prediction(self, output: Any, noisy_latents: torch.Tensor) -> torch.Tensor:
         from diffusers import FluxPipeline
@@ -169,7 +206,13 @@ class FluxFamily(FlowMatchingFamily):
         # --validation_guidance is the value dev embeds; real CFG (--validation_guidance_real)
         # runs the model a second time on the negative prompt.
         real = self.option("validation_guidance_real", 1.0)
+        # The pipeline takes no T5 mask beside the embeds; render_validation passes it on.
+        mask = positive.get("prompt_attention_mask")
+        positive, negative = ({k: v for k, v in entry.items() if k != "prompt_attention_mask"} if entry else entry
+                              for entry in (positive, negative))
         inputs = super().validation_inputs(positive, negative if real > 1 else None)
+        if mask is not None and real <= 1:
+            inputs["prompt_attention_mask"] = mask
         if real > 1:
             inputs["true_cfg_scale"] = real
         return inputs
@@ -184,6 +227,16 @@ class FluxFamily(FlowMatchingFamily):
         """
         import numpy as np
 
+        mask = inputs.pop("prompt_attention_mask", None)
+        if mask is not None:
+            # --flux_attention_masked_training: render as trained, padding hidden.  Only
+            # without real CFG (validation_inputs keeps no mask then): the pipeline
+            # gives its positive and negative passes the same attention arguments.
+            scale = 2 * pipeline.vae_scale_factor  # pixels per packed image token
+            image_tokens = (inputs["height"] // scale) * (inputs["width"] // scale)
+            packed = torch.empty(mask.shape[0], image_tokens, 0, device=pipeline.device)
+            joint = self._joint_mask({"prompt_attention_mask": mask}, packed)
+            inputs = {**inputs, "joint_attention_kwargs": {"attention_mask": joint}}
         unguided = min(self.option("validation_no_cfg_until_timestep", 2), inputs["num_inference_steps"])
         if "true_cfg_scale" not in inputs or unguided == 0:
             return super().render_validation(pipeline, inputs)

@@ -16,6 +16,7 @@ import torch
 
 from simpletuner.errors import ModelError
 from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
+from simpletuner.families.t5_prompts import settings_identity, t5_length, zero_padding
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -42,6 +43,11 @@ class PixArtSigmaFamily(ModelFamily):
     # PixArt-Sigma's caption length (encode_prompt's default); a fixed length
     # so cached embeds and masks of different captions stack into a batch.
     max_sequence_length = 300
+    # Options that change the cached text embeds, with their defaults.
+    text_setting_defaults = {"t5_padding": "unmodified", "tokenizer_max_length": None}
+
+    def text_settings(self) -> str:
+        return settings_identity(self.option, self.text_setting_defaults)
 
     def load_text_encoders(self, source: ModelSource) -> TextEncoders:
         from transformers import T5EncoderModel, T5Tokenizer
@@ -62,8 +68,10 @@ class PixArtSigmaFamily(ModelFamily):
             embeds, mask, _, _ = pipeline.encode_prompt(
                 prompts, do_classifier_free_guidance=False, num_images_per_prompt=1,
                 device=text.encoders[0].device, clean_caption=False,
-                max_sequence_length=self.max_sequence_length,
+                max_sequence_length=t5_length(self.option, self.max_sequence_length),
             )
+        if self.option("t5_padding", "unmodified") == "zero":
+            embeds = zero_padding(embeds, mask)
         return [
             {"prompt_embeds": embeds[i].cpu(), "prompt_attention_mask": mask[i].cpu()} for i in range(len(prompts))
         ]
@@ -79,9 +87,10 @@ class PixArtSigmaFamily(ModelFamily):
         }
 
     def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
+        length = t5_length(self.option, self.max_sequence_length)
         return {
-            "prompt_embeds": torch.zeros(batch_size, self.max_sequence_length, denoiser_config.caption_channels),
-            "prompt_attention_mask": torch.ones(batch_size, self.max_sequence_length),
+            "prompt_embeds": torch.zeros(batch_size, length, denoiser_config.caption_channels),
+            "prompt_attention_mask": torch.ones(batch_size, length),
             "resolution": torch.zeros(batch_size, 2),
             "aspect_ratio": torch.ones(batch_size, 1),
         }

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from simpletuner.families.base import FlowMatchingFamily, ModelSource, TextEncoders
+from simpletuner.families.t5_prompts import settings_identity, t5_attention_mask, t5_length, zero_padding
 from simpletuner.training.lora_formats import adapter_metadata
 
 
@@ -35,8 +36,11 @@ class SD3Family(FlowMatchingFamily):
     )
     t5_components = ("text_encoder_3", "tokenizer_3")
     latent_normalisation = "sd3:shift_factor,scaling_factor"
-    # encode_prompt's default, what the pipeline uses at inference.
+    # encode_prompt's default, what the pipeline uses at inference (--tokenizer_max_length changes it).
     max_sequence_length = 256
+    # Options that change the cached text embeds, with their defaults.
+    text_setting_defaults = {"t5_padding": "unmodified", "tokenizer_max_length": None,
+                             "sd3_clip_uncond_behaviour": "empty_string", "sd3_t5_uncond_behaviour": None}
 
     def load_text_encoders(self, source: ModelSource) -> TextEncoders:
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -67,27 +71,49 @@ class SD3Family(FlowMatchingFamily):
             text_encoder_3=text.encoders[2], tokenizer_3=text.tokenizers[2],
         )
         device = text.encoders[0].device
+        length = t5_length(self.option, self.max_sequence_length)
         with torch.no_grad():
             embeds, _, pooled, _ = pipeline.encode_prompt(
                 prompt=prompts, prompt_2=None, prompt_3=None, device=device, num_images_per_prompt=1,
-                do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
+                do_classifier_free_guidance=False, max_sequence_length=length,
             )
-        clip_tokens = embeds.shape[1] - self.max_sequence_length
-        return [
-            {
-                "clip_prompt_embeds": embeds[i, :clip_tokens].cpu(),
-                "t5_prompt_embeds": embeds[i, clip_tokens:].cpu(),
-                "pooled_prompt_embeds": pooled[i].cpu(),
-            }
+        clip_tokens = embeds.shape[1] - length
+        clip, t5 = embeds[:, :clip_tokens], embeds[:, clip_tokens:]
+        if self.option("t5_padding", "unmodified") == "zero":
+            t5 = zero_padding(t5, t5_attention_mask(text.tokenizers[2], prompts, length))
+        entries = [
+            {"clip_prompt_embeds": clip[i].cpu(), "t5_prompt_embeds": t5[i].cpu(), "pooled_prompt_embeds": pooled[i].cpu()}
             for i in range(len(prompts))
         ]
+        for prompt, entry in zip(prompts, entries):
+            if prompt == "":
+                self._unconditional(entry)
+        return entries
+
+    def _unconditional(self, entry: dict[str, torch.Tensor]) -> None:
+        """--sd3_clip_uncond_behaviour / --sd3_t5_uncond_behaviour: the empty prompt's
+        embeds (what caption dropout trains with) as encoded, or zeros.
+
+        The T5 behaviour follows the CLIP one unless set.  Zero CLIP embeds include
+        the pooled projection, which only the CLIP encoders make.
+        """
+        clip = self.option("sd3_clip_uncond_behaviour", "empty_string")
+        t5 = self.option("sd3_t5_uncond_behaviour", None) or clip
+        if clip == "zero":
+            entry["clip_prompt_embeds"] = torch.zeros_like(entry["clip_prompt_embeds"])
+            entry["pooled_prompt_embeds"] = torch.zeros_like(entry["pooled_prompt_embeds"])
+        if t5 == "zero":
+            entry["t5_prompt_embeds"] = torch.zeros_like(entry["t5_prompt_embeds"])
+
+    def text_settings(self) -> str:
+        return settings_identity(self.option, self.text_setting_defaults)
 
     def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
         # CLIP-L and CLIP-G side by side, zero-padded to T5's width, as encode_prompt does.
         width = denoiser_config.joint_attention_dim
         return {
             "clip_prompt_embeds": torch.zeros(batch_size, 77, width),
-            "t5_prompt_embeds": torch.zeros(batch_size, self.max_sequence_length, width),
+            "t5_prompt_embeds": torch.zeros(batch_size, t5_length(self.option, self.max_sequence_length), width),
             "pooled_prompt_embeds": torch.zeros(batch_size, denoiser_config.pooled_projection_dim),
         }
 

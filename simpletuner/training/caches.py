@@ -37,11 +37,12 @@ logger = logging.getLogger(__name__)
 
 
 def text_encoder_identity(source: ModelSource, family: ModelFamily, config: Any = None) -> str:
-    """What the text-embed cache key says about the encoders: their files and, with
-    ``config``, the precision they run at (quantised encoders give other embeds)."""
+    """What the text-embed cache key says about the encoders: their files, with
+    ``config`` the precision they run at (quantised encoders give other embeds),
+    and the family's options that shape the embeds (``family.text_settings``)."""
     parts = [source.identity(component) for component in family.text_components]
     suffix = identity_suffix(config) if config is not None else ""
-    return family.name + "|" + "||".join(parts) + suffix
+    return family.name + "|" + "||".join(parts) + suffix + family.text_settings()
 
 
 class _Loaded:

@@ -119,14 +119,6 @@ OPTIONS: tuple[Option, ...] = (
              applies_when=(TRAIN_TE,)),
     _refused("freeze_encoder_strategy", "str", "after", "Which text-encoder layers are frozen: before, after "
              "or between.", COMPONENTS, applies_when=(TRAIN_TE,)),
-    _refused("t5_padding", "str", "unmodified", "How padded T5 tokens are embedded: unmodified or zero.",
-             COMPONENTS, families=("sd3", "flux", "pixart_sigma")),
-    _refused("tokenizer_max_length", "int", None, "Longest prompt in tokens the T5 tokenizer keeps.",
-             COMPONENTS, families=("sd3", "flux", "pixart_sigma")),
-    _refused("sd3_clip_uncond_behaviour", "str", "empty_string", "What SD3's CLIP encoders see for a dropped "
-             "caption: the empty prompt's embedding or zeros.", COMPONENTS, families=("sd3",)),
-    _refused("sd3_t5_uncond_behaviour", "str", None, "What SD3's T5 encoder sees for a dropped caption.",
-             COMPONENTS, families=("sd3",)),
     _no_effect("fully_unload_text_encoder", "bool", False, "Remove the text encoders from memory after caching.",
                COMPONENTS, "text encoders are loaded only to fill the text-embed cache and freed right after"),
     # -------------------------------------------- Precision and quantisation
@@ -173,8 +165,6 @@ OPTIONS: tuple[Option, ...] = (
              "with.", FLOW, families=FLOW_FAMILIES),
     _refused("flux_fast_schedule", "bool", False, "Train with FLUX.1-schnell's few-step schedule.", FLOW,
              families=("flux",)),
-    _refused("flux_attention_masked_training", "bool", False, "Mask padding tokens of the T5 prompt in Flux's "
-             "attention.", FLOW, families=("flux",)),
     # ------------------------------------------------------------------- EMA
     _no_effect("ema_foreach_disable", "bool", False, "Update the EMA one tensor at a time.", EMA,
                "the average is always updated one tensor at a time (diffusers' EMAModel without foreach)"),

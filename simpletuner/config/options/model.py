@@ -140,6 +140,36 @@ OPTIONS: tuple[Option, ...] = (
         COMPONENTS,
         families=("sd3",),
     ),
+    Option(
+        "t5_padding", "str", "unmodified",
+        "What the T5 embeddings of a prompt's padding tokens hold: unmodified "
+        "(what T5 outputs for them, as the pipelines use it) or zero.",
+        COMPONENTS, choices=("unmodified", "zero"),
+        families=("sd3", "flux", "pixart_sigma"),
+    ),
+    Option(
+        "tokenizer_max_length", "int", None,
+        "How many T5 tokens of each prompt are kept (longer prompts are cut, "
+        "shorter ones padded). Unset: the pipeline's default, 256 for SD3, 512 "
+        "for Flux, 300 for PixArt-Sigma.",
+        COMPONENTS, minimum=1, maximum=512,
+        families=("sd3", "flux", "pixart_sigma"),
+    ),
+    Option(
+        "sd3_clip_uncond_behaviour", "str", "empty_string",
+        "What SD3's CLIP embeddings (and pooled projection) are for the empty "
+        "prompt that caption dropout trains with: the empty string's encoding, "
+        "or zeros.",
+        COMPONENTS, choices=("empty_string", "zero"),
+        families=("sd3",),
+    ),
+    Option(
+        "sd3_t5_uncond_behaviour", "str", None,
+        "What SD3's T5 embeddings are for the empty prompt: the empty string's "
+        "encoding, or zeros. Unset: as --sd3_clip_uncond_behaviour.",
+        COMPONENTS, choices=("empty_string", "zero"),
+        families=("sd3",),
+    ),
     # -------------------------------------------- Precision and quantisation
     Option(
         "mixed_precision", "str", "bf16",

@@ -296,6 +296,15 @@ OPTIONS: tuple[Option, ...] = (
         families=("flux",),
         applies_when=(GUIDANCE_RANGE,),
     ),
+    Option(
+        "flux_attention_masked_training", "bool", False,
+        "Hide the padding tokens of the T5 prompt from Flux's attention while "
+        "training (the T5 mask is cached with the embeds). Validation images "
+        "are rendered masked too, except with real CFG "
+        "(--validation_guidance_real above 1), which renders unmasked.",
+        FLOW,
+        families=("flux",),
+    ),
     # ------------------------------------------------------------------- EMA
     Option(
         "use_ema", "bool", False,
