@@ -29,6 +29,8 @@ def tracked_run(tmp_path_factory: pytest.TempPathFactory, tiny_sdxl: Path):
             root, tiny_sdxl, "sdxl", "--report_to", "tensorboard,wandb,comet_ml", "--tracker_project_name",
             "tiny-project", "--tracker_run_name", "first-run", "--max_train_steps", str(STEPS),
             "--train_batch_size", "2",
+            # Norm clipping, so there is a gradient norm to log (value clipping, the default, has none).
+            "--grad_clip_method", "norm",
         )
     finally:
         patch.undo()
