@@ -29,7 +29,6 @@ from simpletuner.publishing.run_summary import run_summary
 from simpletuner.publishing.session import RunPublishing
 from simpletuner.quantisation.streaming import load_placed_denoiser
 from simpletuner.training.batches import caption_dropout, collate, to_device
-from simpletuner.training.text_encoder_lora import TextEncoderLora, optimizer_groups
 from simpletuner.training.caches import prepare_caches
 from simpletuner.training.checkpoint import publish
 from simpletuner.training.disk_space import run_space_needed, space_warning, writing
@@ -49,6 +48,7 @@ from simpletuner.training.setup import build_accelerator, training_dtype, write_
 from simpletuner.training.state import TrainState
 from simpletuner.training.stop import RunStopped, StopSignals
 from simpletuner.training.summary import Totals, log_changed_totals, log_summary, totals_of
+from simpletuner.training.text_encoder_lora import TextEncoderLora, optimizer_groups
 from simpletuner.training.trainable import trainable_for
 from simpletuner.validation.runner import Validation
 
