@@ -31,8 +31,8 @@ def record_batches(monkeypatch: Any) -> list[Seen]:
         current_epoch[0] = self.sampler.epoch
         return real_loss(self, samples)
 
-    def collate(samples: list, lookup: Any, family: Any, dropped: Any = None) -> dict[str, torch.Tensor]:
-        batch = real_collate(samples, lookup, family, dropped)
+    def collate(samples: list, lookup: Any, family: Any, dropped: Any = None, **options: Any) -> dict[str, torch.Tensor]:
+        batch = real_collate(samples, lookup, family, dropped, **options)
         seen.append(Seen(current_epoch[0], list(samples), batch, list(dropped or [False] * len(samples))))
         return batch
 
