@@ -52,7 +52,9 @@ def parse_resolutions(text: str, multiple: int = 8) -> list[tuple[int, int]]:
 
 def size_multiple(model_family: Optional[str]) -> int:
     """What each side must divide by: 8 (the VAE), 16 where the model also packs 2x2 patches."""
-    return 16 if model_family in ("sd3", "flux") else 8
+    from simpletuner.config.options.common import FLOW_FAMILIES  # the patched-latent families, named once
+
+    return 16 if model_family in FLOW_FAMILIES else 8
 
 
 def safe_shortname(name: str) -> str:
