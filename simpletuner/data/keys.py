@@ -94,10 +94,6 @@ DATASET_KEYS: Tuple[Option, ...] = (
          GROUP_WHERE),
     _key("image_column", "str", "image", "With type huggingface: the column holding the images (an Image "
          "feature or raw bytes).", GROUP_WHERE),
-    _key("caption_column", "str", None, "With type huggingface: the caption column; a list of columns (the "
-         "first non-empty one wins), or a dotted path into a nested column (`meta.caption`).", GROUP_CAPTIONS),
-    _key("fallback_caption_column", "str", None, "With type huggingface: the column (or dotted path) used "
-         "when caption_column is empty in a row.", GROUP_CAPTIONS),
     _key("width_column", "str", None, "With type huggingface: a column of image widths; with height_column "
          "the sizes come from the table and no image is opened at discovery.", GROUP_WHERE),
     _key("height_column", "str", None, "With type huggingface: a column of image heights (see width_column).",
@@ -176,6 +172,10 @@ DATASET_KEYS: Tuple[Option, ...] = (
     _key("remove_common_llm_caption_prefixes", "bool", False,
          "Drop openings captioning models add, such as \"The image shows\" or \"This image depicts\".",
          GROUP_CAPTIONS),
+    _key("caption_column", "str", None, "With type huggingface: the caption column; a list of columns (the "
+         "first non-empty one wins), or a dotted path into a nested column (`meta.caption`).", GROUP_CAPTIONS),
+    _key("fallback_caption_column", "str", None, "With type huggingface: the column (or dotted path) used "
+         "when caption_column is empty in a row.", GROUP_CAPTIONS),
     # --- sampling -------------------------------------------------------------------
     _key("repeats", "int", 0,
          "Extra passes per epoch: each image is seen 1 + repeats times an epoch.", GROUP_SAMPLING,
