@@ -143,13 +143,18 @@ def test_parquet_folder_loads_through_load_dataset_and_a_list_of_caption_columns
     assert [r.width for r in found.records] == [48, 32, 32, 64]
 
 
-def test_unchanged_dataset_reads_nothing_and_a_changed_row_is_the_only_one_looked_at(tmp_path: Path) -> None:
+def test_unchanged_dataset_reads_nothing_and_a_changed_row_is_the_only_one_looked_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = _discover(tmp_path, _arrow(tmp_path / "v1"))
     assert (tmp_path / "vae" / ROWS_FILE).is_file()
 
+    image_reads: List[int] = []
+    counted = huggingface_discovery.image_bytes
+    monkeypatch.setattr(huggingface_discovery, "image_bytes", lambda cell: image_reads.append(1) or counted(cell))
     again = CountingReader()
     second = _discover(tmp_path, tmp_path / "v1", again)
-    assert again.calls == 0 and second.header_reads == 0
+    assert again.calls == 0 and second.header_reads == 0 and not image_reads, "an unchanged dataset was read"
     assert second.records == first.records
 
     changed = list(ROWS)
