@@ -39,14 +39,16 @@ def _datasets_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
 
 
-def _png(size: Tuple[int, int], colour: str) -> bytes:
+def _image(size: Tuple[int, int], colour: str) -> bytes:
+    # BMP: its byte count depends on the size alone, so a changed image of the same size differs only in
+    # its bytes, and only their hash can tell the versions apart
     buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
+    Image.new("RGB", size, colour).save(buffer, "BMP")
     return buffer.getvalue()
 
 
 def _rows(rows: List[tuple] = ROWS, broken: bytes = b"") -> Dict[str, list]:
-    images = [{"bytes": _png(size, colour), "path": None} for size, colour, _, _ in rows]
+    images = [{"bytes": _image(size, colour), "path": None} for size, colour, _, _ in rows]
     table: Dict[str, list] = {
         "image": images,
         "meta": [{"caption": nested} for _, _, nested, _ in rows],
@@ -117,23 +119,40 @@ def test_arrow_folder_sizes_come_from_headers_captions_from_nested_column_with_f
     assert reader.calls == 5 and found.header_reads == 5  # every row with bytes, once
     assert found.skipped == {"not an image": ["row-00000004"]}
     assert "5 image files found, 4 usable, 1 skipped" in found.summary()
-    assert found.records[1].storage.read("row-00000001") == _png((32, 48), "blue")  # what caching will read
+    assert found.records[1].storage.read("row-00000001") == _image((32, 48), "blue")  # what caching will read
 
 
-def test_size_columns_mean_no_image_is_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_open(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("an image was opened during discovery")
+def test_size_columns_mean_no_image_is_read_and_plan_buckets_and_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an image was read during discovery")
 
-    monkeypatch.setattr(Image, "open", no_open)
+    monkeypatch.setattr(Image, "open", never)
+    monkeypatch.setattr(huggingface_discovery, "image_bytes", never)
     reader = CountingReader()
-    rows = [((48, 32), "red", "wide", "x"), ((32, 48), "blue", "tall", "x")]
+    rows = [((48, 32), "red", "wide", "x"), ((32, 48), "blue", "tall", "x"), ((32, 32), "green", "square", "x")]
     table = _rows(rows)
-    table["w"], table["h"] = [96, 40], [64, 80]  # not the images' real sizes: the columns must win
-    folder = tmp_path / "sized"
-    datasets.Dataset.from_dict(table, features=FEATURES).save_to_disk(str(folder))
-    found = _discover(tmp_path, folder, reader, width_column="w", height_column="h")
+    table["w"], table["h"] = [96, 40, 64], [64, 80, 64]  # not the images' real sizes: the columns must win
+    datasets.Dataset.from_dict(table, features=FEATURES).save_to_disk(str(tmp_path / "v1"))
+    found = _discover(tmp_path, tmp_path / "v1", reader, width_column="w", height_column="h")
     assert reader.calls == 0
-    assert [(r.width, r.height, r.caption) for r in found.records] == [(96, 64, "wide"), (40, 80, "tall")]
+    assert [(r.width, r.height, r.caption) for r in found.records] == [(96, 64, "wide"), (40, 80, "tall"),
+                                                                       (64, 64, "square")]
+    data = prepare_training_data(Config, _config(tmp_path, tmp_path / "v1", width_column="w", height_column="h"),
+                                 show_progress=False)
+    assert sorted(s.original_size for s in data.samples["hf"]) == [(64, 64), (64, 96), (80, 40)]
+    assert data.report.batches_per_epoch == 3
+
+    # one image replaced (other bytes, other length): only its row gets a new cache key
+    rows[1] = ((40, 48), "black", "tall", "x")
+    table = {**_rows(rows), "w": table["w"], "h": table["h"]}
+    datasets.Dataset.from_dict(table, features=FEATURES).save_to_disk(str(tmp_path / "v2"))
+    again = prepare_training_data(Config, _config(tmp_path, tmp_path / "v2", width_column="w", height_column="h"),
+                                  show_progress=False)
+    before = {s.record.relative_path: latent_key(s, "vae", "norm") for s in data.samples["hf"]}
+    after = {s.record.relative_path: latent_key(s, "vae", "norm") for s in again.samples["hf"]}
+    assert [name for name in sorted(before) if before[name] != after[name]] == ["row-00000001"]
 
 
 def test_parquet_folder_loads_through_load_dataset_and_a_list_of_caption_columns(tmp_path: Path) -> None:

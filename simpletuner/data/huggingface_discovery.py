@@ -1,30 +1,40 @@
 """Discovery for ``type: huggingface`` datasets: each row's size, version and caption.
 
-A row's size comes from ``width_column``/``height_column`` when both are set
-(no image is parsed, let alone decoded), otherwise from its image bytes'
-header (:mod:`simpletuner.data.headers`, the same parser as for files; a
-pixel decode happens only where a header looks cut short).
+A row's size comes from ``width_column``/``height_column`` when both are set,
+otherwise from its image bytes' header (:mod:`simpletuner.data.headers`, the
+same parser as for files; pixels are decoded only where a header looks cut
+short).
 
-Each row's version is its image's byte count and a 64-bit xxHash of its
-bytes; they stand where a file's size and mtime stand in
+A row's version stands where a file's size and mtime stand in
 :class:`~simpletuner.data.records.ImageRecord`, so latent cache keys
 (:func:`~simpletuner.caching.keys.latent_key`: row name, size, version,
-geometry) change for exactly the rows whose image changed.  The facts are
-saved in ``<cache_dir_vae>/huggingface_rows.json`` together with the
-dataset's fingerprint, split and revision: while those are unchanged, a run
-reads no image byte at discovery; when they change, every row's bytes are
-hashed again (no decode), and headers are parsed only for rows whose bytes
+geometry) change for the rows whose image changed and no others:
+
+- without size columns every image's bytes are read for their header anyway,
+  so the version is a 64-bit xxHash of them (any change is noticed);
+- with size columns no image byte is read at all: the byte count comes from
+  the Arrow column's offsets (an image stored as a file path: the file's size
+  and mtime).  Buckets and the step count are then known without a pass over
+  the images, which is what a streaming start needs; the price is that an
+  image replaced by one of exactly the same byte count keeps its old latent.
+
+The facts are saved in ``<cache_dir_vae>/huggingface_rows.json`` with the
+dataset's fingerprint, split and revision: while those are unchanged a run
+reads nothing but that file (and the caption columns).  After a change the
+rows are looked at again, and headers are read only for rows whose bytes
 changed.
 
 Captions are read from their columns on every run (only those columns are
 read), so a fixed caption takes effect with nothing to invalidate.  Rows
-without an image, with an unreadable one, or without a caption are skipped
-and counted in the summary like bad files.
+without an image, with bytes that are no image, or without a caption (or,
+with size columns, a size) are skipped and counted in the summary like bad
+files.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import xxhash
@@ -43,7 +53,7 @@ from simpletuner.data.huggingface_source import (
 )
 from simpletuner.data.records import ImageRecord
 from simpletuner.data.schema import DatasetConfig
-from simpletuner.data.tables import _caption_cell as caption_text
+from simpletuner.data.tables import caption_cell
 from simpletuner.errors import DataError
 from simpletuner.storage.base import Storage, read_json, write_json
 from simpletuner.storage.datasets import cache_of
@@ -127,38 +137,83 @@ def _batches(rows: Any, columns: Sequence[str]) -> Any:
 def _scan(rows: Any, source: HuggingFaceSource, previous: List[list], reader: HeaderReader, dataset_id: str,
           progress: bool) -> Tuple[List[list], int]:
     """[size, version, width, height] or [size, version, reason] per row, and how many headers were read."""
-    columns = [source.image_column] + ([source.width_column, source.height_column] if source.sizes_from_columns
-                                       else [])
-    entries: List[list] = []
-    reads = 0
     bar = tqdm(total=len(rows), desc=f"discovering {dataset_id}", unit="row", disable=not progress, leave=False)
     with bar:
-        for batch in _batches(rows, columns):
-            images = batch.column(source.image_column).to_pylist()
-            widths = batch.column(source.width_column).to_pylist() if source.sizes_from_columns else None
-            heights = batch.column(source.height_column).to_pylist() if source.sizes_from_columns else None
-            for offset, cell in enumerate(images):
-                index = len(entries)
-                data = image_bytes(cell)
-                if not data:
-                    entries.append([0, 0, REASON_NO_IMAGE])
-                    continue
-                size, version = len(data), xxhash.xxh3_64_intdigest(data)
-                if widths is not None:
-                    entries.append(_column_entry(size, version, widths[offset], heights[offset]))
-                    continue
-                old = previous[index] if index < len(previous) else None
-                if old and old[:2] == [size, version]:
-                    entries.append(old)  # same bytes as last time: its size (or its fault) still holds
-                    continue
-                reads += 1
-                try:
-                    width, height = reader(data)
-                    entries.append([size, version, int(width), int(height)])
-                except UnreadableImage as bad:
-                    entries.append([size, version, bad.reason])
-            bar.update(len(images))
+        if source.sizes_from_columns:
+            return _scan_columns(rows, source, bar), 0
+        return _scan_headers(rows, source, previous, reader, bar)
+
+
+def _scan_headers(rows: Any, source: HuggingFaceSource, previous: List[list], reader: HeaderReader,
+                  bar: Any) -> Tuple[List[list], int]:
+    """Each row's bytes hashed (its version) and, where they changed since last time, its header read."""
+    entries: List[list] = []
+    reads = 0
+    for batch in _batches(rows, [source.image_column]):
+        images = batch.column(source.image_column).to_pylist()
+        for cell in images:
+            index = len(entries)
+            data = image_bytes(cell)
+            if not data:
+                entries.append([0, 0, REASON_NO_IMAGE])
+                continue
+            size, version = len(data), xxhash.xxh3_64_intdigest(data)
+            old = previous[index] if index < len(previous) else None
+            if old and old[:2] == [size, version]:
+                entries.append(old)  # same bytes as last time: its size (or its fault) still holds
+                continue
+            reads += 1
+            try:
+                width, height = reader(data)
+                entries.append([size, version, int(width), int(height)])
+            except UnreadableImage as bad:
+                entries.append([size, version, bad.reason])
+        bar.update(len(images))
     return entries, reads
+
+
+def _scan_columns(rows: Any, source: HuggingFaceSource, bar: Any) -> List[list]:
+    """Sizes from the size columns and versions from the Arrow offsets: no image byte is read.
+
+    An image stored as bytes is versioned by its byte length alone (read
+    from the column's offsets, never from its data); one stored as a file
+    path by the file's size and mtime.  That is what lets training start
+    without a pass over every image.
+    """
+    import pyarrow.compute as pc
+
+    entries: List[list] = []
+    for batch in _batches(rows, [source.image_column, source.width_column, source.height_column]):
+        widths = batch.column(source.width_column).to_pylist()
+        heights = batch.column(source.height_column).to_pylist()
+        versions: List[Tuple[int, int]] = []
+        for chunk in batch.column(source.image_column).chunks:
+            versions.extend(_offset_versions(chunk, pc))
+        for (size, version), width, height in zip(versions, widths, heights):
+            entries.append(_column_entry(size, version, width, height) if size else [0, 0, REASON_NO_IMAGE])
+        bar.update(batch.num_rows)
+    return entries
+
+
+def _offset_versions(chunk: Any, pc: Any) -> List[Tuple[int, int]]:
+    """(byte count, version) per cell of one Arrow chunk of the image column, from offsets and paths only."""
+    import pyarrow as pa
+
+    if not pa.types.is_struct(chunk.type):  # a plain binary column
+        return [(n or 0, 0) for n in pc.binary_length(chunk).to_pylist()]
+    lengths = pc.binary_length(pc.struct_field(chunk, "bytes")).to_pylist()
+    has_path = chunk.type.get_field_index("path") >= 0
+    paths = pc.struct_field(chunk, "path").to_pylist() if has_path else [None] * len(chunk)
+    versions = []
+    for length, path in zip(lengths, paths):
+        if length:
+            versions.append((length, 0))
+        elif path and os.path.isfile(path):
+            stat = os.stat(path)
+            versions.append((stat.st_size, stat.st_mtime_ns))
+        else:
+            versions.append((0, 0))
+    return versions
 
 
 def _column_entry(size: int, version: int, width: Any, height: Any) -> list:
@@ -183,7 +238,7 @@ def _captions(rows: Any, source: HuggingFaceSource, dataset: DatasetConfig) -> L
         cells = {name: batch.column(name).to_pylist() for name in dict.fromkeys(top)}
         for offset in range(batch.num_rows):
             row = {name: values[offset] for name, values in cells.items()}
-            text = next((t for t in (caption_text(column_value(row, p)) for p in paths) if t), None)
+            text = next((t for t in (caption_cell(column_value(row, p)) for p in paths) if t), None)
             captions.append(_finished(lambda text=text: _required(text), dataset))
     return captions
 

@@ -95,7 +95,7 @@ DATASET_KEYS: Tuple[Option, ...] = (
     _key("image_column", "str", "image", "With type huggingface: the column holding the images (an Image "
          "feature or raw bytes).", GROUP_WHERE),
     _key("width_column", "str", None, "With type huggingface: a column of image widths; with height_column "
-         "the sizes come from the table and no image is opened at discovery.", GROUP_WHERE),
+         "the sizes come from the table and discovery reads no image byte.", GROUP_WHERE),
     _key("height_column", "str", None, "With type huggingface: a column of image heights (see width_column).",
          GROUP_WHERE),
     _key("num_proc", "int", None, "With type huggingface: processes `load_dataset` uses to prepare data "
