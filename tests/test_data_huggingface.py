@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -155,6 +156,12 @@ def test_size_columns_mean_no_image_is_read_and_plan_buckets_and_steps(
     assert [name for name in sorted(before) if before[name] != after[name]] == ["row-00000001"]
 
 
+def test_a_rows_storage_survives_pickling_for_loader_processes(tmp_path: Path) -> None:
+    found = _discover(tmp_path, _parquet(tmp_path / "shards"))
+    copy = pickle.loads(pickle.dumps(found.records[3]))
+    assert copy.storage.read("row-00000003") == _image((64, 32), "white")  # loads the dataset again itself
+
+
 def test_parquet_folder_loads_through_load_dataset_and_a_list_of_caption_columns(tmp_path: Path) -> None:
     found = _discover(tmp_path, _parquet(tmp_path / "shards"), caption_column=["text", "meta.caption"],
                       fallback_caption_column=None)
@@ -189,6 +196,18 @@ def test_unchanged_dataset_reads_nothing_and_a_changed_row_is_the_only_one_looke
     before, after = keys(tmp_path / "v1"), keys(tmp_path / "v2")
     assert [b == a for b, a in zip(before, after)] == [True, True, False, True]
     assert third.records[2].mtime_ns != first.records[2].mtime_ns
+
+
+def test_a_row_that_fails_to_decode_while_caching_is_skipped_at_discovery_next_time(tmp_path: Path) -> None:
+    folder = _arrow(tmp_path / "a", broken=b"no image, but the size columns vouch for it")
+    config = _config(tmp_path, folder, width_column="w", height_column="h")
+    data = prepare_training_data(Config, config, show_progress=False)
+    assert len(data.samples["hf"]) == 5  # nothing at discovery reads the bytes
+    data.exclude({"hf": ["row-00000004"]})  # what caching does with an image that does not decode
+    assert data.discovery["hf"].skipped == {"cannot be decoded": ["row-00000004"]}
+    again = prepare_training_data(Config, config, show_progress=False)
+    assert [s.record.relative_path for s in again.samples["hf"]] == [f"row-0000000{i}" for i in range(4)]
+    assert again.discovery["hf"].skipped == {"cannot be decoded": ["row-00000004"]}
 
 
 def test_rows_without_a_caption_are_skipped_and_counted(tmp_path: Path) -> None:
@@ -312,12 +331,15 @@ def _mdb(root: Path, arrow: Path, shards: Path) -> None:
 def test_sdxl_trains_on_arrow_and_parquet_datasets_and_reencodes_only_a_changed_row(
     tmp_path: Path, tiny_sdxl: Path
 ) -> None:
-    arrow, shards = _arrow(tmp_path / "arrow", broken=b"\x89PNG\r\n\x1a\n truncated"), _parquet(tmp_path / "shards")
+    # a bad row in each: found by its header without size columns, only when encoded with them
+    arrow = _arrow(tmp_path / "arrow", broken=b"\x89PNG\r\n\x1a\n truncated")
+    shards = _parquet(tmp_path / "shards", broken=b"sized by its columns, yet no image")
     _mdb(tmp_path, arrow, shards)
     log = _train(tmp_path, tiny_sdxl, "--max_train_steps", "2")
     assert "dataset 'arrow': 5 image files found, 4 usable, 1 skipped" in log
-    assert re.search(r"'arrow' latent cache: 0 reused, 4 encoded", log), log[-3000:]
-    assert re.search(r"'shards' latent cache: 0 reused, 4 encoded", log), log[-3000:]
+    assert re.search(r"'arrow' latent cache: 0 reused, 4 encoded\n", log), log[-3000:]
+    assert re.search(r"'shards' latent cache: 0 reused, 4 encoded, 1 undecodable", log), log[-3000:]
+    assert "dataset 'shards': 1 image(s) left out (cannot be decoded): row-00000004" in log
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
 
     changed = list(ROWS)
@@ -325,4 +347,5 @@ def test_sdxl_trains_on_arrow_and_parquet_datasets_and_reencodes_only_a_changed_
     _mdb(tmp_path, _arrow(tmp_path / "arrow-v2", rows=changed), shards)
     log = _train(tmp_path, tiny_sdxl, "--cache_only")
     assert re.search(r"'arrow' latent cache: 3 reused, 1 encoded", log), log[-3000:]
-    assert re.search(r"'shards' latent cache: 4 reused, 0 encoded", log), log[-3000:]
+    assert re.search(r"'shards' latent cache: 4 reused, 0 encoded\n", log), log[-3000:]
+    assert "dataset 'shards': 5 image files found, 4 usable, 1 skipped" in log  # remembered: not tried again

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import xxhash
 from tqdm import tqdm
 
 from simpletuner.data.captions import NoCaption, REASON_NO_CAPTION, finish_caption, raw_caption
-from simpletuner.data.discovery import DiscoveryResult
+from simpletuner.data.discovery import REASON_UNDECODABLE, DiscoveryResult
 from simpletuner.data.headers import UnreadableImage, read_stored_image_size
 from simpletuner.data.huggingface_source import (
     HuggingFaceRows,
@@ -49,6 +49,7 @@ from simpletuner.data.huggingface_source import (
     column_value,
     image_bytes,
     load_rows,
+    row_index,
     row_name,
 )
 from simpletuner.data.records import ImageRecord
@@ -254,6 +255,25 @@ def _finished(raw: Callable[[], str], dataset: DatasetConfig) -> Any:
         return finish_caption(raw(), dataset)
     except NoCaption as missing:
         return missing
+
+
+def mark_rows_undecodable(dataset: DatasetConfig, relative_paths: Iterable[str]) -> None:
+    """Record that these rows' images failed to decode while caching, so later runs skip them at discovery.
+
+    The mark lasts while the dataset is unchanged, and after a change for
+    rows whose image bytes are the same (rows sized by columns are tried again).
+    """
+    cache = cache_of(dataset)
+    saved = _load(cache)
+    entries = saved.get("rows") or []
+    marked = 0
+    for name in relative_paths:
+        index = row_index(name)
+        if index < len(entries) and not isinstance(entries[index][2], str):
+            entries[index] = [entries[index][0], entries[index][1], REASON_UNDECODABLE]
+            marked += 1
+    if marked:
+        _save(cache, dataset, saved["identity"], entries)
 
 
 def _load(cache: Storage) -> Dict[str, Any]:
