@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import xxhash
 from tqdm import tqdm
 
-from simpletuner.data.captions import NoCaption, REASON_NO_CAPTION, finish_caption, raw_caption
+from simpletuner.data.captions import REASON_NO_CAPTION, NoCaption, finish_caption
 from simpletuner.data.discovery import REASON_UNDECODABLE, DiscoveryResult
 from simpletuner.data.headers import UnreadableImage, read_stored_image_size
 from simpletuner.data.huggingface_source import (
@@ -230,29 +230,35 @@ def _captions(rows: Any, source: HuggingFaceSource, dataset: DatasetConfig) -> L
     uses_columns = dataset.caption_strategy == "huggingface" and not (
         dataset.only_instance_prompt and dataset.instance_prompt)
     if not uses_columns:
-        return [_finished(lambda name=row_name(i): raw_caption(name, dataset), dataset) for i in range(len(rows))]
+        return [_finished(dataset.instance_prompt, dataset)] * len(rows)  # the schema made sure there is one
     paths = list(source.caption_columns) + ([source.fallback_caption_column] if source.fallback_caption_column
                                             else [])
-    top = [p.split(".")[0] for p in paths]
     captions: List[Any] = []
-    for batch in _batches(rows, top):
-        cells = {name: batch.column(name).to_pylist() for name in dict.fromkeys(top)}
-        for offset in range(batch.num_rows):
-            row = {name: values[offset] for name, values in cells.items()}
-            text = next((t for t in (caption_cell(column_value(row, p)) for p in paths) if t), None)
-            captions.append(_finished(lambda text=text: _required(text), dataset))
+    for batch in _batches(rows, [p.split(".")[0] for p in paths]):
+        for values in zip(*(_path_values(batch, path) for path in paths)):
+            captions.append(_finished(next((t for t in map(caption_cell, values) if t), None), dataset))
     return captions
 
 
-def _required(text: Optional[str]) -> str:
-    if not text:
-        raise NoCaption(REASON_NO_CAPTION)
-    return text
+def _path_values(batch: Any, path: str) -> List[Any]:
+    """One batch's values at a dotted path: Arrow walks struct fields; lists of structs are walked in Python."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    top, *rest = path.split(".")
+    column = batch.column(top)
+    while rest and pa.types.is_struct(column.type):
+        column = pc.struct_field(column, rest.pop(0))
+    values = column.to_pylist()
+    return [column_value(value, rest) for value in values] if rest else values
 
 
-def _finished(raw: Callable[[], str], dataset: DatasetConfig) -> Any:
+def _finished(text: Optional[str], dataset: DatasetConfig) -> Any:
+    """The caption after the dataset's clean-up, or the NoCaption that skips its row."""
     try:
-        return finish_caption(raw(), dataset)
+        if not text:
+            raise NoCaption(REASON_NO_CAPTION)
+        return finish_caption(text, dataset)
     except NoCaption as missing:
         return missing
 
