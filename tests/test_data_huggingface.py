@@ -210,6 +210,22 @@ def test_a_row_that_fails_to_decode_while_caching_is_skipped_at_discovery_next_t
     assert again.discovery["hf"].skipped == {"cannot be decoded": ["row-00000004"]}
 
 
+@pytest.mark.parametrize("sized", [False, True])
+def test_an_image_folder_dataset_keeps_file_paths_and_they_are_read(tmp_path: Path, sized: bool) -> None:
+    folder = tmp_path / "files"  # load_dataset makes an imagefolder of it: its cells hold paths, not bytes
+    folder.mkdir()
+    metadata = []
+    for name, size in (("a.png", (48, 32)), ("b.png", (32, 48))):
+        Image.new("RGB", size, "red").save(folder / name)
+        metadata.append({"file_name": name, "text": name[0], "w": size[0], "h": size[1]})
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in metadata))
+    keys = {"width_column": "w", "height_column": "h"} if sized else {}
+    found = _discover(tmp_path, folder, caption_column="text", fallback_caption_column=None, **keys)
+    assert [(r.width, r.height, r.size_bytes, r.caption) for r in found.records] == [
+        (48, 32, (folder / "a.png").stat().st_size, "a"), (32, 48, (folder / "b.png").stat().st_size, "b")]
+    assert found.records[1].storage.read("row-00000001") == (folder / "b.png").read_bytes()
+
+
 def test_rows_without_a_caption_are_skipped_and_counted(tmp_path: Path) -> None:
     rows = [((32, 32), "red", None, ""), ((32, 32), "blue", "blue", "")]
     found = _discover(tmp_path, _arrow(tmp_path / "a", rows=rows))

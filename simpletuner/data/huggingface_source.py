@@ -29,7 +29,6 @@ from simpletuner.errors import ConfigError, DataError
 from simpletuner.storage.base import Storage, StoredObject
 
 ROW_PREFIX = "row-"
-ROW_DIGITS = 8  # row-00000042: names sort in row order up to 100 million rows
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,8 @@ def huggingface_source(merged: Dict[str, Any], values: Dict[str, Any], where: st
 
     ``merged`` holds the dataset's values over the global defaults and
     ``values`` only what the dataset itself set (to tell a caption_strategy
-    left at the global default from one chosen for this dataset).
+    left at the global default from one chosen for this dataset); a
+    caption_strategy left at the default becomes ``huggingface`` in ``merged``.
     """
     name = merged.get("dataset_name")
     if not name:
@@ -132,7 +132,8 @@ def _local_path(name: str) -> Optional[str]:
 
 
 def row_name(index: int) -> str:
-    return f"{ROW_PREFIX}{index:08d}"  # ROW_DIGITS, spelt out: a nested format spec costs 4x per row
+    """``row-00000042``: eight digits, so names sort in row order up to 100 million rows."""
+    return f"{ROW_PREFIX}{index:08d}"
 
 
 def row_index(name: str) -> int:
