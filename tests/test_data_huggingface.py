@@ -226,6 +226,17 @@ def test_an_image_folder_dataset_keeps_file_paths_and_they_are_read(tmp_path: Pa
     assert found.records[1].storage.read("row-00000001") == (folder / "b.png").read_bytes()
 
 
+def test_an_unchanged_parquet_folder_is_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shards = _parquet(tmp_path / "shards")
+    first = _discover(tmp_path, shards)
+    counted = huggingface_discovery.image_bytes
+    image_reads: List[int] = []
+    monkeypatch.setattr(huggingface_discovery, "image_bytes", lambda cell: image_reads.append(1) or counted(cell))
+    assert _discover(tmp_path, shards).records == first.records and not image_reads  # same fingerprint
+    os.utime(shards / "train-00000.parquet")  # a shard rewritten: the dataset is looked at again
+    assert _discover(tmp_path, shards).records == first.records and len(image_reads) == 4
+
+
 def test_rows_without_a_caption_are_skipped_and_counted(tmp_path: Path) -> None:
     rows = [((32, 32), "red", None, ""), ((32, 32), "blue", "blue", "")]
     found = _discover(tmp_path, _arrow(tmp_path / "a", rows=rows))
