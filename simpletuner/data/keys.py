@@ -37,8 +37,9 @@ DATASET_KEYS: Tuple[Option, ...] = (
     # --- identity and kind -------------------------------------------------
     _key("id", "str", None, "Unique name of the dataset; used in logs, reports and cache keys.",
          GROUP_IDENTITY),
-    _key("type", "str", "local", "Where the files live: `local` folder, `aws` (S3) bucket or `csv` URL list.",
-         GROUP_IDENTITY, choices=("local", "aws", "csv")),
+    _key("type", "str", "local", "Where the files live: `local` folder, `aws` (S3) bucket, `csv` URL list or "
+         "`huggingface` dataset (see dataset_name).",
+         GROUP_IDENTITY, choices=("local", "aws", "csv", "huggingface")),
     _key("dataset_type", "str", "image",
          "`image` for training images (or held-out evaluation images, when `--eval_dataset_id` names it), "
          "`text_embeds` for a text-embedding cache, "
@@ -85,6 +86,20 @@ DATASET_KEYS: Tuple[Option, ...] = (
          "beside the downloads (use caption_strategy textfile).", GROUP_WHERE),
     _key("csv_cache_dir", "path", None, "With type csv: the folder images are downloaded to once; it then "
          "serves as the dataset's folder.", GROUP_WHERE),
+    _key("dataset_name", "str", None, "With type huggingface: a hub dataset id (`owner/name`), a folder "
+         "written by `save_to_disk`, or a folder of parquet (or other) data files `load_dataset` reads.",
+         GROUP_WHERE),
+    _key("split", "str", "train", "With type huggingface: the split to train on.", GROUP_WHERE),
+    _key("revision", "str", None, "With type huggingface: the hub revision (branch, tag or commit) to load.",
+         GROUP_WHERE),
+    _key("image_column", "str", "image", "With type huggingface: the column holding the images (an Image "
+         "feature or raw bytes).", GROUP_WHERE),
+    _key("width_column", "str", None, "With type huggingface: a column of image widths; with height_column "
+         "the sizes come from the table and discovery reads no image byte.", GROUP_WHERE),
+    _key("height_column", "str", None, "With type huggingface: a column of image heights (see width_column).",
+         GROUP_WHERE),
+    _key("num_proc", "int", None, "With type huggingface: processes `load_dataset` uses to prepare data "
+         "files on first load.", GROUP_WHERE, minimum=1),
     # --- size and shape --------------------------------------------------------
     _key("resolution", "float", 1024,
          "Training size: in whole pixels the square edge for `pixel_area` (at least 8), the shorter edge "
@@ -136,8 +151,9 @@ DATASET_KEYS: Tuple[Option, ...] = (
     # --- captions ----------------------------------------------------------------
     _key("caption_strategy", "str", "filename",
          "Where captions come from: `textfile` (image.txt beside the image), `filename` (cleaned-up "
-         "file name), `instanceprompt` (instance_prompt for every image), `parquet` (a table).",
-         GROUP_CAPTIONS, choices=("textfile", "filename", "parquet", "instanceprompt")),
+         "file name), `instanceprompt` (instance_prompt for every image), `parquet` (a table), `huggingface` "
+         "(caption_column of a type huggingface dataset).",
+         GROUP_CAPTIONS, choices=("textfile", "filename", "parquet", "instanceprompt", "huggingface")),
     _key("instance_prompt", "str", None,
          "Caption used by caption_strategy instanceprompt, only_instance_prompt and "
          "prepend_instance_prompt.", GROUP_CAPTIONS),
@@ -156,6 +172,10 @@ DATASET_KEYS: Tuple[Option, ...] = (
     _key("remove_common_llm_caption_prefixes", "bool", False,
          "Drop openings captioning models add, such as \"The image shows\" or \"This image depicts\".",
          GROUP_CAPTIONS),
+    _key("caption_column", "str", None, "With type huggingface: the caption column; a list of columns (the "
+         "first non-empty one wins), or a dotted path into a nested column (`meta.caption`).", GROUP_CAPTIONS),
+    _key("fallback_caption_column", "str", None, "With type huggingface: the column (or dotted path) used "
+         "when caption_column is empty in a row.", GROUP_CAPTIONS),
     # --- sampling -------------------------------------------------------------------
     _key("repeats", "int", 0,
          "Extra passes per epoch: each image is seen 1 + repeats times an epoch.", GROUP_SAMPLING,
@@ -185,7 +205,9 @@ DATASET_KEYS: Tuple[Option, ...] = (
          "no effect.", GROUP_DISCOVERY),
     _key("metadata_backend", "str", "discovery",
          "`discovery` reads image sizes from the files; `parquet` takes them from the parquet "
-         "block's width_column and height_column.", GROUP_DISCOVERY, choices=("discovery", "parquet")),
+         "block's width_column and height_column; `huggingface` (type huggingface) takes them from "
+         "width_column/height_column when set, else from the image bytes' headers.", GROUP_DISCOVERY,
+         choices=("discovery", "parquet", "huggingface")),
     _key("scan_for_errors", "bool", False,
          "Load and check every latent cache entry at start (readable, finite, the shape its image's "
          "bucket needs); --vae_cache_scan_behaviour decides what happens to bad ones.", GROUP_DISCOVERY),

@@ -22,6 +22,7 @@ from simpletuner.data.buckets import plan_dataset
 from simpletuner.data.discovery import REASON_UNDECODABLE, DiscoveryResult, discover, mark_undecodable, shown
 from simpletuner.data.csv_source import fetch_csv_images
 from simpletuner.data.drift import describe_changes, record_settings
+from simpletuner.data.huggingface_discovery import discover_huggingface, mark_rows_undecodable
 from simpletuner.data.notes import Note, dataset_notes
 from simpletuner.data.quarantine import QuarantinePolicy, move_to_quarantine
 from simpletuner.data.records import TrainingSample
@@ -114,7 +115,8 @@ class PreparedData:
             logger.warning("dataset %r: %d image(s) left out (%s): %s", dataset_id, len(paths), reason,
                            ", ".join(shown(p) for p in sorted(paths)[:5]) + (", ..." if len(paths) > 5 else ""))
             if reason == REASON_UNDECODABLE:
-                mark_undecodable(self.backends.dataset(dataset_id), paths)
+                dataset = self.backends.dataset(dataset_id)
+                (mark_rows_undecodable if dataset.huggingface is not None else mark_undecodable)(dataset, paths)
             if reason in self.quarantine.reasons:
                 moved = move_to_quarantine(self.backends.dataset(dataset_id), paths)
                 if moved:
@@ -189,7 +191,10 @@ def plan_one(
     """
     if dataset.csv is not None:
         fetch_csv_images(dataset, show_progress)
-    found = discover(dataset, progress=show_progress, workers=workers)
+    if dataset.huggingface is not None:
+        found = discover_huggingface(dataset, progress=show_progress)
+    else:
+        found = discover(dataset, progress=show_progress, workers=workers)
     planned, skipped = plan_dataset(found.records, dataset, _focus(dataset, found, show_progress))
     found.filter_out(skipped)
     return found, planned, skipped

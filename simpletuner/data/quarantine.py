@@ -89,6 +89,8 @@ def move_to_quarantine(dataset: DatasetConfig, relative_paths: Iterable[str]) ->
     An image that cannot be moved (gone already, no permission) stays where it
     is with a warning: it is left out of training either way.
     """
+    if dataset.huggingface is not None:  # rows of a Hugging Face dataset are never moved: skipping them is all
+        return None
     moved = []
     for relative in sorted(set(relative_paths)):
         try:

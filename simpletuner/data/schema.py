@@ -48,6 +48,7 @@ from simpletuner.data.global_defaults import (  # noqa: F401 - DATASET_DEFAULT_O
     text_cache_default,
     with_global_columns,
 )
+from simpletuner.data.huggingface_source import HuggingFaceSource, check_huggingface_keys, huggingface_source
 from simpletuner.data.image_embeds import ImageEmbedConfig, attach_image_embeds, image_embed_config
 from simpletuner.data.keys import DATASET_KEYS, GLOBAL_DEFAULT_KEYS, KEYS_BY_NAME
 from simpletuner.data.size_units import resolve_size_units
@@ -103,6 +104,8 @@ class DatasetConfig:
     scan_for_errors: bool = False
     s3: Optional[S3Settings] = None  # type aws: how to reach the bucket (instance_data_dir is then s3://...)
     csv: Optional[CsvSource] = None  # type csv: the URL list (instance_data_dir is its download folder)
+    # type huggingface: the dataset and its columns (instance_data_dir is its folder or hub id)
+    huggingface: Optional[HuggingFaceSource] = None
     vae_cache_clear_each_epoch: bool = False
     # resolution_type area: the size keys as written, in megapixels (the fields above hold pixels)
     megapixels: Tuple[Tuple[str, float], ...] = ()
@@ -282,7 +285,7 @@ def _validate_entry(entry: Any, index: int, file_name: str, problems: List[str])
     return values
 
 
-_BLOCK_KEYS = ("parquet", "caption_filter_list", "aspect_resolution_map")
+_BLOCK_KEYS = ("parquet", "caption_filter_list", "aspect_resolution_map", "caption_column")
 
 
 def _build(path: str, raw: List[Dict[str, Any]], defaults: Dict[str, Any]) -> DataBackendConfig:
@@ -374,15 +377,20 @@ def _image_config(
     merged["parquet"] = with_global_columns(merged)
     s3 = s3_settings(merged, where)
     csv = csv_source(merged, where) if merged["type"] == "csv" else None
-    for key in ("instance_data_dir", "cache_dir_vae") if s3 is None and csv is None else ("cache_dir_vae",):
+    hf = huggingface_source(merged, values, where) if merged["type"] == "huggingface" else None
+    check_huggingface_keys(merged, values, where)
+    elsewhere = s3 is not None or csv is not None or hf is not None  # images not in instance_data_dir
+    for key in ("cache_dir_vae",) if elsewhere else ("instance_data_dir", "cache_dir_vae"):
         if not merged.get(key):
             raise ConfigError(f"{where}: key {key!r} is required for an image dataset; set it to a folder")
-    if csv is not None:
+    if hf is not None:
+        data_dir = hf.dataset_name
+    elif csv is not None:
         data_dir = csv[1]  # the download folder; it need not exist yet
     else:
         data_dir = (image_location(merged, where) if s3
                     else os.path.abspath(os.path.expanduser(merged["instance_data_dir"])))
-    if s3 is None and csv is None and not os.path.isdir(data_dir):
+    if not elsewhere and not os.path.isdir(data_dir):
         raise DataError(
             f"{where}: key 'instance_data_dir' = {merged['instance_data_dir']!r} is not a folder "
             f"(resolved to {data_dir}); fix the path (relative paths start at {os.getcwd()})"
@@ -438,6 +446,7 @@ def _image_config(
         scan_for_errors=merged["scan_for_errors"],
         s3=s3,
         csv=csv[0] if csv else None,
+        huggingface=hf,
         vae_cache_clear_each_epoch=merged["vae_cache_clear_each_epoch"],
         megapixels=megapixels,
     )

@@ -130,8 +130,8 @@ class MetadataTable:
                 continue
             key = _normalise(str(name))
             rows[key] = TableRow(
-                caption=_caption_cell(record.get(spec.caption_column))
-                or _caption_cell(record.get(spec.fallback_caption_column)),
+                caption=caption_cell(record.get(spec.caption_column))
+                or caption_cell(record.get(spec.fallback_caption_column)),
                 width=_size_cell(record.get(spec.width_column)),
                 height=_size_cell(record.get(spec.height_column)),
             )
@@ -166,12 +166,13 @@ def _normalise(name: str) -> str:
     return name
 
 
-def _caption_cell(value: Any) -> Optional[str]:
+def caption_cell(value: Any) -> Optional[str]:
+    """A cell's caption: text stripped, bytes decoded, a list's first non-empty entry; None when empty."""
     if value is None:
         return None
     if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
         for item in value:
-            text = _caption_cell(item)
+            text = caption_cell(item)
             if text:
                 return text
         return None
