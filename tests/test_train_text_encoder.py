@@ -1,5 +1,6 @@
-"""--train_text_encoder with --text_encoder_lr: a LoRA on legacy's CLIP text encoder, trained
-with live (uncached) embeds, checkpointed, resumed, and loaded back by load_lora_weights."""
+"""--train_text_encoder with --text_encoder_lr: a LoRA on legacy's CLIP text encoder (and on
+both of SDXL's), trained with live (uncached) embeds, checkpointed, resumed, and loaded back
+by load_lora_weights."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from adapter_harness import train, write_project
 from family_harness import CLASSES
@@ -25,8 +27,8 @@ def _encode(text_encoder: torch.nn.Module, tokenizer, prompt: str = "red") -> to
 
 
 @pytest.mark.parametrize("flags, message", [
-    (("--model_family", "sdxl"), "--train_text_encoder is not implemented yet for --model_family=sdxl (only "
-                                 "legacy); remove it"),
+    (("--model_family", "flux"), "--train_text_encoder is not implemented yet for --model_family=flux (only "
+                                 "legacy, sdxl); remove it"),
     (("--model_type", "full"), "--train_text_encoder trains a LoRA on the text encoder: it needs --model_type "
                                "lora and --lora_type standard"),
     (("--validation_prompt", "a red square"), "--train_text_encoder with validation prompts is not implemented "
@@ -79,3 +81,45 @@ def test_text_encoder_lora_trains_at_its_own_rate_and_loads_back(tmp_path: Path,
     for name, state in text.states().items():
         for key, value in resumed.trainable.text.states()[name].items():
             assert torch.equal(value, state[key]), key
+
+
+def _sdxl_embeds(pipeline, prompt: str = "red") -> dict[str, torch.Tensor]:
+    """What the SDXL UNet is conditioned on for ``prompt``: token states and the pooled vector."""
+    from simpletuner.families.base import TextEncoders
+    from simpletuner.families.sdxl import SDXLFamily
+
+    text = TextEncoders(tokenizers=[pipeline.tokenizer, pipeline.tokenizer_2],
+                        encoders=[pipeline.text_encoder.eval(), pipeline.text_encoder_2.eval()])
+    with torch.no_grad():
+        return {k: v.float().cpu() for k, v in SDXLFamily().trainable_text_embeds(text, [prompt]).items()}
+
+
+@pytest.mark.slow
+def test_sdxl_trains_both_text_encoders_and_saves_them_for_load_lora_weights(tmp_path: Path, tiny_sdxl: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    project = write_project(tmp_path)
+    trainer, _ = train(project, tiny_sdxl, "sdxl", "--train_text_encoder", "true", "--text_encoder_lr", str(TE_LR),
+                       "--lora_rank", "4", "--train_batch_size", "2", "--max_train_steps", "2")
+    text = trainer.trainable.text
+    assert text.components == ("text_encoder", "text_encoder_2")
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-4, TE_LR]
+
+    base = _sdxl_embeds(StableDiffusionXLPipeline.from_pretrained(tiny_sdxl))
+    trained_pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    trained_pipeline.text_encoder, trained_pipeline.text_encoder_2 = text.text.encoders
+    trained = _sdxl_embeds(trained_pipeline)
+    # Both encoders learnt: the token states hold both encoders' outputs side by side
+    # (text_encoder's first), the pooled vector is text_encoder_2's alone.
+    width = trained_pipeline.text_encoder.config.hidden_size
+    assert not torch.allclose(trained["prompt_embeds"][..., :width], base["prompt_embeds"][..., :width], atol=1e-4)
+    assert not torch.allclose(trained["prompt_embeds"][..., width:], base["prompt_embeds"][..., width:], atol=1e-4)
+    assert not torch.allclose(trained["pooled_prompt_embeds"], base["pooled_prompt_embeds"], atol=1e-4)
+
+    saved = set(load_file(str(project / "output" / "pytorch_lora_weights.safetensors")))
+    assert any(k.startswith("text_encoder.") for k in saved) and any(k.startswith("text_encoder_2.") for k in saved)
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    pipeline.load_lora_weights(str(project / "output"))
+    loaded = _sdxl_embeds(pipeline)
+    for name, value in trained.items():
+        assert torch.allclose(loaded[name], value, atol=1e-5), name

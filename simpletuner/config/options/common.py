@@ -60,7 +60,7 @@ T5_FAMILIES = ("sd3", "flux", "pixart_sigma")
 # each has a kohya_lora_prefix.
 KOHYA_LORA_FAMILIES = ("sdxl", "legacy", "kolors", "flux")
 # Families whose text encoder --train_text_encoder gives a LoRA (families/*.py: text_encoder_lora_targets).
-TEXT_ENCODER_TRAINING_FAMILIES = ("legacy",)
+TEXT_ENCODER_TRAINING_FAMILIES = ("legacy", "sdxl")
 
 # Conditions under which an option has an effect (see Option.applies_when).
 ADAPTER_RUN = AppliesWhen("model_type", ("lora",), "only --model_type lora trains an adapter (a full fine-tune "

@@ -80,9 +80,9 @@ OPTIONS: tuple[Option, ...] = (
         "Train a LoRA on the text encoder beside the denoiser's (as diffusers' "
         "train_dreambooth_lora does), at --text_encoder_lr. Captions are then "
         "encoded every step instead of cached, and the saved LoRA holds the text "
-        "encoder's part, which load_lora_weights loads. legacy only for now; needs "
-        "--model_type lora with --lora_type standard, one process, no validation "
-        "prompts or --eval_dataset_id.",
+        "encoder's part, which load_lora_weights loads. legacy and sdxl (both of "
+        "SDXL's encoders); needs --model_type lora with --lora_type standard, one "
+        "process, no validation prompts or --eval_dataset_id.",
         COMPONENTS,
     ),
     Option(
