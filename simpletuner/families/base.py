@@ -415,11 +415,13 @@ class ModelFamily:
         (e.g. --pretrained_t5_model_name_or_path), so a saved pipeline keeps them."""
         return {}
 
-    def save_full_pipeline(self, output_dir: Path, denoiser: Any, source: ModelSource) -> None:
-        """Save the base pipeline with ``denoiser`` swapped in, as a diffusers folder."""
+    def save_full_pipeline(self, output_dir: Path, denoiser: Any, source: ModelSource,
+                           text_encoders: Optional[dict[str, Any]] = None) -> None:
+        """Save the base pipeline with ``denoiser`` (and any trained ``text_encoders``,
+        {component: encoder}) swapped in, as a diffusers folder."""
         from simpletuner.training.noise_schedule import inference_scheduler
 
-        components = {**self.overridden_components(source), self.denoiser_component: denoiser}
+        components = {**self.overridden_components(source), self.denoiser_component: denoiser, **(text_encoders or {})}
         if "vae" in source.overrides:  # the saved pipeline keeps the VAE the latents came from
             components["vae"] = self.load_vae(source)
         pipeline = source.load_pipeline(self.pipeline_class(), **components)

@@ -69,6 +69,11 @@ PEFT_LORA = AppliesWhen("lora_type", ("standard",), "with --lora_type lycoris th
                         "--lycoris_config (linear_dim, linear_alpha, dropout, apply_preset)")
 LYCORIS = AppliesWhen("lora_type", ("lycoris",), "only --lora_type lycoris reads it")
 TRAIN_TE = AppliesWhen("train_text_encoder", (True,), "only --train_text_encoder uses it")
+FULL_RUN = AppliesWhen("model_type", ("full",), "with --model_type lora the text encoders' LoRA is always saved "
+                       "in the LoRA file, where load_lora_weights reads it")
+FREEZING_ENCODER = AppliesWhen("freeze_encoder", (True,), "only --freeze_encoder uses it")
+# --freeze_encoder_strategy (training/encoder_layers.py says what each freezes).
+ENCODER_FREEZE_STRATEGIES = ("before", "after", "between", "outside")
 BIAS_STRATEGY = AppliesWhen("timestep_bias_strategy", ("none",), "--timestep_bias_strategy={timestep_bias_strategy} "
                             "does not use it", unless=True)
 LOGIT_NORMAL = AppliesWhen("flow_weighting_scheme", ("logit_normal",), "only --flow_weighting_scheme logit_normal "
