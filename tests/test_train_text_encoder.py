@@ -38,6 +38,9 @@ def _encode(text_encoder: torch.nn.Module, tokenizer, prompt: str = "red") -> to
                                               "validation prompt options"),
     (("--text_encoder_1_precision", "int8-torchao"), "--train_text_encoder with --text_encoder_1_precision is "
                                                      "not implemented yet; remove --text_encoder_1_precision"),
+    (("--model_family", "sdxl", "--text_encoder_2_precision", "int8-torchao"),
+     "--train_text_encoder with --text_encoder_2_precision is not implemented yet; remove "
+     "--text_encoder_2_precision"),
 ])
 def test_unsupported_combinations_are_refused_in_one_line(tmp_path: Path, flags, message) -> None:
     (tmp_path / "lycoris.json").write_text('{"algo": "lokr"}', encoding="utf-8")

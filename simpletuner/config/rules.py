@@ -342,10 +342,10 @@ def text_encoder_training_fits(values: Values) -> Optional[str]:
                 "untrained text encoder); remove the validation prompt options")
     if values.get("eval_dataset_id"):
         return "--train_text_encoder with --eval_dataset_id is not implemented yet; remove --eval_dataset_id"
-    if values.get("text_encoder_1_precision", "no_change") != "no_change":
-        # The trained encoder is loaded at full precision; a quantised one would be silently ignored.
-        return ("--train_text_encoder with --text_encoder_1_precision is not implemented yet; "
-                "remove --text_encoder_1_precision")
+    for name in ("text_encoder_1_precision", "text_encoder_2_precision"):
+        if values.get(name, "no_change") != "no_change":
+            # The trained encoders are loaded at full precision; a quantised one would be silently ignored.
+            return f"--train_text_encoder with --{name} is not implemented yet; remove --{name}"
     return None
 
 

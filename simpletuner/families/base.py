@@ -231,6 +231,11 @@ class ModelFamily:
         string for the text-embed cache key; empty when all are at their defaults."""
         return ""
 
+    def single_file_problem(self, path: str, keys: list[str]) -> Optional[str]:
+        """What keeps diffusers from loading this family's single file at ``path`` (tensor
+        names ``keys``), said before anything is loaded; None when nothing known does."""
+        return None
+
     def model_index_problem(self, index: dict[str, Any], overridden: set[str]) -> Optional[str]:
         """What in a model folder's model_index.json says it is not this family's, or None.
 

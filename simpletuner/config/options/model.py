@@ -38,7 +38,8 @@ OPTIONS: tuple[Option, ...] = (
         "pretrained_model_name_or_path", "path", None,
         "The base model to start from: a Hugging Face Hub id, a local folder in "
         "diffusers layout, or a single-file .safetensors checkpoint (sdxl, legacy, sd3, flux; "
-        "see --single_file_config). Unset: the --model_flavour's model.",
+        "see --single_file_config and documentation/SINGLE_FILES.md). Unset: the "
+        "--model_flavour's model.",
         CORE,
     ),
     Option(
