@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adapter_harness import train, write_project
+from adapter_harness import train, trained_denoiser, write_project
 from family_harness import CLASSES
 from simpletuner.caching.keys import text_key
 from simpletuner.config.loader import load_config
@@ -139,7 +139,7 @@ def _lora_layer_weights(state: dict[str, torch.Tensor], layer: int) -> dict[str,
 
 @pytest.mark.slow
 def test_limit_and_freeze_encoder_stop_the_text_encoder_where_they_say(tmp_path: Path, tiny_legacy: Path) -> None:
-    from simpletuner.training.trainable import TEXT_WEIGHTS_FILE, WEIGHTS_FILE
+    from simpletuner.training.trainable import LORA_FILE, TEXT_WEIGHTS_FILE, WEIGHTS_FILE
 
     project = write_project(tmp_path)
     # 4 steps at --text_encoder_limit 50: the encoder trains in steps 1-2 only; layer 0 of its 2 stays frozen.
@@ -164,6 +164,12 @@ def test_limit_and_freeze_encoder_stop_the_text_encoder_where_they_say(tmp_path:
     assert frozen and trained
     assert all(not v.any() for v in frozen.values()), "a --freeze_encoder layer trained"
     assert all(v.any() for v in trained.values())
+
+    # The disk-space estimate of a checkpoint counts the text encoders' LoRA, in both files that hold it.
+    folder = output / "checkpoint-4"
+    on_disk = sum(t.numel() * t.element_size() for name in (WEIGHTS_FILE, TEXT_WEIGHTS_FILE, LORA_FILE)
+                  for t in load_file(str(folder / name)).values())
+    assert trainer.trainable.checkpoint_bytes(trained_denoiser(trainer)) == on_disk
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -74,11 +74,13 @@ class LoraTraining:
         _load_text_state(self.text, folder)
 
     def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
-        return 2 * _state_bytes(adapters.adapter_state(denoiser))  # the state and its LoRA-file copy
+        # The state and its LoRA-file copy (which holds the text encoders' LoRA too).
+        return 2 * (_state_bytes(adapters.adapter_state(denoiser)) + _text_bytes(self.text))
 
     def final_bytes(self, denoiser: torch.nn.Module, source: Any) -> int:
         # pissa/olora runs save a LoRA of twice the rank (see _save_lora).
-        return (1 if self.initial is None else 2) * _state_bytes(adapters.adapter_state(denoiser))
+        denoiser_bytes = (1 if self.initial is None else 2) * _state_bytes(adapters.adapter_state(denoiser))
+        return denoiser_bytes + _text_bytes(self.text)
 
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
         self._save_lora(denoiser, output_dir)
@@ -201,7 +203,7 @@ class FullTraining:
         _load_text_state(self.text, folder)
 
     def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
-        return _state_bytes(denoiser.state_dict())
+        return _state_bytes(denoiser.state_dict()) + _text_bytes(self.text)
 
     def final_bytes(self, denoiser: torch.nn.Module, source: Any) -> int:
         """The trained denoiser plus the base pipeline's other components, when those are local files."""
@@ -257,6 +259,11 @@ def frozen_base_dtype(config: Any, training_dtype: torch.dtype) -> torch.dtype:
 
 def _state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _text_bytes(text: Optional[Any]) -> int:
+    """What a checkpoint's text_encoders.safetensors holds (--train_text_encoder)."""
+    return text.state_bytes() if text is not None else 0
 
 
 def trainable_for(config: Any, family: Any) -> Any:

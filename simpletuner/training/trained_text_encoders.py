@@ -103,6 +103,14 @@ class TrainedTextEncoders:
                     for name, encoder in zip(self.components, self.text.encoders)}
         return {name: adapters.adapter_state(encoder) for name, encoder in zip(self.components, self.text.encoders)}
 
+    def state_bytes(self) -> int:
+        """The size of ``states()``, without copying full encoders off the device."""
+        if self.full:
+            tensors = [t for encoder in self.text.encoders for t in encoder.state_dict().values()]
+        else:
+            tensors = [t for state in self.states().values() for t in state.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def load_states(self, states: dict[str, dict[str, torch.Tensor]]) -> None:
         for name, encoder in zip(self.components, self.text.encoders):
             if self.full:
