@@ -201,3 +201,21 @@ def test_full_fine_tune_trains_the_text_encoder_and_saves_it_only_when_asked(tmp
     assert not torch.allclose(trained, base, atol=1e-4), "the text encoder's own weights did not train"
     saved = _encode(CLIPTextModel.from_pretrained(project / "output", subfolder="text_encoder"), tokenizer)
     assert torch.allclose(saved, trained if save else base, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sdxl_full_fine_tune_saves_both_trained_text_encoders(tmp_path: Path, tiny_sdxl: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    project = write_project(tmp_path)
+    train(project, tiny_sdxl, "sdxl", "--model_type", "full", "--train_text_encoder", "true", "--text_encoder_lr",
+          "1e-2", "--learning_rate", "1e-5", "--train_batch_size", "2", "--max_train_steps", "1",
+          "--save_text_encoder", "true")
+    base = _sdxl_embeds(StableDiffusionXLPipeline.from_pretrained(tiny_sdxl))
+    saved = _sdxl_embeds(StableDiffusionXLPipeline.from_pretrained(project / "output"))
+    width = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl).text_encoder.config.hidden_size
+    # The saved pipeline's encoders are the trained ones: both halves of the token states and
+    # the pooled vector (text_encoder_2's) differ from the base model's.
+    assert not torch.allclose(saved["prompt_embeds"][..., :width], base["prompt_embeds"][..., :width], atol=1e-4)
+    assert not torch.allclose(saved["prompt_embeds"][..., width:], base["prompt_embeds"][..., width:], atol=1e-4)
+    assert not torch.allclose(saved["pooled_prompt_embeds"], base["pooled_prompt_embeds"], atol=1e-4)
