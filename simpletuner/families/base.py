@@ -426,7 +426,8 @@ class ModelFamily:
         {component: encoder}) swapped in, as a diffusers folder."""
         from simpletuner.training.noise_schedule import inference_scheduler
 
-        components = {**self.overridden_components(source), self.denoiser_component: denoiser, **(text_encoders or {})}
+        components = {**self.overridden_components(source), self.denoiser_component: denoiser,
+                      **(text_encoders or {})}
         if "vae" in source.overrides:  # the saved pipeline keeps the VAE the latents came from
             components["vae"] = self.load_vae(source)
         pipeline = source.load_pipeline(self.pipeline_class(), **components)

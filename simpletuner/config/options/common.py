@@ -59,7 +59,8 @@ T5_FAMILIES = ("sd3", "flux", "pixart_sigma")
 # Families whose diffusers LoRA loader reads the kohya layout (--lora_format comfyui);
 # each has a kohya_lora_prefix.
 KOHYA_LORA_FAMILIES = ("sdxl", "legacy", "kolors", "flux")
-# Families whose text encoder --train_text_encoder gives a LoRA (families/*.py: text_encoder_lora_targets).
+# Families whose text encoders --train_text_encoder trains (families/*.py: text_encoder_lora_targets,
+# trainable_text_embeds).
 TEXT_ENCODER_TRAINING_FAMILIES = ("legacy", "sdxl")
 
 # Conditions under which an option has an effect (see Option.applies_when).
