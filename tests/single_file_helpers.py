@@ -3,7 +3,7 @@
 diffusers only converts original checkpoints *to* its layout, so the
 inverses (diffusers -> the original LDM/SGM layout of SDXL's and SD's released
 .safetensors files, after diffusers' scripts/convert_diffusers_to_original_sdxl.py,
-and -> Stability's MMDiT layout for SD3) are written out here; the tests load
+-> Stability's MMDiT layout for SD3, and -> Black Forest Labs' layout for Flux) are written out here; the tests load
 them through diffusers' own converters, so a wrong name fails there.
 """
 
@@ -165,6 +165,59 @@ def sd3_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         move(f"{ours}ff.net.2", f"{x}mlp.fc2")
         move(f"{ours}ff_context.net.0.proj", f"{context}mlp.fc1")
         move(f"{ours}ff_context.net.2", f"{context}mlp.fc2")
+    move("proj_out", "final_layer.linear")
+    move("norm_out.linear", "final_layer.adaLN_modulation.1", _swap_halves)
+    assert not state, f"not mapped: {sorted(state)}"
+    return {f"model.diffusion_model.{name}": tensor.contiguous() for name, tensor in out.items()}
+
+
+def flux_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers FluxTransformer2DModel state dict in Black Forest Labs' original layout
+    (``double_blocks``/``single_blocks``, fused qkv, ``img_in``...), as flux1-dev.safetensors
+    ships it: the inverse of diffusers' convert_flux_transformer_checkpoint_to_diffusers."""
+    state = dict(state)
+    out: dict[str, torch.Tensor] = {}
+
+    def move(ours: str, original: str, transform: Any = None) -> None:
+        for suffix in ("weight", "bias"):
+            if f"{ours}.{suffix}" in state:
+                tensor = state.pop(f"{ours}.{suffix}")
+                out[f"{original}.{suffix}"] = transform(tensor) if transform else tensor
+
+    def fuse(ours: list[str], original: str) -> None:
+        for suffix in ("weight", "bias"):
+            out[f"{original}.{suffix}"] = torch.cat([state.pop(f"{name}.{suffix}") for name in ours], dim=0)
+
+    for ours, original in (("timestep_embedder", "time_in"), ("text_embedder", "vector_in"),
+                           ("guidance_embedder", "guidance_in")):
+        move(f"time_text_embed.{ours}.linear_1", f"{original}.in_layer")
+        move(f"time_text_embed.{ours}.linear_2", f"{original}.out_layer")
+    move("context_embedder", "txt_in")
+    move("x_embedder", "img_in")
+    double = {int(name.split(".")[1]) for name in state if name.startswith("transformer_blocks.")}
+    for i in sorted(double):
+        ours, original = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        move(f"{ours}norm1.linear", f"{original}img_mod.lin")
+        move(f"{ours}norm1_context.linear", f"{original}txt_mod.lin")
+        fuse([f"{ours}attn.to_{p}" for p in "qkv"], f"{original}img_attn.qkv")
+        fuse([f"{ours}attn.add_{p}_proj" for p in "qkv"], f"{original}txt_attn.qkv")
+        for norm, name in (("norm_q", "img_attn.norm.query_norm"), ("norm_k", "img_attn.norm.key_norm"),
+                           ("norm_added_q", "txt_attn.norm.query_norm"), ("norm_added_k", "txt_attn.norm.key_norm")):
+            out[f"{original}{name}.scale"] = state.pop(f"{ours}attn.{norm}.weight")
+        move(f"{ours}ff.net.0.proj", f"{original}img_mlp.0")
+        move(f"{ours}ff.net.2", f"{original}img_mlp.2")
+        move(f"{ours}ff_context.net.0.proj", f"{original}txt_mlp.0")
+        move(f"{ours}ff_context.net.2", f"{original}txt_mlp.2")
+        move(f"{ours}attn.to_out.0", f"{original}img_attn.proj")
+        move(f"{ours}attn.to_add_out", f"{original}txt_attn.proj")
+    single = {int(name.split(".")[1]) for name in state if name.startswith("single_transformer_blocks.")}
+    for i in sorted(single):
+        ours, original = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        move(f"{ours}norm.linear", f"{original}modulation.lin")
+        fuse([f"{ours}attn.to_q", f"{ours}attn.to_k", f"{ours}attn.to_v", f"{ours}proj_mlp"], f"{original}linear1")
+        out[f"{original}norm.query_norm.scale"] = state.pop(f"{ours}attn.norm_q.weight")
+        out[f"{original}norm.key_norm.scale"] = state.pop(f"{ours}attn.norm_k.weight")
+        move(f"{ours}proj_out", f"{original}linear2")
     move("proj_out", "final_layer.linear")
     move("norm_out.linear", "final_layer.adaLN_modulation.1", _swap_halves)
     assert not state, f"not mapped: {sorted(state)}"

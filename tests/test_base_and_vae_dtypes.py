@@ -38,7 +38,7 @@ def _placed_denoiser(root: Path, model: Path, *flags: str) -> torch.nn.Module:
 
     trainer = Trainer(_config(root, model, *flags), show_progress=False)
     trainer.device, trainer.dtype = torch.device("cpu"), training_dtype(trainer.config)
-    return trainer._load_trainable_denoiser()
+    return trainer._load_trainable_denoiser(total_steps=1)
 
 
 def _dtypes(denoiser: torch.nn.Module) -> tuple[set[torch.dtype], set[torch.dtype]]:

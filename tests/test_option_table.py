@@ -304,8 +304,8 @@ def test_implemented_tuples_are_nonempty_subsets_of_choices():
 
 
 # SimpleTuner names whose default true describes what this trainer always does
-# (text encoders stay frozen; each process already gets its own seed).
-ON_BY_DEFAULT_AND_DONE = {"freeze_encoder", "seed_for_each_device"}
+# (each process already gets its own seed).
+ON_BY_DEFAULT_AND_DONE = {"seed_for_each_device"}
 
 
 def test_not_implemented_options_default_to_off():
@@ -381,6 +381,9 @@ SLICE_FULLY = {
     "flux_lora_target", "allow_tf32", "disable_tf32", "torch_num_threads",
     # DoRA and text-encoder LoRA training (issue 16)
     "use_dora", "train_text_encoder", "text_encoder_lr",
+    # SimpleTuner v1.x's text-encoder training limits and saving (issue 16)
+    "text_encoder_limit", "freeze_encoder", "freeze_encoder_strategy", "freeze_encoder_before",
+    "freeze_encoder_after", "save_text_encoder",
     # SD3/Flux/PixArt text-encoder options (issue 16)
     "t5_padding", "tokenizer_max_length", "sd3_clip_uncond_behaviour", "sd3_t5_uncond_behaviour",
     "flux_attention_masked_training",

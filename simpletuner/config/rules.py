@@ -317,8 +317,8 @@ def dora_fits(values: Values) -> Optional[str]:
 
 
 def text_encoder_training_fits(values: Values) -> Optional[str]:
-    """--train_text_encoder: a standard LoRA on a supported family's text encoder, without
-    the features that still read the (then missing) cached caption embeds."""
+    """--train_text_encoder: a standard LoRA on (or a full fine-tune of) a supported family's
+    text encoders, without the features that still read the (then missing) cached caption embeds."""
     from simpletuner.config.options.common import TEXT_ENCODER_TRAINING_FAMILIES
     from simpletuner.validation.prompts import validation_enabled
 
@@ -328,11 +328,13 @@ def text_encoder_training_fits(values: Values) -> Optional[str]:
     if family and family not in TEXT_ENCODER_TRAINING_FAMILIES:
         return (f"--train_text_encoder is not implemented yet for --model_family={family} "
                 f"(only {', '.join(TEXT_ENCODER_TRAINING_FAMILIES)}); remove it")
-    if values["model_type"] != "lora" or values["lora_type"] != "standard":
-        return "--train_text_encoder trains a LoRA on the text encoder: it needs --model_type lora and --lora_type standard"
-    if values["lora_format"] == "comfyui":
+    lora = values["model_type"] == "lora"
+    if lora and values["lora_type"] != "standard":
+        return ("--train_text_encoder with --lora_type lycoris is not implemented yet; use --lora_type standard "
+                "(or --model_type full)")
+    if lora and values["lora_format"] == "comfyui":
         return "--train_text_encoder is not implemented yet with --lora_format comfyui; use --lora_format diffusers"
-    if values["lora_init_type"] in ("olora", "pissa"):
+    if lora and values["lora_init_type"] in ("olora", "pissa"):
         return (f"--train_text_encoder is not implemented yet with --lora_init_type={values['lora_init_type']}; "
                 "use default or gaussian")
     if validation_enabled(values):
@@ -340,10 +342,10 @@ def text_encoder_training_fits(values: Values) -> Optional[str]:
                 "untrained text encoder); remove the validation prompt options")
     if values.get("eval_dataset_id"):
         return "--train_text_encoder with --eval_dataset_id is not implemented yet; remove --eval_dataset_id"
-    if values.get("text_encoder_1_precision", "no_change") != "no_change":
-        # The trained encoder is loaded at full precision; a quantised one would be silently ignored.
-        return ("--train_text_encoder with --text_encoder_1_precision is not implemented yet; "
-                "remove --text_encoder_1_precision")
+    for name in ("text_encoder_1_precision", "text_encoder_2_precision"):
+        if values.get(name, "no_change") != "no_change":
+            # The trained encoders are loaded at full precision; a quantised one would be silently ignored.
+            return f"--train_text_encoder with --{name} is not implemented yet; remove --{name}"
     return None
 
 

@@ -231,6 +231,11 @@ class ModelFamily:
         string for the text-embed cache key; empty when all are at their defaults."""
         return ""
 
+    def single_file_problem(self, path: str, keys: list[str]) -> Optional[str]:
+        """What keeps diffusers from loading this family's single file at ``path`` (tensor
+        names ``keys``), said before anything is loaded; None when nothing known does."""
+        return None
+
     def model_index_problem(self, index: dict[str, Any], overridden: set[str]) -> Optional[str]:
         """What in a model folder's model_index.json says it is not this family's, or None.
 
@@ -415,11 +420,14 @@ class ModelFamily:
         (e.g. --pretrained_t5_model_name_or_path), so a saved pipeline keeps them."""
         return {}
 
-    def save_full_pipeline(self, output_dir: Path, denoiser: Any, source: ModelSource) -> None:
-        """Save the base pipeline with ``denoiser`` swapped in, as a diffusers folder."""
+    def save_full_pipeline(self, output_dir: Path, denoiser: Any, source: ModelSource,
+                           text_encoders: Optional[dict[str, Any]] = None) -> None:
+        """Save the base pipeline with ``denoiser`` (and any trained ``text_encoders``,
+        {component: encoder}) swapped in, as a diffusers folder."""
         from simpletuner.training.noise_schedule import inference_scheduler
 
-        components = {**self.overridden_components(source), self.denoiser_component: denoiser}
+        components = {**self.overridden_components(source), self.denoiser_component: denoiser,
+                      **(text_encoders or {})}
         if "vae" in source.overrides:  # the saved pipeline keeps the VAE the latents came from
             components["vae"] = self.load_vae(source)
         pipeline = source.load_pipeline(self.pipeline_class(), **components)

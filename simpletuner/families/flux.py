@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -40,6 +40,10 @@ class FluxFamily(FlowMatchingFamily):
     # --model_flavour -> the base model it picks (SimpleTuner's names); the first is the default.
     flavours = {"dev": "black-forest-labs/FLUX.1-dev", "schnell": "black-forest-labs/FLUX.1-schnell",
                 "krea": "black-forest-labs/FLUX.1-Krea-dev"}
+    # diffusers' converter of the original (Black Forest Labs) layout derives the block
+    # counts from the file but hard-codes FLUX.1's width (inner_dim = 3072, mlp_ratio 4)
+    # to split each single block's fused linear1, so only that width converts.
+    original_layout_width = 3072
     pipeline_class_name = "FluxPipeline"
     denoiser_component = "transformer"
     denoiser_class_name = "FluxTransformer2DModel"
@@ -275,6 +279,20 @@ class FluxFamily(FlowMatchingFamily):
             save_directory=str(output_dir), transformer_lora_layers=state, safe_serialization=True,
             transformer_lora_adapter_metadata=adapter_metadata(self.config, state),
         )
+
+    def single_file_problem(self, path: str, keys: list[str]) -> Optional[str]:
+        from simpletuner.families.model_folder import single_file_shape
+
+        prefix = "model.diffusion_model." if "model.diffusion_model.img_in.weight" in keys else ""
+        if f"{prefix}img_in.weight" not in keys:  # diffusers' layout: loaded as it is
+            return None
+        width = single_file_shape(path, f"{prefix}img_in.weight")[0]
+        if width == self.original_layout_width:
+            return None
+        return (f"holds a Flux transformer {width} wide in the original (Black Forest Labs) layout, which "
+                f"diffusers' converter cannot read: it assumes FLUX.1's width of {self.original_layout_width}; "
+                "save the model in diffusers' layout (its state dict as one file, or a model folder) and point "
+                "at that")
 
 
 FAMILY_CLASS = FluxFamily

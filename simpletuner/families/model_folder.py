@@ -47,6 +47,14 @@ def single_file_keys(path: str) -> list[str]:
         return list(handle.keys())
 
 
+def single_file_shape(path: str, key: str) -> list[int]:
+    """The shape of one tensor of a safetensors file (its header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(Path(path).expanduser()), framework="pt") as handle:
+        return list(handle.get_slice(key).get_shape())
+
+
 def single_file_components(path: str) -> set[str]:
     """The components a single-file checkpoint holds: the denoiser always (it is the
     model), the VAE when its original (``first_stage_model.``) or ``vae.`` keys are there."""
@@ -77,6 +85,9 @@ def check_single_file(source: "ModelSource", family: Optional["ModelFamily"]) ->
     if family is not None and not any(key.startswith(family.single_file_markers) for key in keys):
         raise ModelError(f"{option}: holds no {family.name} {family.denoiser_component} (no tensor name starts "
                          f"with {' or '.join(family.single_file_markers)}); check --model_family or the file")
+    problem = family.single_file_problem(str(path), keys) if family is not None else None
+    if problem:
+        raise ModelError(f"{option}: {problem}")
     if any(key.startswith(_TEXT_ENCODER_PREFIXES) for key in keys):
         # diffusers' converter picks CLIP-L or CLIP-G by comparing widths, which is not reliable
         # beyond the stock models, so the encoders come from the configs' model instead.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from typing import Any
 
 import torch
@@ -49,10 +48,20 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
             encoder.requires_grad_(False).eval()
         return TextEncoders(tokenizers=tokenizers, encoders=encoders)
 
+    # CLIP's attention projections in both encoders, as diffusers' SDXL
+    # train_dreambooth_lora script (and kohya) train them under --train_text_encoder.
+    text_encoder_lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj")
+
     def encode_text(self, text: TextEncoders, prompts: list[str]) -> list[dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            embeds = self.trainable_text_embeds(text, prompts)
+        return [{name: value[i].cpu() for name, value in embeds.items()} for i in range(len(prompts))]
+
+    def trainable_text_embeds(self, text: TextEncoders, prompts: list[str]) -> dict[str, torch.Tensor]:
         # The pipeline's own encode_prompt guarantees training sees exactly
         # the embeddings inference will produce (penultimate hidden states of
-        # both encoders, pooled output of the second).
+        # both encoders, pooled output of the second); it keeps gradients, so
+        # trained encoders (--train_text_encoder) learn through it.
         pipeline = self.pipeline_class()(
             vae=None,
             text_encoder=text.encoders[0],
@@ -62,16 +71,11 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
             unet=None,
             scheduler=None,
         )
-        device = text.encoders[0].device
-        with torch.no_grad():
-            embeds, _, pooled, _ = pipeline.encode_prompt(
-                prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
-            )
-        return [
-            {"prompt_embeds": embeds[i].cpu(), "pooled_prompt_embeds": pooled[i].cpu()}
-            for i in range(len(prompts))
-        ]
-
+        embeds, _, pooled, _ = pipeline.encode_prompt(
+            prompt=prompts, device=text.encoders[0].device, num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+        )
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
     def validation_inputs(self, positive: dict[str, torch.Tensor], negative: Any) -> dict[str, Any]:
         inputs = super().validation_inputs(positive, negative)

@@ -65,31 +65,22 @@ class LoraTraining:
 
     def save_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         save_file(adapters.adapter_state(denoiser), str(folder / WEIGHTS_FILE))
-        if self.text is not None:
-            from simpletuner.training.text_encoder_lora import flat_state
-
-            save_file(flat_state(self.text.states()), str(folder / TEXT_WEIGHTS_FILE))
+        _save_text_state(self.text, folder)
         # The same weights as a LoRA file, so a checkpoint is usable as a LoRA.
         self._save_lora(denoiser, folder)
 
     def load_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         adapters.load_adapter_state(denoiser, load_file(str(folder / WEIGHTS_FILE)))
-        if self.text is not None:
-            from simpletuner.training.text_encoder_lora import split_state
-
-            path = folder / TEXT_WEIGHTS_FILE
-            if not path.is_file():
-                from simpletuner.errors import UserError
-
-                raise UserError(f"{folder} was saved without --train_text_encoder; resume it without that option")
-            self.text.load_states(split_state(load_file(str(path)), self.text.components))
+        _load_text_state(self.text, folder)
 
     def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
-        return 2 * _state_bytes(adapters.adapter_state(denoiser))  # the state and its LoRA-file copy
+        # The state and its LoRA-file copy (which holds the text encoders' LoRA too).
+        return 2 * (_state_bytes(adapters.adapter_state(denoiser)) + _text_bytes(self.text))
 
     def final_bytes(self, denoiser: torch.nn.Module, source: Any) -> int:
         # pissa/olora runs save a LoRA of twice the rank (see _save_lora).
-        return (1 if self.initial is None else 2) * _state_bytes(adapters.adapter_state(denoiser))
+        denoiser_bytes = (1 if self.initial is None else 2) * _state_bytes(adapters.adapter_state(denoiser))
+        return denoiser_bytes + _text_bytes(self.text)
 
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
         self._save_lora(denoiser, output_dir)
@@ -179,7 +170,8 @@ class LycorisTraining:
 class FullTraining:
     # Every weight trains, so there is no untouched base model to ask.
     has_base_model = False
-    text: Optional[Any] = None  # --train_text_encoder is a standard LoRA's only
+    # The trained text encoders (--train_text_encoder), set by the trainer; None: their embeds are cached.
+    text: Optional[Any] = None
 
     def __init__(self, config: Any, family: Any) -> None:
         self.config = config
@@ -195,7 +187,8 @@ class FullTraining:
         denoiser.requires_grad_(True)
 
     def parameters(self, denoiser: torch.nn.Module) -> list[torch.nn.Parameter]:
-        return [p for p in denoiser.parameters() if p.requires_grad]
+        encoders = self.text.parameters() if self.text is not None else []
+        return [p for p in denoiser.parameters() if p.requires_grad] + encoders
 
     def base_model(self, denoiser: torch.nn.Module) -> AbstractContextManager:
         raise TypeError("a full fine-tune keeps no copy of the base model")
@@ -203,12 +196,14 @@ class FullTraining:
     def save_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_FILE))
+        _save_text_state(self.text, folder)
 
     def load_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
         denoiser.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        _load_text_state(self.text, folder)
 
     def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
-        return _state_bytes(denoiser.state_dict())
+        return _state_bytes(denoiser.state_dict()) + _text_bytes(self.text)
 
     def final_bytes(self, denoiser: torch.nn.Module, source: Any) -> int:
         """The trained denoiser plus the base pipeline's other components, when those are local files."""
@@ -220,12 +215,35 @@ class FullTraining:
         return _state_bytes(denoiser.state_dict()) + others
 
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
-        """A complete diffusers model folder: the base pipeline with the trained denoiser."""
-        self.family.save_full_pipeline(output_dir, denoiser, source)
+        """A complete diffusers model folder: the base pipeline with the trained denoiser
+        (and the trained text encoders, with --save_text_encoder)."""
+        encoders = self.text.encoders() if self.text is not None and self.config.save_text_encoder else None
+        self.family.save_full_pipeline(output_dir, denoiser, source, encoders)
 
     def save_ema(self, denoiser: torch.nn.Module, output_dir: Path) -> None:
         """The averaged denoiser beside the pipeline, as unet_ema/ or transformer_ema/."""
         denoiser.save_pretrained(str(output_dir / f"{self.family.denoiser_component}_ema"), safe_serialization=True)
+
+
+def _save_text_state(text: Optional[Any], folder: Path) -> None:
+    """The trained text encoders' weights (--train_text_encoder), beside the denoiser's."""
+    if text is not None:
+        from simpletuner.training.trained_text_encoders import flat_state
+
+        save_file(flat_state(text.states()), str(folder / TEXT_WEIGHTS_FILE))
+
+
+def _load_text_state(text: Optional[Any], folder: Path) -> None:
+    if text is None:
+        return
+    from simpletuner.training.trained_text_encoders import split_state
+
+    path = folder / TEXT_WEIGHTS_FILE
+    if not path.is_file():
+        from simpletuner.errors import UserError
+
+        raise UserError(f"{folder} was saved without --train_text_encoder; resume it without that option")
+    text.load_states(split_state(load_file(str(path)), text.components))
 
 
 def frozen_base_dtype(config: Any, training_dtype: torch.dtype) -> torch.dtype:
@@ -241,6 +259,11 @@ def frozen_base_dtype(config: Any, training_dtype: torch.dtype) -> torch.dtype:
 
 def _state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def _text_bytes(text: Optional[Any]) -> int:
+    """What a checkpoint's text_encoders.safetensors holds (--train_text_encoder)."""
+    return text.state_bytes() if text is not None else 0
 
 
 def trainable_for(config: Any, family: Any) -> Any:

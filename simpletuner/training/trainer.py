@@ -48,7 +48,7 @@ from simpletuner.training.setup import build_accelerator, training_dtype, write_
 from simpletuner.training.state import TrainState
 from simpletuner.training.stop import RunStopped, StopSignals
 from simpletuner.training.summary import Totals, log_changed_totals, log_summary, totals_of
-from simpletuner.training.text_encoder_lora import TextEncoderLora, optimizer_groups
+from simpletuner.training.trained_text_encoders import TrainedTextEncoders, optimizer_groups
 from simpletuner.training.trainable import trainable_for
 from simpletuner.validation.runner import Validation
 
@@ -141,7 +141,7 @@ class Trainer:
             return self.output_dir
         # 5. The denoiser with its trainable adapter.
         self.stop.enter("start-up")
-        denoiser = self._load_trainable_denoiser()
+        denoiser = self._load_trainable_denoiser(total_steps)
         self.objective = self.family.make_objective(self._load_noise_scheduler(), config)
         self.evaluator = build_evaluator(config, data, self.lookup, self.family, self.objective, self.state.seed,
                                          self.accelerator, self.dtype)
@@ -191,15 +191,15 @@ class Trainer:
     def _progress_enabled(self) -> bool:
         return self.show_progress and self.accelerator.is_local_main_process
 
-    def _load_trainable_denoiser(self) -> torch.nn.Module:
+    def _load_trainable_denoiser(self, total_steps: int) -> torch.nn.Module:
         # Load frozen, cast, quantise (--base_model_precision; block by block when it
         # quantises) and move, in the order --quantize_via says.
         denoiser = load_placed_denoiser(self.family, self.source, self.config.base_model_precision, self.device,
                                         self.trainable.frozen_dtype(self.dtype), self.config.quantize_via)
         self.trainable.prepare(denoiser)
         if self.config.train_text_encoder:
-            self.trainable.text = TextEncoderLora(self.config, self.family, self.source, self.device,
-                                                  self.accelerator.num_processes)
+            self.trainable.text = TrainedTextEncoders(self.config, self.family, self.source, self.device,
+                                                      total_steps, self.accelerator.num_processes)
         if self.config.lora_format == "comfyui":
             from simpletuner.training.adapters import diffusers_lora_state
             from simpletuner.training.lora_formats import check_kohya_layout
@@ -262,7 +262,7 @@ class Trainer:
         batch = to_device(collate(samples, self.lookup, self.family, dropped, cached_text=text is None),
                           self.device, self.dtype)
         if text is not None:
-            batch.update(text.embeds(samples, dropped, self.dtype))
+            batch.update(text.embeds(samples, dropped, self.dtype, self.state.global_step))
         batch.update(self.family.random_conditioning(len(samples), self.generator))
         noised = self.objective.noise(batch["latents"], self.generator)
         inputs = self.family.model_inputs(batch, noised.noisy, noised.timesteps)

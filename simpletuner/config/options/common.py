@@ -59,8 +59,9 @@ T5_FAMILIES = ("sd3", "flux", "pixart_sigma")
 # Families whose diffusers LoRA loader reads the kohya layout (--lora_format comfyui);
 # each has a kohya_lora_prefix.
 KOHYA_LORA_FAMILIES = ("sdxl", "legacy", "kolors", "flux")
-# Families whose text encoder --train_text_encoder gives a LoRA (families/*.py: text_encoder_lora_targets).
-TEXT_ENCODER_TRAINING_FAMILIES = ("legacy",)
+# Families whose text encoders --train_text_encoder trains (families/*.py: text_encoder_lora_targets,
+# trainable_text_embeds).
+TEXT_ENCODER_TRAINING_FAMILIES = ("legacy", "sdxl")
 
 # Conditions under which an option has an effect (see Option.applies_when).
 ADAPTER_RUN = AppliesWhen("model_type", ("lora",), "only --model_type lora trains an adapter (a full fine-tune "
@@ -69,6 +70,11 @@ PEFT_LORA = AppliesWhen("lora_type", ("standard",), "with --lora_type lycoris th
                         "--lycoris_config (linear_dim, linear_alpha, dropout, apply_preset)")
 LYCORIS = AppliesWhen("lora_type", ("lycoris",), "only --lora_type lycoris reads it")
 TRAIN_TE = AppliesWhen("train_text_encoder", (True,), "only --train_text_encoder uses it")
+FULL_RUN = AppliesWhen("model_type", ("full",), "with --model_type lora the text encoders' LoRA is always saved "
+                       "in the LoRA file, where load_lora_weights reads it")
+FREEZING_ENCODER = AppliesWhen("freeze_encoder", (True,), "only --freeze_encoder uses it")
+# --freeze_encoder_strategy (training/encoder_layers.py says what each freezes).
+ENCODER_FREEZE_STRATEGIES = ("before", "after", "between", "outside")
 BIAS_STRATEGY = AppliesWhen("timestep_bias_strategy", ("none",), "--timestep_bias_strategy={timestep_bias_strategy} "
                             "does not use it", unless=True)
 LOGIT_NORMAL = AppliesWhen("flow_weighting_scheme", ("logit_normal",), "only --flow_weighting_scheme logit_normal "

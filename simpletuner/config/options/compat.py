@@ -26,7 +26,6 @@ from typing import Any, Iterable
 
 from simpletuner.config.option import AppliesWhen, Option
 from simpletuner.config.options.common import (
-    TRAIN_TE,
     ADAPTERS,
     CACHING,
     COMPONENTS,
@@ -107,18 +106,6 @@ OPTIONS: tuple[Option, ...] = (
     _refused("non_ema_revision", "str", None, "Hub revision holding the non-EMA weights of the base model.",
              CORE),
     # ------------------------------------------------------ Model components
-    _refused("save_text_encoder", "bool", False, "Save the trained text encoders with the model.", COMPONENTS,
-             applies_when=(TRAIN_TE,)),
-    _refused("text_encoder_limit", "int", 25, "Percentage of the steps during which text encoders train.",
-             COMPONENTS, applies_when=(TRAIN_TE,)),
-    _refused("freeze_encoder", "bool", True, "Freeze some layers of a trained text encoder.", COMPONENTS,
-             applies_when=(TRAIN_TE,)),
-    _refused("freeze_encoder_before", "int", 12, "Freeze text-encoder layers before this one.", COMPONENTS,
-             applies_when=(TRAIN_TE,)),
-    _refused("freeze_encoder_after", "int", 17, "Freeze text-encoder layers after this one.", COMPONENTS,
-             applies_when=(TRAIN_TE,)),
-    _refused("freeze_encoder_strategy", "str", "after", "Which text-encoder layers are frozen: before, after "
-             "or between.", COMPONENTS, applies_when=(TRAIN_TE,)),
     _no_effect("fully_unload_text_encoder", "bool", False, "Remove the text encoders from memory after caching.",
                COMPONENTS, "text encoders are loaded only to fill the text-embed cache and freed right after"),
     # -------------------------------------------- Precision and quantisation

@@ -8,10 +8,14 @@ from simpletuner.config.options.common import (
     BF16_COMPUTE,
     COMPONENTS,
     CORE,
+    ENCODER_FREEZE_STRATEGIES,
+    FREEZING_ENCODER,
     FROZEN_BASE,
+    FULL_RUN,
     MODEL_FAMILIES,
     PRECISION,
     T5_FAMILIES,
+    TRAIN_TE,
 )
 from simpletuner.config.options.compat import FAMILY_SPELLINGS
 from simpletuner.families.registry import available_families
@@ -34,7 +38,8 @@ OPTIONS: tuple[Option, ...] = (
         "pretrained_model_name_or_path", "path", None,
         "The base model to start from: a Hugging Face Hub id, a local folder in "
         "diffusers layout, or a single-file .safetensors checkpoint (sdxl, legacy, sd3, flux; "
-        "see --single_file_config). Unset: the --model_flavour's model.",
+        "see --single_file_config and documentation/SINGLE_FILES.md). Unset: the "
+        "--model_flavour's model.",
         CORE,
     ),
     Option(
@@ -77,13 +82,58 @@ OPTIONS: tuple[Option, ...] = (
     # ------------------------------------------------------ Model components
     Option(
         "train_text_encoder", "bool", False,
-        "Train a LoRA on the text encoder beside the denoiser's (as diffusers' "
-        "train_dreambooth_lora does), at --text_encoder_lr. Captions are then "
-        "encoded every step instead of cached, and the saved LoRA holds the text "
-        "encoder's part, which load_lora_weights loads. legacy only for now; needs "
-        "--model_type lora with --lora_type standard, one process, no validation "
-        "prompts or --eval_dataset_id.",
+        "Train the text encoder(s) with the denoiser, at --text_encoder_lr: a LoRA "
+        "on them under --model_type lora (as diffusers' train_dreambooth_lora "
+        "does; the saved LoRA holds their part, which load_lora_weights loads), "
+        "their own weights under --model_type full (see --save_text_encoder). "
+        "Captions are then encoded every step instead of cached. legacy and sdxl "
+        "(both of SDXL's encoders); a LoRA needs --lora_type standard; one process, "
+        "no validation prompts or --eval_dataset_id. As in SimpleTuner, "
+        "--text_encoder_limit and --freeze_encoder limit how much they train.",
         COMPONENTS,
+    ),
+    Option(
+        "text_encoder_limit", "int", 25,
+        "Percentage of the run's optimizer steps during which the text encoders "
+        "train (the first ones, rounded up); after that they are frozen and the "
+        "denoiser trains on alone. 100 trains them throughout. SimpleTuner's default.",
+        COMPONENTS, minimum=1, maximum=100, applies_when=(TRAIN_TE,),
+    ),
+    Option(
+        "freeze_encoder", "bool", True,
+        "Keep some transformer layers of the trained text encoders frozen, chosen "
+        "by --freeze_encoder_strategy (with a LoRA, its weights in those layers do "
+        "not train). On by default as in SimpleTuner: its defaults freeze the layers "
+        "after 17, which leaves a 12-layer encoder (SD 1.x) whole.",
+        COMPONENTS, applies_when=(TRAIN_TE,),
+    ),
+    Option(
+        "freeze_encoder_strategy", "str", "after",
+        "Which text-encoder layers --freeze_encoder freezes (counted from 0): before "
+        "(those before --freeze_encoder_before), after (those after "
+        "--freeze_encoder_after), between (from before to after, both included) or "
+        "outside (all but those from before to after).",
+        COMPONENTS, choices=ENCODER_FREEZE_STRATEGIES, applies_when=(TRAIN_TE, FREEZING_ENCODER),
+    ),
+    Option(
+        "freeze_encoder_before", "int", 12,
+        "First unfrozen text-encoder layer for --freeze_encoder_strategy before; "
+        "start of the range for between/outside.",
+        COMPONENTS, minimum=0, applies_when=(TRAIN_TE, FREEZING_ENCODER),
+    ),
+    Option(
+        "freeze_encoder_after", "int", 17,
+        "Last unfrozen text-encoder layer for --freeze_encoder_strategy after; end of "
+        "the range for between/outside.",
+        COMPONENTS, minimum=0, applies_when=(TRAIN_TE, FREEZING_ENCODER),
+    ),
+    Option(
+        "save_text_encoder", "bool", False,
+        "With --model_type full and --train_text_encoder, write the trained text "
+        "encoders into the saved pipeline folder (without it the folder keeps the "
+        "base model's, as in SimpleTuner). A LoRA run always saves the text "
+        "encoders' LoRA in its LoRA file.",
+        COMPONENTS, applies_when=(TRAIN_TE, FULL_RUN),
     ),
     Option(
         "pretrained_vae_model_name_or_path", "path", None,
