@@ -157,7 +157,7 @@ def split_lora_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fused, tensor = found
         parts = FUSED_PARTS[fused]
         if tensor.startswith("lora_A"):
-            pieces = [value] * len(parts)
+            pieces = [value.clone() for _ in parts]  # copies: safetensors refuses shared storage
         elif tensor.startswith(_ROW_SPLIT):
             pieces = list(value.chunk(len(parts), dim=0))
         else:
