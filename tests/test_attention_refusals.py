@@ -7,6 +7,7 @@ checks are run for real by ``benchmarks/attention_gpu.py`` on a GPU.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from simpletuner.attention.backends import MECHANISMS, package_problem
+from simpletuner.attention.backends import MECHANISMS
 from simpletuner.config.loader import load_config
 from simpletuner.errors import USER_ERROR_EXIT_CODE, ConfigError
 from simpletuner.quantisation.matrix import CPU, CUDA, MPS, Hardware
@@ -48,7 +49,7 @@ def test_the_default_and_cpu_capable_backends_validate(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", [m.name for m in MECHANISMS if m.package])
 def test_a_missing_package_is_named_with_what_to_install(tmp_path: Path, name: str) -> None:
     mechanism = next(m for m in MECHANISMS if m.name == name)
-    if package_problem(mechanism) is None:
+    if importlib.util.find_spec(mechanism.module) is not None:  # asked directly, not through the code under test
         pytest.skip(f"{mechanism.package} is installed here")
     message = _refusal(tmp_path, "flux", "--attention_mechanism", name, hardware=H100)
     assert message.startswith(f"--attention_mechanism={name}: needs the {mechanism.package} package")

@@ -78,13 +78,14 @@ def _lora_modules(denoiser: torch.nn.Module) -> set[str]:
     return {name.split(".lora_A.")[0] for name, _ in denoiser.named_parameters() if ".lora_A." in name}
 
 
-@pytest.mark.parametrize("family_name", ["sdxl", "flux"])
-def test_a_lora_trained_fused_loads_on_the_unfused_base(tmp_path: Path, family_name: str,
+@pytest.mark.parametrize("family_name, flags", [("sdxl", ()), ("flux", ()), ("sdxl", ("--use_dora",))],
+                         ids=["sdxl", "flux", "sdxl-dora"])
+def test_a_lora_trained_fused_loads_on_the_unfused_base(tmp_path: Path, family_name: str, flags: tuple,
                                                         request: pytest.FixtureRequest) -> None:
     model = request.getfixturevalue(f"tiny_{family_name}")
     write_project(tmp_path)
     trainer, _ = train(tmp_path, model, family_name, "--fused_qkv_projections", "--max_train_steps", "2",
-                       "--learning_rate", "1e-2", "--validation_steps", "100000")
+                       "--learning_rate", "1e-2", "--validation_steps", "100000", *flags)
     trained = trainer.accelerator.unwrap_model(trainer.denoiser).eval()
     # The adapter sits on the fused Linears (the separate q/k/v never run).
     lora_on = _lora_modules(trained)
