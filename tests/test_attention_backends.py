@@ -3,9 +3,8 @@
 ``native_math`` (diffusers' ``_native_math``: PyTorch SDPA pinned to its
 math kernel) is the CPU-capable backend besides the default.  A Flux LoRA
 trained with it matches one trained with the default within tolerance, but
-not bit for bit: the same seeded run with the same kernel is bitwise
-repeatable on the CPU, so the difference shows another kernel ran during
-training.  The torch profiler names the kernel of the trained model's
+not bit for bit: a seeded CPU run is bitwise repeatable, so the
+difference shows another kernel ran during training.  The torch profiler names the kernel of the trained model's
 forward and backward pass.  The GPU-only backends run in
 ``benchmarks/attention_gpu.py``.
 """
@@ -48,11 +47,11 @@ def _lora(root: Path, model: Path, *flags: str, name: str) -> tuple[dict[str, to
 def test_native_math_trains_flux_like_the_default_through_another_kernel(tmp_path: Path, tiny_flux: Path) -> None:
     write_project(tmp_path)
     default, default_trainer = _lora(tmp_path, tiny_flux, name="default")
-    again, _ = _lora(tmp_path, tiny_flux, name="again")
     math, math_trainer = _lora(tmp_path, tiny_flux, "--attention_mechanism", "native_math", name="math")
     assert default.keys() == math.keys() and default
-    assert all(torch.equal(default[k], again[k]) for k in default)  # one kernel: bitwise repeatable
-    assert any(not torch.equal(default[k], math[k]) for k in default)  # so a difference is another kernel
+    # Seeded CPU runs are bitwise repeatable (the prefetch and resume tests rely on it), so a
+    # difference means another kernel computed the training steps.
+    assert any(not torch.equal(default[k], math[k]) for k in default)
     for key in default:
         torch.testing.assert_close(math[key], default[key], rtol=1e-3, atol=1e-5)
     family = get_family("flux")

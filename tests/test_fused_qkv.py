@@ -136,3 +136,13 @@ def test_a_full_fine_tune_trained_fused_saves_an_ordinary_model(tmp_path: Path, 
     torch.testing.assert_close(_output(family, loaded.eval(), inputs), expected, rtol=1e-4, atol=1e-5)
     base = family.load_denoiser(ModelSource(base=str(tiny_sdxl))).eval()
     assert not torch.allclose(_output(family, base, inputs), expected, rtol=1e-4, atol=1e-5)
+    # A checkpoint holds the ordinary layout too, and resuming fills the fused Linears from it.
+    folder = tmp_path / "state"
+    folder.mkdir()
+    trainer.trainable.save_state(trained, folder)
+    from safetensors.torch import load_file
+
+    assert not any("to_qkv" in k or "to_kv" in k for k in load_file(str(folder / "trainable.safetensors")))
+    fused_qkv.fuse(base)
+    trainer.trainable.load_state(base, folder)
+    torch.testing.assert_close(_output(family, base, inputs), expected, rtol=1e-5, atol=1e-6)

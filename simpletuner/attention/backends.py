@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import metadata, util
 from typing import Optional
 
-from simpletuner.quantisation.matrix import CPU, CUDA, MPS, Hardware
+from simpletuner.quantisation.matrix import CPU, MPS, Hardware
 
 DEFAULT = "diffusers"
 SAGEATTENTION = "sageattention"
@@ -174,9 +174,10 @@ def problem(name: str, hardware: Hardware, *, dispatch: bool, family: str, half:
     return None
 
 
-def check(name: str, hardware: Hardware, **run: object) -> Optional[str]:
+def check(name: str, hardware: Hardware, *, dispatch: bool, family: str, half: bool, masked: bool,
+          fused: bool) -> Optional[str]:
     """One line naming the option and why it fails; None when it works."""
-    found = problem(name, hardware, **run)  # type: ignore[arg-type]
+    found = problem(name, hardware, dispatch=dispatch, family=family, half=half, masked=masked, fused=fused)
     return f"--attention_mechanism={name}: {found}" if found else None
 
 
@@ -185,5 +186,3 @@ def cuda_cell(mechanism: Mechanism) -> str:
         return "no"
     return "yes" if mechanism.cuda == ANY_CAPABILITY else f"compute capability {mechanism.cuda[0]}.{mechanism.cuda[1]}+"
 
-
-__all__ = ["CPU", "CUDA", "MPS", "Hardware", "MECHANISMS", "MECHANISM_NAMES", "Mechanism", "check", "problem"]

@@ -20,7 +20,7 @@ The saved file loads on the ordinary, unfused base model in diffusers.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -167,7 +167,8 @@ def split_lora_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return result
 
 
-def _fused_in_key(key: str) -> Any:
+def _fused_in_key(key: str) -> Optional[tuple[str, str]]:
+    """(fused Linear name, the rest of the key) when ``key`` belongs to a fused Linear."""
     names = key.split(".")
     for index, name in enumerate(names[:-1]):
         if index and name in FUSED_PARTS:
