@@ -108,6 +108,19 @@ def test_fused_projections_refuse_lycoris_and_quantised_bases(tmp_path: Path) ->
     assert "quantised weight tensors" in quantised
 
 
+def test_simpletuners_xformers_switch_asks_for_the_xformers_mechanism(tmp_path: Path) -> None:
+    if importlib.util.find_spec("xformers") is not None:
+        assert _load(tmp_path, "sdxl", "--enable_xformers_memory_efficient_attention",
+                     hardware=H100).attention_mechanism == "xformers"
+        return
+    message = _refusal(tmp_path, "sdxl", "--enable_xformers_memory_efficient_attention", hardware=H100)
+    assert message.startswith("--attention_mechanism=xformers: needs the xformers package")
+    assert message.endswith("(--enable_xformers_memory_efficient_attention asks for it)")
+    # An explicit mechanism wins over the old switch.
+    assert _load(tmp_path, "flux", "--enable_xformers_memory_efficient_attention", "--attention_mechanism",
+                 "native_math").attention_mechanism == "native_math"
+
+
 def test_xformers_processors_would_undo_fusion_on_unet_families(tmp_path: Path) -> None:
     message = _refusal(tmp_path, "sdxl", "--attention_mechanism", "xformers", "--fused_qkv_projections",
                        hardware=H100)

@@ -38,9 +38,12 @@ def attention_supported(values: Mapping[str, Any], hardware: Optional[Hardware] 
     from simpletuner.families.registry import get_family
 
     family = get_family(values["model_family"])
-    return check(
+    problem = check(
         name, hardware or detect_hardware(), dispatch=family.attention_dispatch, family=values["model_family"],
         half=values["mixed_precision"] in ("bf16", "fp16"),
         masked=bool(values.get("flux_attention_masked_training")) and family.attention_dispatch,
         fused=bool(values.get("fused_qkv_projections")),
     )
+    if problem and name == "xformers" and values.get("enable_xformers_memory_efficient_attention"):
+        problem += " (--enable_xformers_memory_efficient_attention asks for it)"
+    return problem
