@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from adapter_harness import train, write_project
-from simpletuner.attention.apply import dispatching_processors, prepare_attention, validation_attention
+from simpletuner.attention.apply import dispatching_processors, prepare_attention, set_mechanism, validation_attention
 from simpletuner.families.base import ModelSource
 from simpletuner.families.registry import get_family
 
@@ -59,6 +59,15 @@ def test_native_math_trains_flux_like_the_default_through_another_kernel(tmp_pat
     assert MATH_KERNEL in _attention_kernels(denoiser, family, tiny_flux)
     plain = default_trainer.accelerator.unwrap_model(default_trainer.denoiser)
     assert MATH_KERNEL not in _attention_kernels(plain, family, tiny_flux)
+    # The same weights give the same loss with either backend, within float tolerance.
+    from test_fused_qkv import _inputs
+
+    inputs = _inputs(family, plain, tiny_flux)
+    with torch.no_grad():
+        sdpa_loss = plain(**inputs).sample.square().mean().item()
+        set_mechanism(plain, "native_math", family)
+        math_loss = plain(**inputs).sample.square().mean().item()
+    assert math_loss == pytest.approx(sdpa_loss, rel=1e-5)
 
 
 def _config(usage: str) -> SimpleNamespace:

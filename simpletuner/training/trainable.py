@@ -216,7 +216,7 @@ class FullTraining:
         fused_qkv.load_unfused(denoiser, load_file(str(folder / WEIGHTS_FILE)))
 
     def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
-        return _state_bytes(denoiser.state_dict())
+        return _state_bytes(fused_qkv.unfused_state_dict(denoiser))
 
     def final_bytes(self, denoiser: torch.nn.Module, source: Any) -> int:
         """The trained denoiser plus the base pipeline's other components, when those are local files."""
@@ -225,7 +225,7 @@ class FullTraining:
         if base.is_dir():
             skipped = base / self.family.denoiser_component
             others = sum(f.stat().st_size for f in base.rglob("*") if f.is_file() and skipped not in f.parents)
-        return _state_bytes(denoiser.state_dict()) + others
+        return _state_bytes(fused_qkv.unfused_state_dict(denoiser)) + others
 
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
         """A complete diffusers model folder: the base pipeline with the trained denoiser."""
