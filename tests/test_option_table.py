@@ -401,6 +401,10 @@ SLICE_FULLY = {
     "tracker_image_layout",
     # single-file checkpoints and family flavours (issue 16)
     "model_flavour", "single_file_config",
+    # attention backends and fused QKV projections (issue 20): every choice works or is refused
+    # by the backend table (package, GPU, family) in simpletuner/attention/backends.py
+    "attention_mechanism", "sageattention_usage", "fused_qkv_projections",
+    "enable_xformers_memory_efficient_attention",
 }
 # Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's
 # tuning knobs for machinery this trainer does not have (issue 16).

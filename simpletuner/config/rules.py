@@ -399,17 +399,19 @@ def rule_problems(values: Values, env: Optional[Mapping[str, str]] = None, hardw
 
     ``env`` (TRAINING_DYNAMO_BACKEND, process count) and ``hardware`` (a
     ``quantisation.matrix.Hardware``; detected when None) feed the
-    quantisation support matrix.
+    quantisation support matrix and the attention backend table.
     """
     asking_only = information_only(values)
     rules = _ALWAYS if asking_only else RULES
     problems = [message for rule in rules if (message := rule(values))]
     if not asking_only and not problems:
         # Only once the options themselves are sound: the matrix reads several of them.
+        from simpletuner.attention.rules import attention_supported, fused_qkv_fits
         from simpletuner.quantisation.rules import quantisation_supported
 
         problems += [message for message in [quantisation_supported(values, env or {}, hardware),
-                                             fp16_supported(values, hardware)] if message]
+                                             fp16_supported(values, hardware), fused_qkv_fits(values),
+                                             attention_supported(values, hardware)] if message]
     return problems
 
 

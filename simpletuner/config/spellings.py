@@ -8,7 +8,9 @@ alone cannot express:
   (``--flow_schedule_shift (--flow_shift here)``), not only ours;
 * ``offset_noise``: SimpleTuner v1.x switched the noise offset on with this
   flag and took its strength from ``noise_offset`` (default 0.1); here a
-  non-zero ``noise_offset`` alone turns it on.
+  non-zero ``noise_offset`` alone turns it on;
+* ``enable_xformers_memory_efficient_attention``: SimpleTuner v1.x's switch
+  for what ``--attention_mechanism xformers`` says here.
 """
 
 from __future__ import annotations
@@ -35,4 +37,7 @@ def apply_simpletuner_meanings(values: Mapping[str, Any]) -> dict[str, Any]:
     resolved = dict(values)
     if resolved.get("offset_noise") and not resolved.get("noise_offset"):
         resolved["noise_offset"] = SIMPLETUNER_NOISE_OFFSET
+    if resolved.get("enable_xformers_memory_efficient_attention") and \
+            resolved.get("attention_mechanism", "diffusers") == "diffusers":
+        resolved["attention_mechanism"] = "xformers"
     return resolved

@@ -211,6 +211,10 @@ class ModelFamily:
     # target by name; a preset naming several families' classes is expected to
     # miss the others' (see training/lycoris_adapter.py).
     attention_class_names: ClassVar[tuple[str, ...]] = ("Attention",)
+    # Whether the denoiser's attention processors call diffusers' attention
+    # dispatcher (so --attention_mechanism backends reach them) rather than
+    # torch's scaled_dot_product_attention directly.
+    attention_dispatch: ClassVar[bool] = False
     # Module-name patterns (fnmatch) of the denoiser that --base_model_precision
     # leaves unquantised: each family names its embedders, norms and output
     # projections; the backends skip non-Linear layers on their own.

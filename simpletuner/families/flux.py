@@ -63,6 +63,8 @@ class FluxFamily(FlowMatchingFamily):
     kohya_lora_prefix = "lora_transformer"
     # diffusers gives Flux its own attention class (not the shared ``Attention``).
     attention_class_names = ("FluxAttention",)
+    # FluxAttnProcessor hands attention to diffusers' dispatch_attention_fn.
+    attention_dispatch = True
     text_components = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     t5_components = ("text_encoder_2", "tokenizer_2")
     latent_normalisation = "flux:shift_factor,scaling_factor"

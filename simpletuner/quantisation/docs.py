@@ -110,4 +110,8 @@ def render() -> str:
         f"- `{GPU_SCRIPT}` trains and round-trips the GPU-only cells; run it on a CUDA machine.",
         "",
     ]
+    # The matrix's attention dimension: backends per hardware and family, and fused QKV.
+    from simpletuner.attention.docs import render_section
+
+    lines += render_section()
     return "\n".join(lines)

@@ -87,8 +87,10 @@ def diffusers_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def diffusers_lora_state(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's weights in diffusers' key layout, for save_lora_weights."""
-    return diffusers_layout(adapter_state(denoiser))
+    """The adapter's weights in diffusers' key layout, for save_lora_weights (fused q/k/v split)."""
+    from simpletuner.attention.fused_qkv import split_lora_state
+
+    return diffusers_layout(split_lora_state(adapter_state(denoiser)))
 
 
 def relative_to_base(

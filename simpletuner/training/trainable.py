@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from simpletuner.attention import fused_qkv
 from simpletuner.training import adapters
 
 WEIGHTS_FILE = "trainable.safetensors"
@@ -48,7 +49,10 @@ class LoraTraining:
         return f" rank {self.config.lora_rank}{init}"
 
     def prepare(self, denoiser: torch.nn.Module) -> None:
-        adapters.add_lora(denoiser, self.config, self.family.lora_targets(self.config))
+        targets = self.family.lora_targets(self.config)
+        if fused_qkv.is_fused(denoiser):  # --fused_qkv_projections: the fused Linears take the LoRA
+            targets = fused_qkv.lora_targets(denoiser, targets)
+        adapters.add_lora(denoiser, self.config, targets)
         if self.config.lora_init_type in adapters.BASE_MUTATING_INITS:
             # Cloned: on the CPU adapter_state shares storage with the live weights.
             self.initial = {k: v.clone() for k, v in adapters.adapter_state(denoiser).items()}
@@ -90,7 +94,8 @@ class LoraTraining:
         self._save_lora(denoiser, output_dir / EMA_FOLDER)
 
     def _save_lora(self, denoiser: torch.nn.Module, folder: Path) -> None:
-        state = adapters.adapter_state(denoiser)
+        # Saved for the unfused base: a fused projection's LoRA as its parts' LoRAs.
+        state = fused_qkv.split_lora_state(adapters.adapter_state(denoiser))
         if self.initial is None:
             encoders = None
             if self.text is not None:  # saved beside the denoiser's, as load_lora_weights reads them
@@ -101,7 +106,8 @@ class LoraTraining:
         # this run trained on: twice the rank, its scale folded into the weights.
         from simpletuner.config.model import replace
 
-        converted = adapters.relative_to_base(state, self.initial, adapters.lora_scale(self.config))
+        converted = adapters.relative_to_base(state, fused_qkv.split_lora_state(self.initial),
+                                              adapters.lora_scale(self.config))
         rank = 2 * self.config.lora_rank
         family = type(self.family)(replace(self.config, lora_rank=rank, lora_alpha=float(rank)))
         family.save_lora(folder, adapters.diffusers_layout(converted))
@@ -185,6 +191,7 @@ class FullTraining:
 
     def prepare(self, denoiser: torch.nn.Module) -> None:
         denoiser.requires_grad_(True)
+        fused_qkv.freeze_separate(denoiser)  # --fused_qkv_projections: only the fused Linears run
 
     def parameters(self, denoiser: torch.nn.Module) -> list[torch.nn.Parameter]:
         encoders = self.text.parameters() if self.text is not None else []
@@ -194,16 +201,17 @@ class FullTraining:
         raise TypeError("a full fine-tune keeps no copy of the base model")
 
     def save_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+        # The ordinary layout also under --fused_qkv_projections (the fused Linears share its storage).
+        state = {k: v.detach().cpu().contiguous() for k, v in fused_qkv.unfused_state_dict(denoiser).items()}
         save_file(state, str(folder / WEIGHTS_FILE))
         _save_text_state(self.text, folder)
 
     def load_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
-        denoiser.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        fused_qkv.load_unfused(denoiser, load_file(str(folder / WEIGHTS_FILE)))
         _load_text_state(self.text, folder)
 
     def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
-        return _state_bytes(denoiser.state_dict()) + _text_bytes(self.text)
+        return _state_bytes(fused_qkv.unfused_state_dict(denoiser)) + _text_bytes(self.text)
 
     def final_bytes(self, denoiser: torch.nn.Module, source: Any) -> int:
         """The trained denoiser plus the base pipeline's other components, when those are local files."""
@@ -212,17 +220,20 @@ class FullTraining:
         if base.is_dir():
             skipped = base / self.family.denoiser_component
             others = sum(f.stat().st_size for f in base.rglob("*") if f.is_file() and skipped not in f.parents)
-        return _state_bytes(denoiser.state_dict()) + others
+        return _state_bytes(fused_qkv.unfused_state_dict(denoiser)) + others
 
     def save_final(self, denoiser: torch.nn.Module, output_dir: Path, source: Any) -> None:
         """A complete diffusers model folder: the base pipeline with the trained denoiser
         (and the trained text encoders, with --save_text_encoder)."""
         encoders = self.text.encoders() if self.text is not None and self.config.save_text_encoder else None
-        self.family.save_full_pipeline(output_dir, denoiser, source, encoders)
+        with fused_qkv.unfused(denoiser):  # saved as the ordinary model, also under --fused_qkv_projections
+            self.family.save_full_pipeline(output_dir, denoiser, source, encoders)
 
     def save_ema(self, denoiser: torch.nn.Module, output_dir: Path) -> None:
         """The averaged denoiser beside the pipeline, as unet_ema/ or transformer_ema/."""
-        denoiser.save_pretrained(str(output_dir / f"{self.family.denoiser_component}_ema"), safe_serialization=True)
+        with fused_qkv.unfused(denoiser):
+            denoiser.save_pretrained(str(output_dir / f"{self.family.denoiser_component}_ema"),
+                                     safe_serialization=True)
 
 
 def _save_text_state(text: Optional[Any], folder: Path) -> None:

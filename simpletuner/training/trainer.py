@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import torch
 
+from simpletuner.attention.apply import prepare_attention
 from simpletuner.data.pipeline import PreparedData, load_backends, prepare_training_data
 from simpletuner.errors import DataError, PublishError, UserError
 from simpletuner.evaluation.held_out import build_evaluator
@@ -196,6 +197,8 @@ class Trainer:
         # quantises) and move, in the order --quantize_via says.
         denoiser = load_placed_denoiser(self.family, self.source, self.config.base_model_precision, self.device,
                                         self.trainable.frozen_dtype(self.dtype), self.config.quantize_via)
+        # --fused_qkv_projections (before an adapter targets the projections), --attention_mechanism.
+        prepare_attention(denoiser, self.config, self.family)
         self.trainable.prepare(denoiser)
         if self.config.train_text_encoder:
             self.trainable.text = TrainedTextEncoders(self.config, self.family, self.source, self.device,

@@ -95,12 +95,14 @@ class Validation:
         return grid
 
     def _render_all(self, trainer: Any, step: int, benchmark: bool) -> list[RenderedImage]:
+        from simpletuner.attention.apply import validation_attention
         from simpletuner.validation.state import training_state_kept
 
         denoiser = trainer.accelerator.unwrap_model(trainer.denoiser, keep_torch_compile=False)
         images: list[RenderedImage] = []
         base_seed = self._base_seed(trainer)
         with training_state_kept(denoiser, trainer.optimizer, trainer.trained_parameters), \
+                validation_attention(denoiser, self.config, self.family), \
                 self._pipeline_on_device(trainer, denoiser) as pipeline, trainer.accelerator.autocast():
             for weights, context in self._weights(trainer, denoiser, benchmark):
                 with context:

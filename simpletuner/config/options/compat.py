@@ -109,8 +109,12 @@ OPTIONS: tuple[Option, ...] = (
     _no_effect("fully_unload_text_encoder", "bool", False, "Remove the text encoders from memory after caching.",
                COMPONENTS, "text encoders are loaded only to fill the text-embed cache and freed right after"),
     # -------------------------------------------- Precision and quantisation
-    _refused("enable_xformers_memory_efficient_attention", "bool", False,
-             "Use xformers' memory-efficient attention (see --attention_mechanism).", HARDWARE),
+    Option(
+        "enable_xformers_memory_efficient_attention", "bool", False,
+        "SimpleTuner v1.x's switch for xformers: true means --attention_mechanism xformers (when that is "
+        "not set to something else).",
+        HARDWARE,
+    ),
     _refused("unet_attention_slice", "bool", False, "Compute a UNet's attention in slices to save memory.",
              HARDWARE, "attention slicing only helps inference; --gradient_checkpointing saves training memory"),
     # -------------------------------------------------------------- Adapters

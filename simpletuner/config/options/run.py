@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from simpletuner.config.option import Option
+from simpletuner.attention.backends import MECHANISM_NAMES
+from simpletuner.config.option import AppliesWhen, Option
 from simpletuner.config.options.common import (
     CHECKPOINTING,
     HARDWARE,
     RUN,
 )
+
+SAGEATTENTION_CHOSEN = AppliesWhen("attention_mechanism", ("sageattention",),
+                                   "only --attention_mechanism sageattention reads it, not {attention_mechanism}")
 
 OPTIONS: tuple[Option, ...] = (
     # ---------------------------------------------- Hardware and performance
@@ -26,22 +30,27 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "attention_mechanism", "str", "diffusers",
-        "Attention implementation: diffusers (PyTorch SDPA), xformers, or "
-        "sageattention (mainly for inference, see --sageattention_usage).",
-        HARDWARE, choices=("diffusers", "xformers", "sageattention"), implemented=False,
+        "Attention implementation, one of diffusers' own: diffusers (PyTorch SDPA), xformers, "
+        "sageattention (see --sageattention_usage), Flash Attention 2/3 (flash, flash_varlen, flash_3, "
+        "flash_varlen_3) or PyTorch SDPA pinned to one kernel (native_cudnn, native_flash, native_efficient, "
+        "native_math). Each needs its package and GPU (documentation/QUANTISATION.md); only Flux routes "
+        "attention through diffusers' dispatcher, so other families take diffusers or xformers.",
+        HARDWARE, choices=MECHANISM_NAMES,
     ),
     Option(
         "sageattention_usage", "str", "inference",
-        "When SageAttention is used. Using it for training leaves the attention "
-        "projections without gradients, so those layers do not learn.",
+        "Where SageAttention computes attention: validation images (inference), training, or both. "
+        "It has no backward pass, so training with it leaves the query/key/value projections without "
+        "gradients: those layers do not learn.",
         HARDWARE, choices=("training", "inference", "training+inference"),
-        implemented=False,
+        applies_when=(SAGEATTENTION_CHOSEN,),
     ),
     Option(
         "fused_qkv_projections", "bool", False,
-        "Merge the query, key and value projections of attention into one matmul. "
-        "Needs H100/H200-class hardware with Flash Attention 3.",
-        HARDWARE, implemented=False,
+        "Merge the query, key and value projections of each attention block into one matmul "
+        "(diffusers' fuse_qkv_projections); any hardware, with any --attention_mechanism on Flux. LoRAs and "
+        "full fine-tunes are saved unfused, so they load on the ordinary model.",
+        HARDWARE,
     ),
     Option(
         "torch_num_threads", "int", None,
