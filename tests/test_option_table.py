@@ -398,6 +398,9 @@ SLICE_FULLY = {
     "tracker_image_layout",
     # single-file checkpoints and family flavours (issue 16)
     "model_flavour", "single_file_config",
+    # SDXL base/refiner stage training (issue 20)
+    "refiner_training", "refiner_training_strength", "refiner_training_invert_schedule",
+    "sdxl_refiner_uses_full_range", "data_aesthetic_score",
 }
 # Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's
 # tuning knobs for machinery this trainer does not have (issue 16).

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 
+import logging
 from typing import Any
 
 import torch
 
 from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
 from simpletuner.families.micro_conditioning import TextTimeConditioning
+from simpletuner.families.sdxl_stages import StageSplit, stage_split
+
+logger = logging.getLogger(__name__)
 
 
 class SDXLFamily(TextTimeConditioning, ModelFamily):
@@ -36,6 +40,23 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     latent_normalisation = "sdxl:scaling_factor"
     # Known fault of the stock SDXL VAE; madebyollin/sdxl-vae-fp16-fix is the usual fp16-safe replacement.
     vae_overflows_in_fp16 = True
+
+    # True for a model in the SDXL refiner's layout (set where the layout is read).
+    refiner_layout = False
+
+    def stage(self) -> "StageSplit | None":
+        """The part of the schedule this run trains (--refiner_training), or None for all of it."""
+        return stage_split(self.config, self.refiner_layout) if self.config is not None else None
+
+    def make_objective(self, noise_scheduler: Any, config: Any) -> Any:
+        from simpletuner.training.objectives import DiffusionObjective
+
+        split = self.stage()
+        if split is None:
+            return DiffusionObjective(noise_scheduler, config)
+        num_timesteps = noise_scheduler.config.num_train_timesteps
+        logger.info("%s", split.describe(num_timesteps))
+        return DiffusionObjective(noise_scheduler, config, timestep_window=split.timesteps(num_timesteps))
 
     def load_text_encoders(self, source: ModelSource) -> TextEncoders:
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
