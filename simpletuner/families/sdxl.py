@@ -10,7 +10,7 @@ import torch
 
 from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
 from simpletuner.families.micro_conditioning import TextTimeConditioning
-from simpletuner.families.sdxl_stages import StageSplit, stage_split
+from simpletuner.families.sdxl_stages import REFINER, StageSplit, render_stage, stage_split
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,19 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
         inputs = super().validation_inputs(positive, negative)
         inputs["guidance_rescale"] = self.option("validation_guidance_rescale", 0.0)
         return inputs
+
+    def validation_pipeline_class(self) -> Any:
+        # A refiner stage continues another stage's latents: diffusers does that in img2img.
+        split = self.stage()
+        if split is not None and split.stage == REFINER:
+            import diffusers
+
+            return diffusers.StableDiffusionXLImg2ImgPipeline
+        return self.pipeline_class()
+
+    def render_validation(self, pipeline: Any, inputs: dict[str, Any]) -> Any:
+        split = self.stage()
+        return super().render_validation(pipeline, inputs) if split is None else render_stage(pipeline, inputs, split)
 
 
 FAMILY_CLASS = SDXLFamily

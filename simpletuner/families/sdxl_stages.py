@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
+
 REFINER = "refiner"
 BASE = "base"
 
@@ -68,3 +70,24 @@ def stage_split(config: Any, refiner_layout: bool = False) -> Optional[StageSpli
     if refiner_layout and not getattr(config, "sdxl_refiner_uses_full_range", False):
         return StageSplit(strength, REFINER)
     return None
+
+
+def render_stage(pipeline: Any, inputs: dict[str, Any], split: StageSplit) -> Any:
+    """One validation image of a stage, through diffusers' own chaining arguments.
+
+    The base stage is the text-to-image pipeline stopped at ``denoising_end``
+    (the image still holds the noise the refiner would remove).  The refiner
+    stage needs the latents a base stage hands over; the run has no base model,
+    so the same weights draw that part first (the img2img pipeline from
+    blank latents at strength 1, i.e. from pure noise, up to ``denoising_end``)
+    and the refiner stage continues from there with ``denoising_start``.
+    """
+    if split.stage == BASE:
+        return pipeline(**inputs, denoising_end=split.handover).images[0]
+    inputs = dict(inputs)
+    height, width = inputs.pop("height"), inputs.pop("width")  # img2img takes the size from its image
+    scale = pipeline.vae_scale_factor
+    blank = torch.zeros(1, pipeline.unet.config.in_channels, height // scale, width // scale)
+    handed_over = pipeline(**{**inputs, "output_type": "latent"}, image=blank, strength=1.0,
+                           denoising_end=split.handover).images
+    return pipeline(**inputs, image=handed_over, denoising_start=split.handover).images[0]
