@@ -72,22 +72,28 @@ def stage_split(config: Any, refiner_layout: bool = False) -> Optional[StageSpli
     return None
 
 
-def render_stage(pipeline: Any, inputs: dict[str, Any], split: StageSplit) -> Any:
+def render_stage(pipeline: Any, inputs: dict[str, Any], split: Optional[StageSplit], img2img: bool) -> Any:
     """One validation image of a stage, through diffusers' own chaining arguments.
 
     The base stage is the text-to-image pipeline stopped at ``denoising_end``
     (the image still holds the noise the refiner would remove).  The refiner
     stage needs the latents a base stage hands over; the run has no base model,
-    so the same weights draw that part first (the img2img pipeline from
-    blank latents at strength 1, i.e. from pure noise, up to ``denoising_end``)
-    and the refiner stage continues from there with ``denoising_start``.
+    so the same weights draw that part first (the img2img pipeline from blank
+    latents at strength 1, i.e. from pure noise, down to the handover) and the
+    refiner stage continues from there with ``denoising_start``.  A
+    refiner-layout model (``img2img``: it has no text-to-image pipeline) draws
+    every image that way, from blank latents at strength 1.
     """
-    if split.stage == BASE:
-        return pipeline(**inputs, denoising_end=split.handover).images[0]
+    start = split.handover if split is not None and split.stage == REFINER else None
+    end = split.handover if split is not None and split.stage == BASE else None
+    if not img2img:
+        return pipeline(**inputs, denoising_end=end).images[0]
     inputs = dict(inputs)
     height, width = inputs.pop("height"), inputs.pop("width")  # img2img takes the size from its image
     scale = pipeline.vae_scale_factor
     blank = torch.zeros(1, pipeline.unet.config.in_channels, height // scale, width // scale)
+    if start is None:
+        return pipeline(**inputs, image=blank, strength=1.0, denoising_end=end).images[0]
     handed_over = pipeline(**{**inputs, "output_type": "latent"}, image=blank, strength=1.0,
-                           denoising_end=split.handover).images
-    return pipeline(**inputs, image=handed_over, denoising_start=split.handover).images[0]
+                           denoising_end=start).images
+    return pipeline(**inputs, image=handed_over, denoising_start=start).images[0]
