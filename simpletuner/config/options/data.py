@@ -62,7 +62,7 @@ OPTIONS: tuple[Option, ...] = (
         "thread while the current step computes, for runs where reading the caches "
         "(slow disks, S3) holds the step up. What trains is unchanged (bitwise on "
         "CPU), and a resumed run continues at the same sample. Not with datasets "
-        "that set vae_cache_clear_each_epoch.",
+        "that set vae_cache_clear_each_epoch. See documentation/TRAINING_SPEED.md.",
         DATA,
     ),
     Option(

@@ -77,7 +77,8 @@ OPTIONS: tuple[Option, ...] = (
         "do: the refiner stage (the default) trains timesteps below "
         "round(1000 x --refiner_training_strength), the base stage "
         "(--refiner_training_invert_schedule) the rest. Validation images run the "
-        "stage through diffusers' denoising_start/denoising_end. sdxl only.",
+        "stage through diffusers' denoising_start/denoising_end. sdxl only; see "
+        "documentation/MIXTURE_OF_EXPERTS.md.",
         CORE,
     ),
     Option(
