@@ -41,8 +41,9 @@ class TextTimeConditioning:
 
     def example_text_batch(self, denoiser_config: Any, batch_size: int) -> dict[str, torch.Tensor]:
         # The pooled vector is what the added embedding takes besides the six time ids.
-        count = getattr(self, "time_id_count", 6)  # five for the SDXL refiner (an aesthetic score, no target size)
-        pooled = denoiser_config.projection_class_embeddings_input_dim - count * denoiser_config.addition_time_embed_dim
+        count = getattr(self, "time_id_count", 6)  # five for the SDXL refiner (a score, no target size)
+        time_width = count * denoiser_config.addition_time_embed_dim
+        pooled = denoiser_config.projection_class_embeddings_input_dim - time_width
         tokens = getattr(self, "max_sequence_length", 77)
         # Kolors' UNet projects ChatGLM's wider states down itself (encoder_hid_dim).
         width = getattr(denoiser_config, "encoder_hid_dim", None) or denoiser_config.cross_attention_dim
