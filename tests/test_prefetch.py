@@ -241,3 +241,20 @@ def test_ctrl_c_through_train_sh_exits_130_with_the_worker_gone(tmp_path: Path, 
     assert "Traceback" not in console and "dataloader prefetch: keeping up to 4 batches ready" in console
     [step] = re.findall(r"stopped after step (\d+), saved as checkpoint-\d+", console)
     assert 1 <= int(step) < 40, "the signal did not land mid-training"
+
+
+@pytest.mark.slow
+def test_a_cache_file_gone_mid_run_exits_2_in_one_line_as_without_prefetch(tmp_path: Path, tiny_sdxl: Path) -> None:
+    from train_sh import tiny_project, train_sh
+
+    root = tiny_project(tmp_path, tiny_sdxl, max_train_steps=8, train_batch_size=1, dataloader_prefetch=True)
+    cached = train_sh(root, "--cache_only")
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    entries = sorted((root / "cache" / "vae").rglob("*.safetensors*"))
+    assert len(entries) == 8
+    entries[3].unlink()
+    result = train_sh(root, "--skip_file_discovery", "vae")  # trust the cache: nothing re-encodes the entry
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "latent cache entry for" in line]
+    assert len(errors) == 1 and "is missing or unreadable" in errors[0], result.stderr[-3000:]
