@@ -10,12 +10,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from simpletuner.families.base import ModelSource
 from simpletuner.families.sdxl import SDXLFamily
 from simpletuner.validation.pipeline import build_pipeline, load_inference_scheduler
 from simpletuner.validation.render import batched, render_image
+
+pytestmark = pytest.mark.slow  # tiny pipelines loaded and run end to end
 
 STEPS = 10  # leading spacing, offset 1: timesteps 901, 801, ..., 1
 
