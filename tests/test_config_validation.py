@@ -114,8 +114,8 @@ CASES = [
             "adamw_bf16", "prodigy", argv=("--optimizer", "adamw")),
     in_file("bad_choice_in_list", cfg(report_to="tensorboard,mlflow"),
             "--report_to got 'mlflow'", "choose one of: tensorboard, wandb, comet_ml, none"),
-    in_file("not_implemented_option", cfg(refiner_training="true"),
-            "--refiner_training is not implemented yet", "set it to False"),
+    in_file("not_implemented_option", cfg(controlnet="true"),
+            "--controlnet is not implemented yet", "set it to False"),
     in_file("unknown_family", cfg(model_family="sd4"),
             "--model_family got 'sd4'", "choose one of: sdxl, legacy, sd3, flux, pixart_sigma, kolors"),
     in_file("not_implemented_choice_of_several", cfg(lora_init_type="loftq"),
@@ -229,8 +229,8 @@ def test_valid_validation_resolutions_pass_the_format_rule():
 
 
 def test_print_config_still_refuses_unimplemented_values(cwd: Path):
-    with pytest.raises(ConfigError, match="--refiner_training is not implemented yet"):
-        load_config(["--print_config", "--refiner_training"], env={}, cwd=cwd)
+    with pytest.raises(ConfigError, match="--controlnet is not implemented yet"):
+        load_config(["--print_config", "--controlnet"], env={}, cwd=cwd)
 
 
 # ----------------------------------------------------------- real processes

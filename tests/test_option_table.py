@@ -405,6 +405,11 @@ SLICE_FULLY = {
     # by the backend table (package, GPU, family) in simpletuner/attention/backends.py
     "attention_mechanism", "sageattention_usage", "fused_qkv_projections",
     "enable_xformers_memory_efficient_attention",
+    # SDXL base/refiner stage training (issue 20)
+    "refiner_training", "refiner_training_strength", "refiner_training_invert_schedule",
+    "sdxl_refiner_uses_full_range", "data_aesthetic_score",
+    # dataloader prefetch (issue 20)
+    "dataloader_prefetch", "dataloader_prefetch_qlen",
 }
 # Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's
 # tuning knobs for machinery this trainer does not have (issue 16).

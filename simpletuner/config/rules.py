@@ -284,6 +284,20 @@ def timestep_bias_settings(values: Values) -> Optional[str]:
     return "\n".join(problems) or None
 
 
+def refiner_training_fits(values: Values) -> Optional[str]:
+    """--refiner_training splits a DDPM schedule the way diffusers' SDXL pipelines chain stages."""
+    if not values.get("refiner_training"):
+        return None
+    family = values["model_family"]
+    if family and family != "sdxl":
+        return (f"--refiner_training is for --model_family sdxl (diffusers chains SDXL stages with "
+                f"denoising_end/denoising_start), not {family}; remove it")
+    if values.get("sdxl_refiner_uses_full_range"):
+        return ("--sdxl_refiner_uses_full_range trains every timestep but --refiner_training keeps to one "
+                "stage's part; remove one of them")
+    return None
+
+
 def lora_format_fits(values: Values) -> Optional[str]:
     from simpletuner.config.options import KOHYA_LORA_FAMILIES
 
@@ -371,6 +385,7 @@ RULES: tuple[Rule, ...] = (
     soft_min_snr_settings,
     noise_offset_settings,
     timestep_bias_settings,
+    refiner_training_fits,
     lora_format_fits,
     dora_fits,
     text_encoder_training_fits,

@@ -381,6 +381,14 @@ class ModelFamily:
         inputs["guidance_scale"] = self.option("validation_guidance", 7.5)
         return inputs
 
+    def validation_pipeline_class(self) -> Any:
+        """The pipeline class validation images are drawn with; the family's own unless a mode needs another."""
+        return self.pipeline_class()
+
+    def pipeline_settings(self) -> dict[str, Any]:
+        """Optional constructor arguments the validation pipeline needs for this model's layout."""
+        return {}
+
     def render_validation(self, pipeline: Any, inputs: dict[str, Any]) -> Any:
         """The pipeline's first image for ``inputs``."""
         return pipeline(**inputs).images[0]

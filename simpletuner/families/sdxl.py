@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Optional
 
 import torch
 
 from simpletuner.families.base import ModelFamily, ModelSource, TextEncoders
 from simpletuner.families.micro_conditioning import TextTimeConditioning
+from simpletuner.families.micro_conditioning import size_crop_and_score_time_ids
+from simpletuner.families.sdxl_stages import REFINER, StageSplit, render_stage, stage_split
+
+logger = logging.getLogger(__name__)
+REFINER_PIPELINE = "StableDiffusionXLImg2ImgPipeline"
 
 
 class SDXLFamily(TextTimeConditioning, ModelFamily):
@@ -36,14 +42,53 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     # Known fault of the stock SDXL VAE; madebyollin/sdxl-vae-fp16-fix is the usual fp16-safe replacement.
     vae_overflows_in_fp16 = True
 
+    # True for a model in the SDXL refiner's layout (read from its model_index.json).
+    refiner_layout = False
+
+    def model_index_problem(self, index: dict[str, Any], overridden: set[str]) -> Optional[str]:
+        # The SDXL refiner ships as an img2img pipeline that sets requires_aesthetics_score.
+        if index.get("_class_name") == REFINER_PIPELINE and index.get("requires_aesthetics_score"):
+            self._use_refiner_layout()
+        return super().model_index_problem(index, overridden)
+
+    def _use_refiner_layout(self) -> None:
+        """This instance trains a refiner-layout model: only the second text encoder, and an
+        aesthetic score where SDXL base has the target size in the micro-conditioning."""
+        self.refiner_layout = True
+        self.pipeline_class_name = REFINER_PIPELINE
+        self.text_components = ("text_encoder_2", "tokenizer_2")
+        self.time_id_count = 5
+
+    def sample_conditioning(self, samples: list) -> dict[str, torch.Tensor]:
+        if not self.refiner_layout:
+            return super().sample_conditioning(samples)
+        return {"time_ids": size_crop_and_score_time_ids(samples, self.option("data_aesthetic_score", 7.0))}
+
+    def pipeline_settings(self) -> dict[str, Any]:
+        return {"requires_aesthetics_score": True} if self.refiner_layout else {}
+
+    def stage(self) -> "StageSplit | None":
+        """The part of the schedule this run trains (--refiner_training), or None for all of it."""
+        return stage_split(self.config, self.refiner_layout) if self.config is not None else None
+
+    def make_objective(self, noise_scheduler: Any, config: Any) -> Any:
+        from simpletuner.training.objectives import DiffusionObjective
+
+        split = self.stage()
+        if split is None:
+            return DiffusionObjective(noise_scheduler, config)
+        num_timesteps = noise_scheduler.config.num_train_timesteps
+        logger.info("%s", split.describe(num_timesteps))
+        return DiffusionObjective(noise_scheduler, config, timestep_window=split.timesteps(num_timesteps))
+
     def load_text_encoders(self, source: ModelSource) -> TextEncoders:
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        tokenizers = [source.load(CLIPTokenizer, "tokenizer"), source.load(CLIPTokenizer, "tokenizer_2")]
-        encoders = [
-            source.load(CLIPTextModel, "text_encoder"),
-            source.load(CLIPTextModelWithProjection, "text_encoder_2"),
-        ]
+        tokenizers = [source.load(CLIPTokenizer, "tokenizer_2")]
+        encoders = [source.load(CLIPTextModelWithProjection, "text_encoder_2")]
+        if not self.refiner_layout:  # the refiner has only the second encoder
+            tokenizers.insert(0, source.load(CLIPTokenizer, "tokenizer"))
+            encoders.insert(0, source.load(CLIPTextModel, "text_encoder"))
         for encoder in encoders:
             encoder.requires_grad_(False).eval()
         return TextEncoders(tokenizers=tokenizers, encoders=encoders)
@@ -60,19 +105,21 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     def trainable_text_embeds(self, text: TextEncoders, prompts: list[str]) -> dict[str, torch.Tensor]:
         # The pipeline's own encode_prompt guarantees training sees exactly
         # the embeddings inference will produce (penultimate hidden states of
-        # both encoders, pooled output of the second); it keeps gradients, so
-        # trained encoders (--train_text_encoder) learn through it.
+        # both encoders, pooled output of the second; the refiner's one encoder
+        # alone); it keeps gradients, so trained encoders (--train_text_encoder)
+        # learn through it.
+        first = (None, None) if self.refiner_layout else (text.encoders[0], text.tokenizers[0])
         pipeline = self.pipeline_class()(
             vae=None,
-            text_encoder=text.encoders[0],
-            text_encoder_2=text.encoders[1],
-            tokenizer=text.tokenizers[0],
-            tokenizer_2=text.tokenizers[1],
+            text_encoder=first[0],
+            text_encoder_2=text.encoders[-1],
+            tokenizer=first[1],
+            tokenizer_2=text.tokenizers[-1],
             unet=None,
             scheduler=None,
         )
         embeds, _, pooled, _ = pipeline.encode_prompt(
-            prompt=prompts, device=text.encoders[0].device, num_images_per_prompt=1,
+            prompt=prompts, device=text.encoders[-1].device, num_images_per_prompt=1,
             do_classifier_free_guidance=False,
         )
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
@@ -80,7 +127,24 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     def validation_inputs(self, positive: dict[str, torch.Tensor], negative: Any) -> dict[str, Any]:
         inputs = super().validation_inputs(positive, negative)
         inputs["guidance_rescale"] = self.option("validation_guidance_rescale", 0.0)
+        if self.refiner_layout:  # the score the model was trained with
+            inputs["aesthetic_score"] = self.option("data_aesthetic_score", 7.0)
         return inputs
+
+    def validation_pipeline_class(self) -> Any:
+        # A refiner stage continues another stage's latents: diffusers does that in img2img.
+        split = self.stage()
+        if split is not None and split.stage == REFINER:
+            import diffusers
+
+            return getattr(diffusers, REFINER_PIPELINE)
+        return self.pipeline_class()
+
+    def render_validation(self, pipeline: Any, inputs: dict[str, Any]) -> Any:
+        split = self.stage()
+        if split is None and not self.refiner_layout:
+            return super().render_validation(pipeline, inputs)
+        return render_stage(pipeline, inputs, split, img2img=type(pipeline).__name__ == REFINER_PIPELINE)
 
 
 FAMILY_CLASS = SDXLFamily

@@ -8,6 +8,7 @@ preparation or a file deleted mid-run, so it raises with the file named.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -42,19 +43,23 @@ class CacheLookup:
     epoch_crops: Any = None
     _memory: dict = field(default_factory=dict, repr=False)
     _memory_bytes: int = 0
+    # The --dataloader_prefetch worker reads while the loop's evaluation may too.
+    _memory_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _remember(self, key: Any, tensors: dict[str, torch.Tensor]) -> None:
         size = sum(t.numel() * t.element_size() for t in tensors.values())
-        if self._memory_bytes + size <= self.memory_budget:
-            self._memory[key] = tensors
-            self._memory_bytes += size
+        with self._memory_lock:
+            if self._memory_bytes + size <= self.memory_budget:
+                self._memory[key] = tensors
+                self._memory_bytes += size
 
     def forget(self, samples: Sequence[TrainingSample]) -> None:
         """Drop remembered latents of ``samples`` (their entries were replaced)."""
-        for sample in samples:
-            entry = self._memory.pop(("latent", sample), None)
-            if entry is not None:
-                self._memory_bytes -= sum(t.numel() * t.element_size() for t in entry.values())
+        with self._memory_lock:
+            for sample in samples:
+                entry = self._memory.pop(("latent", sample), None)
+                if entry is not None:
+                    self._memory_bytes -= sum(t.numel() * t.element_size() for t in entry.values())
 
     def for_epoch(self, samples: list[TrainingSample], epoch: int) -> list[TrainingSample]:
         """The samples as trained in ``epoch``: fresh crops where a dataset asks for them."""

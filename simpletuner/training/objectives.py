@@ -22,7 +22,7 @@ from simpletuner.training.loss import (
     soft_min_snr_weights,
 )
 from simpletuner.training.noise_tricks import NoiseTricks, run_option
-from simpletuner.training.timestep_bias import TimestepBias, sample_timesteps
+from simpletuner.training.timestep_bias import TimestepBias, sample_timesteps, windowed_weights
 
 
 @dataclass
@@ -65,7 +65,8 @@ class LossShape:
 class DiffusionObjective:
     """DDPM-style training: epsilon, v or sample prediction on a discrete schedule."""
 
-    def __init__(self, noise_scheduler: Any, config: Any) -> None:
+    def __init__(self, noise_scheduler: Any, config: Any, timestep_window: Optional[slice] = None) -> None:
+        """``timestep_window``: the only timesteps trained (a two-stage model's part of the schedule)."""
         self.scheduler = noise_scheduler
         self.num_train_timesteps = noise_scheduler.config.num_train_timesteps
         self.snr_gamma = run_option(config, "snr_gamma")
@@ -76,7 +77,8 @@ class DiffusionObjective:
         self.shape = LossShape.from_config(config)
         bias = TimestepBias.from_config(config)
         # Built once, so a range past the schedule fails before the first step.
-        self.timestep_weights = bias.weights(self.num_train_timesteps) if bias.active else None
+        self.timestep_weights = windowed_weights(bias, self.num_train_timesteps, timestep_window)
+        self.window = timestep_window or slice(0, self.num_train_timesteps)
 
     def loss_weights(self, timesteps: torch.Tensor) -> Optional[torch.Tensor]:
         if self.soft_min_snr_sigma_data is not None:
@@ -111,12 +113,15 @@ class DiffusionObjective:
         )
 
     def noised_at(self, latents: torch.Tensor, noise: torch.Tensor, positions: torch.Tensor) -> NoisedBatch:
-        """The batch at given noise and schedule positions in [0, 1) (timestep ``position x T``).
+        """The batch at given noise and schedule positions in [0, 1) (timestep ``position x T``,
+        or of the trained window's width from its start when only part of the schedule trains).
 
         Nothing is drawn and no noise trick applies: the evaluation loss is
         measured at fixed points, with the training loss's target and weights.
         """
-        timesteps = (positions.double() * self.num_train_timesteps).long().clamp(0, self.num_train_timesteps - 1)
+        width = self.window.stop - self.window.start
+        timesteps = (self.window.start + (positions.double() * width).long()).clamp(self.window.start,
+                                                                                    self.window.stop - 1)
         weights = self.loss_weights(timesteps)
         huber_c = self.shape.c(timesteps, self.num_train_timesteps, self.noise_ratio(timesteps))
         timesteps = timesteps.to(latents.device)

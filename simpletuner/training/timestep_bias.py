@@ -85,6 +85,27 @@ class TimestepBias:
         return weights / weights.sum()
 
 
+def windowed_weights(bias: TimestepBias, num_timesteps: int, window: Optional[slice]) -> Optional[torch.Tensor]:
+    """The draw's weights: the bias's, with every timestep outside ``window`` at zero.
+
+    None (the plain uniform draw) when nothing is biased or restricted.  A
+    window is how a two-stage model keeps to its part of the schedule
+    (families/sdxl_stages.py).
+    """
+    if window is None:
+        return bias.weights(num_timesteps) if bias.active else None
+    weights = bias.weights(num_timesteps) if bias.active else torch.ones(num_timesteps, dtype=torch.float64)
+    weights = weights.clone()
+    weights[: window.start] = 0
+    weights[window.stop :] = 0
+    if weights.sum() == 0:
+        raise ConfigError(
+            f"--timestep_bias_strategy={bias.strategy} leaves no timestep inside this stage's "
+            f"{window.start}..{window.stop - 1}; change the bias or --refiner_training_strength"
+        )
+    return weights / weights.sum()
+
+
 def sample_timesteps(
     num_timesteps: int, batch_size: int, generator: torch.Generator, weights: Optional[torch.Tensor] = None
 ) -> torch.Tensor:

@@ -40,6 +40,7 @@ from simpletuner.training.loss import weighted_loss
 from simpletuner.training.noise_schedule import training_noise_scheduler
 from simpletuner.training.optimizers import build_optimizer, set_optimizer_mode
 from simpletuner.training.precision import apply_torch_settings, process_seed, seed_process
+from simpletuner.training.prefetch import prefetched, stop_prefetch
 from simpletuner.training.progress import TrainingProgress
 from simpletuner.training.regularisation import check_something_to_learn, mix_targets, regularisation_mask
 from simpletuner.training.resume import load_training_state, resolve_resume_path, save_training_state
@@ -155,7 +156,9 @@ class Trainer:
         lr_scheduler = build_lr_scheduler(optimizer, config, total_steps)
         self.ema = build_ema(self.trained_parameters, config, self.device)
         self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, optimizer)
-        self.lr_scheduler, self.sampler = lr_scheduler, sampler
+        self.lr_scheduler = lr_scheduler
+        # --dataloader_prefetch: a worker reads the next batches' cache entries during each step.
+        self.sampler, self.lookup = prefetched(sampler, self.lookup, config)
         self.generator = torch.Generator().manual_seed(self.state.seed + self.accelerator.process_index)
         # From here each process may draw its own dropout masks (--seed_for_each_device).
         seed_process(process_seed(self.state.seed, self.accelerator.process_index, config.seed_for_each_device))
@@ -171,7 +174,10 @@ class Trainer:
             self._evaluate()  # the baseline; a resumed run evaluated its step before the checkpoint
         self._validated(self.validation.at_start(self))  # the base model's benchmark images at step 0
         self.stop.enter("training", deferring=True)
-        self._train_until(total_steps)
+        try:
+            self._train_until(total_steps)
+        finally:
+            stop_prefetch(self.sampler)  # however the loop ended: last step, error or signal
         # 9. Final weights; then the model card and the Hub push (waiting for uploads).
         output = self._save_final()
         self.publishing.finished(self.state.global_step, self.state.epoch)

@@ -37,13 +37,14 @@ def load_inference_scheduler(family: Any, source: Any, config: Any) -> Any:
 
 def build_pipeline(family: Any, denoiser: Any, vae: Any, scheduler: Any) -> Any:
     """``family``'s pipeline class with ``denoiser``, ``vae`` and ``scheduler``; no text encoders."""
-    pipeline_class = family.pipeline_class()
+    pipeline_class = family.validation_pipeline_class()
     parameters = inspect.signature(pipeline_class.__init__).parameters
     components: dict[str, Any] = {name: None for name, p in parameters.items()
                                   if name != "self" and p.default is inspect.Parameter.empty}
     components.update({family.denoiser_component: denoiser, "vae": vae, "scheduler": scheduler})
     # Optional extras of some pipelines that would otherwise load or check something.
-    for name, value in (("requires_safety_checker", False), ("add_watermarker", False)):
+    for name, value in (("requires_safety_checker", False), ("add_watermarker", False),
+                        *family.pipeline_settings().items()):
         if name in parameters:
             components[name] = value
     pipeline = pipeline_class(**components)

@@ -106,6 +106,9 @@ GUIDANCE_RANGE = AppliesWhen("flux_guidance_mode", ("random-range",), "only --fl
                              "uses it")
 CHECKPOINTING = AppliesWhen("gradient_checkpointing", (True,), "only --gradient_checkpointing uses it")
 PUSHING = AppliesWhen("push_to_hub", (True,), "only --push_to_hub uploads to the Hub")
+PREFETCHING = AppliesWhen("dataloader_prefetch", (True,), "only --dataloader_prefetch uses it")
+REFINING = AppliesWhen("refiner_training", (True,), "only --refiner_training uses it")
+SDXL_ONLY = AppliesWhen("model_family", ("sdxl",), "only --model_family sdxl has base and refiner stages")
 EVAL_DATASET = AppliesWhen("eval_dataset_id", (None,), "it concerns the evaluation loss, which only "
                           "--eval_dataset_id turns on", unless=True)
 

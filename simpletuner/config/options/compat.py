@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from simpletuner.config.option import AppliesWhen, Option
+from simpletuner.config.option import Option
 from simpletuner.config.options.common import (
     ADAPTERS,
     CACHING,
@@ -71,10 +71,7 @@ FAMILY_SPELLINGS: dict[str, str] = {"sd1x": "legacy", "sd2x": "legacy", "pixart"
 # Reasons shown with "not implemented yet" for what this trainer will not do.
 OTHER_FAMILY = "it belongs to a model family this trainer does not train"
 CONTROLNET = "ControlNet training is outside this trainer's scope"
-REFINER = "SDXL refiner (two-stage) training is outside this trainer's scope"
 DEEPSPEED = "DeepSpeed is not used here; --base_model_precision and --gradient_checkpointing save memory instead"
-
-REFINING = AppliesWhen("refiner_training", (True,), "only --refiner_training uses it")
 
 
 def _refused(name: str, kind: str, default: Any, help: str, group: str, reason: str | None = None,
@@ -94,15 +91,6 @@ OPTIONS: tuple[Option, ...] = (
     _refused("smoldit", "bool", False, "Train SimpleTuner's small experimental SmolDiT model.", CORE,
              OTHER_FAMILY),
     _refused("smoldit_config", "str", "smoldit-base", "Size preset of the SmolDiT model.", CORE, OTHER_FAMILY),
-    _refused("refiner_training_strength", "float", 0.2, "Share of the noise schedule the refiner stage trains.",
-             CORE, REFINER, applies_when=(REFINING,)),
-    _refused("refiner_training_invert_schedule", "bool", False,
-             "Train the refiner stage on the other end of the noise schedule.", CORE, REFINER,
-             applies_when=(REFINING,)),
-    _refused("sdxl_refiner_uses_full_range", "bool", False, "Let the SDXL refiner train on every timestep.",
-             CORE, REFINER, applies_when=(REFINING,)),
-    _refused("data_aesthetic_score", "float", 7.0, "Aesthetic score the SDXL refiner is conditioned on.", CORE,
-             REFINER, applies_when=(REFINING,)),
     _refused("non_ema_revision", "str", None, "Hub revision holding the non-EMA weights of the base model.",
              CORE),
     # ------------------------------------------------------ Model components

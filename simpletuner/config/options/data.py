@@ -7,6 +7,7 @@ from simpletuner.config.options.common import (
     CACHING,
     DATA,
     IMAGES,
+    PREFETCHING,
 )
 
 OPTIONS: tuple[Option, ...] = (
@@ -57,14 +58,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "dataloader_prefetch", "bool", False,
-        "Prepare batches ahead of time in the background, for runs where reading "
-        "files is the bottleneck.",
-        DATA, implemented=False,
+        "Read the next batches' cached latents and text embeds in a background "
+        "thread while the current step computes, for runs where reading the caches "
+        "(slow disks, S3) holds the step up. What trains is unchanged (bitwise on "
+        "CPU), and a resumed run continues at the same sample. Not with datasets "
+        "that set vae_cache_clear_each_epoch. See documentation/TRAINING_SPEED.md.",
+        DATA,
     ),
     Option(
         "dataloader_prefetch_qlen", "int", 10,
-        "How many prepared batches each process keeps ready when prefetching.",
-        DATA, minimum=1, implemented=False,
+        "How many prepared batches each process keeps ready when prefetching "
+        "(their tensors stay in memory).",
+        DATA, minimum=1, applies_when=(PREFETCHING,),
     ),
     Option(
         "aspect_bucket_worker_count", "int", None,

@@ -14,6 +14,8 @@ from simpletuner.config.options.common import (
     FULL_RUN,
     MODEL_FAMILIES,
     PRECISION,
+    REFINING,
+    SDXL_ONLY,
     T5_FAMILIES,
     TRAIN_TE,
 )
@@ -75,9 +77,42 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "refiner_training", "bool", False,
-        "Train one stage of a two-model (mixture-of-experts) setup in which each "
-        "model handles its own part of the noise schedule.",
-        CORE, implemented=False,
+        "Train one stage of a two-model (mixture-of-experts) chain in which each "
+        "model handles its own part of the noise schedule, as SDXL base and refiner "
+        "do: the refiner stage (the default) trains timesteps below "
+        "round(1000 x --refiner_training_strength), the base stage "
+        "(--refiner_training_invert_schedule) the rest. Validation images run the "
+        "stage through diffusers' denoising_start/denoising_end. sdxl only; see "
+        "documentation/MIXTURE_OF_EXPERTS.md.",
+        CORE,
+    ),
+    Option(
+        "refiner_training_strength", "float", 0.2,
+        "Share of the noise schedule the refiner stage owns, from the clean end: 0.2 "
+        "trains timesteps 199..0 (SDXL's refiner), 0.35 trains 349..0 and leaves "
+        "999..350 to the base stage. The stages meet at denoising_end = "
+        "denoising_start = 1 - strength.",
+        CORE, minimum=0.001, maximum=0.999, applies_when=(SDXL_ONLY,),
+    ),
+    Option(
+        "refiner_training_invert_schedule", "bool", False,
+        "Train the base (first, high-noise) stage instead: timesteps from "
+        "round(1000 x --refiner_training_strength) up to 999.",
+        CORE, applies_when=(REFINING,),
+    ),
+    Option(
+        "sdxl_refiner_uses_full_range", "bool", False,
+        "A model in the SDXL refiner's layout trains only its design range (the last "
+        "--refiner_training_strength of the schedule) unless this is set; with it, "
+        "every timestep trains (e.g. to turn the refiner into a text-to-image model).",
+        CORE, applies_when=(SDXL_ONLY,),
+    ),
+    Option(
+        "data_aesthetic_score", "float", 7.0,
+        "The aesthetic score an SDXL-refiner-layout model is conditioned on for every "
+        "training sample (its micro-conditioning has a score where SDXL base has the "
+        "target size); validation uses the same score.",
+        CORE, applies_when=(SDXL_ONLY,),
     ),
     # ------------------------------------------------------ Model components
     Option(

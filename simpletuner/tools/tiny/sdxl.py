@@ -17,11 +17,28 @@ from simpletuner.tools.tiny.common import (
 
 
 
-def build(output_dir: Path, seed: int) -> Path:
-    """Tiny Stable Diffusion XL: two CLIP encoders, text_time micro-conditioning."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+FLAVOURS = ("base", "refiner")
+
+
+def build(output_dir: Path, seed: int, flavour: str = "base") -> Path:
+    """Tiny Stable Diffusion XL: two CLIP encoders, text_time micro-conditioning.
+
+    ``flavour="refiner"`` has the SDXL refiner's layout instead: an img2img
+    pipeline with only the second text encoder, whose UNet's micro-conditioning
+    holds an aesthetic score in place of the target size (five numbers, not six)
+    and whose model_index sets ``requires_aesthetics_score``.
+    """
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown sdxl flavour {flavour!r}; choose one of {FLAVOURS}")
+    refiner = flavour == "refiner"
     tokenizer_files = clip_tokenizer_files()
     tokenizer = load_clip_tokenizer(tokenizer_files)
     tokenizer_2 = load_clip_tokenizer(tokenizer_files)
@@ -29,6 +46,7 @@ def build(output_dir: Path, seed: int) -> Path:
     te1_config = clip_text_config(tokenizer, hidden_size=32, projection_dim=32)
     te2_config = clip_text_config(tokenizer_2, hidden_size=32, projection_dim=32)
     addition_time_embed_dim = 8
+    time_ids = 5 if refiner else 6
 
     seed_everything(seed)
     unet = UNet2DConditionModel(
@@ -42,11 +60,11 @@ def build(output_dir: Path, seed: int) -> Path:
         transformer_layers_per_block=(1, 1),
         attention_head_dim=(2, 4),  # diffusers' name for the number of heads
         norm_num_groups=8,
-        cross_attention_dim=te1_config.hidden_size + te2_config.hidden_size,
+        cross_attention_dim=te2_config.hidden_size if refiner else te1_config.hidden_size + te2_config.hidden_size,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=addition_time_embed_dim,
-        projection_class_embeddings_input_dim=te2_config.projection_dim + 6 * addition_time_embed_dim,
+        projection_class_embeddings_input_dim=te2_config.projection_dim + time_ids * addition_time_embed_dim,
         flip_sin_to_cos=True,
         freq_shift=0,
     )
@@ -67,6 +85,13 @@ def build(output_dir: Path, seed: int) -> Path:
         interpolation_type="linear",
         use_karras_sigmas=False,
     )
+    if refiner:
+        StableDiffusionXLImg2ImgPipeline(
+            vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None, tokenizer_2=tokenizer_2,
+            unet=unet, scheduler=scheduler, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+        ).save_pretrained(str(output_dir), safe_serialization=True)
+        add_vocab_files(tokenizer_files, output_dir / "tokenizer_2")
+        return output_dir
     pipeline = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,
