@@ -30,7 +30,13 @@ def process_group_kwargs(config: Any) -> Any:
     """accelerate's handler that gives the process group ``--distributed_timeout``."""
     from accelerate.utils import InitProcessGroupKwargs
 
-    return InitProcessGroupKwargs(timeout=timedelta(seconds=config.distributed_timeout))
+    timeout = timedelta(seconds=config.distributed_timeout)
+    handler = InitProcessGroupKwargs(timeout=timeout)
+    # to_kwargs() leaves out values equal to the class's default (600 s, NCCL's), and
+    # torch then applies its own default (30 minutes for gloo): always pass ours,
+    # the only field set here.  (accelerate accepts no subclass of the handler.)
+    handler.to_kwargs = lambda: {"timeout": timeout}
+    return handler
 
 
 class LostContact(Exception):
