@@ -70,10 +70,11 @@ def _env(project: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _start_nodes(project: Path, name: str, *args: str) -> list[subprocess.Popen]:
+def _start_nodes(project: Path, name: str, *args: str, second: Path | None = None) -> list[subprocess.Popen]:
+    """Machine 0 in ``project``, machine 1 there too or in its own copy ``second``."""
     port = str(_free_port())
     return [
-        start_train_sh(project, project / f"{name}-node{rank}.log", *args, env=_env(
+        start_train_sh(second if rank and second else project, project / f"{name}-node{rank}.log", *args, env=_env(
             project, TRAINING_NUM_PROCESSES="2", TRAINING_NUM_MACHINES="2", TRAINING_MACHINE_RANK=str(rank),
             TRAINING_MAIN_PROCESS_IP="127.0.0.1", TRAINING_MAIN_PROCESS_PORT=port))
         for rank in (0, 1)
@@ -131,6 +132,26 @@ def test_two_nodes_train_as_two_processes_on_one_machine(project: Path) -> None:
     assert [node.returncode for node in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     assert "at step 2" in logs[0]
     _assert_same_weights(project / "single" / WEIGHTS, project / "resumed" / WEIGHTS)
+
+
+def test_a_machine_that_sees_other_data_stops_both_before_training(project: Path, tmp_path: Path) -> None:
+    from simpletuner.tools.demo_data import make_demo_dataset
+
+    # Machine 1 has its own copy of the project, whose data folder holds two more images.
+    second = tmp_path / "second"
+    shutil.copytree(project / "config", second / "config")
+    make_demo_dataset(second / "data", count=10, sizes=((64, 64),))
+    shared = project / "shared-output"
+    nodes = _start_nodes(project, "plan", "--output_dir", str(shared), second=second)
+    logs = _finish(project, "plan", nodes)
+    assert [node.returncode for node in nodes] == [2, 2], logs[0][-2000:] + logs[1][-2000:]
+    for log in logs:
+        errors = [line for line in log.splitlines() if line.startswith("error:")]
+        assert errors and errors[0].startswith(
+            "error: the training processes do not agree on the data plan: rank(s) 1 differ from rank 0 in "), log[-2000:]
+        assert "images per bucket" in errors[0] and "files" in errors[0]
+    # stopped before step 0, before any latent was encoded
+    assert not list(shared.glob("checkpoint-*")) and not list((project / "cache").rglob("*.safetensors*"))
 
 
 def _training_process(launcher: subprocess.Popen, rank: int) -> psutil.Process:
