@@ -147,8 +147,8 @@ def test_a_machine_that_sees_other_data_stops_both_before_training(project: Path
     assert [node.returncode for node in nodes] == [2, 2], logs[0][-2000:] + logs[1][-2000:]
     for log in logs:
         errors = [line for line in log.splitlines() if line.startswith("error:")]
-        assert errors and errors[0].startswith(
-            "error: the training processes do not agree on the data plan: rank(s) 1 differ from rank 0 in "), log[-2000:]
+        expected = "error: the training processes do not agree on the data plan: rank(s) 1 differ from rank 0 in "
+        assert errors and errors[0].startswith(expected), log[-2000:]
         assert "images per bucket" in errors[0] and "files" in errors[0]
     # stopped before step 0, before any latent was encoded
     assert not list(shared.glob("checkpoint-*")) and not list((project / "cache").rglob("*.safetensors*"))

@@ -93,7 +93,7 @@ def test_ranks_that_agree_go_on() -> None:
 @pytest.mark.slow
 def test_a_rank_with_another_plan_stops_every_rank_with_the_same_message() -> None:
     reported = _run_pair("plan", [_digest(), _digest(steps=9, files="bbbb")])
-    assert [reported[rank][0] for rank in (0, 1)] == ["DataError", "DataError"]
+    assert [reported[rank][0] for rank in (0, 1)] == [DataError.__name__] * 2
     assert reported[0][1] == reported[1][1]
     message = reported[0][1]
     assert message.startswith("the training processes do not agree on the data plan: rank(s) 1 differ from rank 0")
@@ -104,7 +104,7 @@ def test_a_rank_with_another_plan_stops_every_rank_with_the_same_message() -> No
 @pytest.mark.slow
 def test_a_dead_peer_ends_the_survivor_with_its_rank_and_the_resume_hint() -> None:
     rank, (kind, message, seconds) = next(iter(_run_pair("dead").items()))
-    assert (rank, kind) == (0, "LostContact")
+    assert (rank, kind) == (0, LostContact.__name__)
     assert message.startswith("training process 0 of 2 lost contact with the others (")
     assert message.endswith("run again with --resume_from_checkpoint latest to continue from the last checkpoint")
     assert seconds < TIMEOUT_S + 10
@@ -113,7 +113,7 @@ def test_a_dead_peer_ends_the_survivor_with_its_rank_and_the_resume_hint() -> No
 @pytest.mark.slow
 def test_a_silent_peer_ends_the_survivor_after_the_timeout() -> None:
     rank, (kind, message, seconds) = next(iter(_run_pair("silent").items()))
-    assert (rank, kind) == (0, "LostContact"), message
+    assert (rank, kind) == (0, LostContact.__name__), message
     assert f"within --distributed_timeout={TIMEOUT_S}s" in message
     assert TIMEOUT_S - 1 <= seconds < TIMEOUT_S + 10  # it waited for the timeout, and no longer
 

@@ -116,7 +116,7 @@ def _machine_problems(settings: dict, env: Mapping[str, str]) -> list[str]:
 
 
 def flag_names(args: list[str]) -> set[str]:
-    """The ``accelerate launch`` flags in ``args``, spelled as accelerate's own names (--num-machines=2 -> num_machines)."""
+    """The ``accelerate launch`` flags in ``args``, as accelerate names them (--num-machines=2 -> num_machines)."""
     return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in args if arg.startswith("--") and len(arg) > 2}
 
 
@@ -187,7 +187,8 @@ def _machine_rank(env: Mapping[str, str]) -> int:
     return int(raw)
 
 
-_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")  # a DNS name: dot-separated labels
 
 
 def _main_process_ip(env: Mapping[str, str]) -> Optional[str]:
