@@ -209,3 +209,30 @@ def test_a_killed_rank_ends_both_nodes_within_the_timeout_and_resume_completes(p
     assert [node.returncode for node in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     assert f"at step {resumed_from}" in logs[0]
     assert (project / "out" / WEIGHTS).is_file()
+
+
+def test_on_one_machine_the_launcher_stops_the_sibling_of_a_killed_process(project: Path) -> None:
+    log = project / "one-machine.log"
+    launcher = start_train_sh(project, log, "--output_dir", "out", "--max_train_steps", "60",
+                              "--distributed_timeout", str(TIMEOUT_S), env=_env(project, TRAINING_NUM_PROCESSES="2"))
+    try:
+        deadline = time.monotonic() + 300
+        while _newest_step(project / "out") < 4:
+            assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.02)
+        sibling = _training_process(launcher, rank=0)
+        _training_process(launcher, rank=1).send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        launcher.wait(timeout=TIMEOUT_S + 30)
+        took = time.monotonic() - killed_at
+    finally:
+        kill_tree(launcher)
+    text = log.read_text(errors="replace")
+    assert took < TIMEOUT_S + 30 and not sibling.is_running()
+    assert not (project / "out" / WEIGHTS).exists(), "the kill did not land mid-run"
+    assert launcher.returncode == 128 + signal.SIGKILL, text[-3000:]
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    # The sibling may say it lost contact before the launcher stops it; the last line names the killed process.
+    assert all(line.startswith("error: training process 0 of 2 lost contact") for line in errors[:-1]), errors
+    assert errors[-1].startswith("error: training process 1 was killed by SIGKILL"), errors
