@@ -1,11 +1,14 @@
 """``train.sh``'s Python half: check the launch settings, then train.
 
-One process with no ``ACCELERATE_EXTRA_ARGS`` trains right here (what
-``python train.py`` does).  Anything else goes through accelerate's launcher,
-whose own failures would otherwise end in a ``CalledProcessError`` or
-``ChildFailedError`` traceback: the training processes have already said what
-went wrong, so this process only passes on their exit code (2 configuration,
-1 crash, 130/143 signals) and adds a line when a process died without a word.
+One process on one machine with no ``ACCELERATE_EXTRA_ARGS`` (and no
+accelerate config file deciding otherwise) trains right here (what
+``python train.py`` does).  Anything else, one machine or several (see
+documentation/DISTRIBUTED.md), goes through accelerate's launcher, whose own
+failures would otherwise end in a ``CalledProcessError`` or ``ChildFailedError``
+traceback: the training processes have already said what went wrong, so this
+process only passes on their exit code (2 configuration, 1 crash, 5 lost
+contact with another process, 130/143 signals) and adds a line naming the
+process when one died without a word.
 """
 
 from __future__ import annotations
