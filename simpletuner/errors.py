@@ -42,3 +42,6 @@ PUBLISH_FAILED_EXIT_CODE = 4
 
 class PublishError(Exception):
     """Training finished but publishing did not; the message names what failed, why, and the retry command."""
+
+
+LOST_CONTACT_EXIT_CODE = 5  # another process of a multi-process run failed; this one could not go on

@@ -114,11 +114,16 @@ def test_environment_defaults():
     env = {name: default for name, default, _help in ENVIRONMENT}
     assert env == {
         "TRAINING_NUM_PROCESSES": "1",
+        "TRAINING_NUM_MACHINES": "1",
+        "TRAINING_MACHINE_RANK": "0",
+        "TRAINING_MAIN_PROCESS_IP": "",
+        "TRAINING_MAIN_PROCESS_PORT": "",
         "TRAINING_DYNAMO_BACKEND": "no",
         "SIMPLETUNER_LOG_LEVEL": "INFO",
         "SIMPLETUNER_PROGRESS": "auto",
         "VENV_PATH": ".venv",
         "ACCELERATE_EXTRA_ARGS": "",
+        "ACCELERATE_CONFIG_PATH": "",
         "ENV": "",
         "CONFIG_BACKEND": "json",
         "CONFIG_PATH": "",
@@ -410,6 +415,8 @@ SLICE_FULLY = {
     "sdxl_refiner_uses_full_range", "data_aesthetic_score",
     # dataloader prefetch (issue 20)
     "dataloader_prefetch", "dataloader_prefetch_qlen",
+    # several nodes, ranks that never hang (issue 18)
+    "distributed_timeout",
 }
 # Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's
 # tuning knobs for machinery this trainer does not have (issue 16).

@@ -1,11 +1,14 @@
 """``train.sh``'s Python half: check the launch settings, then train.
 
-One process with no ``ACCELERATE_EXTRA_ARGS`` trains right here (what
-``python train.py`` does).  Anything else goes through accelerate's launcher,
-whose own failures would otherwise end in a ``CalledProcessError`` or
-``ChildFailedError`` traceback: the training processes have already said what
-went wrong, so this process only passes on their exit code (2 configuration,
-1 crash, 130/143 signals) and adds a line when a process died without a word.
+One process on one machine with no ``ACCELERATE_EXTRA_ARGS`` (and no
+accelerate config file deciding otherwise) trains right here (what
+``python train.py`` does).  Anything else, one machine or several (see
+documentation/DISTRIBUTED.md), goes through accelerate's launcher, whose own
+failures would otherwise end in a ``CalledProcessError`` or ``ChildFailedError``
+traceback: the training processes have already said what went wrong, so this
+process only passes on their exit code (2 configuration, 1 crash, 5 lost
+contact with another process, 130/143 signals) and adds a line naming the
+process when one died without a word.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import subprocess
 import sys
 from typing import Any, Optional, Sequence
 
-from simpletuner.errors import USER_ERROR_EXIT_CODE, UserError
+from simpletuner.config.environment import flag_names
+from simpletuner.errors import LOST_CONTACT_EXIT_CODE, USER_ERROR_EXIT_CODE, ConfigError, UserError
 
 TRAINING_MODULE = "simpletuner.cli.train"
 
@@ -28,11 +32,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         settings = launch_settings(os.environ)
-        if settings.num_processes == 1 and not settings.accelerate_args:
+        if not needs_launcher(settings):
             from simpletuner.cli.train import main as train
 
             return train(argv)
         _check_config(argv)
+        _check_port(settings)
     except UserError as error:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
@@ -43,6 +48,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return launch_processes(settings, argv)
 
 
+def needs_launcher(settings: Any) -> bool:
+    """Train through ``accelerate launch`` unless one process on one machine is all that was asked for.
+
+    An accelerate config file counts as asking when TRAINING_NUM_PROCESSES is
+    not set: the file then says how many processes to start.
+    """
+    return (settings.num_processes > 1 or settings.num_machines > 1 or bool(settings.accelerate_args)
+            or (settings.accelerate_config is not None and "TRAINING_NUM_PROCESSES" not in settings.given))
+
+
 def _check_config(argv: Sequence[str]) -> None:
     """Configuration mistakes once, here, rather than once per process after they start."""
     from simpletuner.config.loader import load_config
@@ -50,27 +65,72 @@ def _check_config(argv: Sequence[str]) -> None:
     load_config(argv)
 
 
+def _check_port(settings: Any) -> None:
+    """The main machine's port must be free, or the other machines would wait for a run that never starts."""
+    if settings.num_machines <= 1 or settings.machine_rank != 0 or settings.main_process_port is None:
+        return
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("", settings.main_process_port))
+        except OSError:
+            raise ConfigError(
+                f"TRAINING_MAIN_PROCESS_PORT={settings.main_process_port} is already in use on this machine "
+                "(another run?); choose a free port and set the same one on every machine"
+            ) from None
+
+
 def accelerate_arguments(settings: Any, argv: Sequence[str], cores: int) -> list[str]:
-    """``accelerate launch`` arguments for the training module with ``argv``."""
+    """``accelerate launch`` arguments for the training module with ``argv``.
+
+    Precedence, highest first: a flag in ACCELERATE_EXTRA_ARGS (ours is then
+    left out, never passed twice), a launch variable the user set, the
+    accelerate config file, our defaults (left out when a config file is used,
+    so the file decides).
+    """
     extra = list(settings.accelerate_args)
-    if settings.num_processes > 1 and "--multi_gpu" not in extra:
-        extra.insert(0, "--multi_gpu")  # several processes on one machine
-    if not any(arg.startswith("--main_process_port") for arg in extra):
-        extra.append("--main_process_port=0")  # any free port: two runs on one machine do not collide
+    taken = flag_names(extra)
+    from_file = settings.accelerate_config is not None or "config_file" in taken
+    ours: list[str] = []
+
+    def add(flag: str, value: Any, variable: Optional[str] = None) -> None:
+        """Our ``--flag=value`` unless the user gave the flag; a default only when no config file decides."""
+        if flag in taken or value is None:
+            return
+        if from_file and (variable is None or variable not in settings.given):
+            return
+        ours.append(f"--{flag}" if value is True else f"--{flag}={value}")
+
+    if settings.accelerate_config is not None and "config_file" not in taken:
+        ours.append(f"--config_file={settings.accelerate_config}")
+    if settings.num_processes > 1 and not taken & _DISTRIBUTED_TYPE_FLAGS:
+        add("multi_gpu", True)  # several processes (on one machine or several)
+    add("num_processes", settings.num_processes, "TRAINING_NUM_PROCESSES")
+    add("num_machines", settings.num_machines, "TRAINING_NUM_MACHINES")
+    if settings.num_machines > 1:
+        add("machine_rank", settings.machine_rank, "TRAINING_MACHINE_RANK")
+        add("main_process_ip", settings.main_process_ip, "TRAINING_MAIN_PROCESS_IP")
+        # Unset: accelerate's (and torch's) usual 29500, the same on every machine.
+        add("main_process_port", settings.main_process_port, "TRAINING_MAIN_PROCESS_PORT")
+    else:
+        # Any free port, so two runs on one machine do not collide.
+        add("main_process_port", settings.main_process_port if settings.main_process_port else 0,
+            "TRAINING_MAIN_PROCESS_PORT")
     # accelerate pins each process to one CPU thread unless told otherwise; share
     # the cores instead (an OMP_NUM_THREADS set by the user wins).
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // settings.num_processes))
-    return [
-        *extra,
-        f"--num_processes={settings.num_processes}",
-        "--num_machines=1",
-        f"--num_cpu_threads_per_process={threads}",
-        # Only silences the launcher: the trainer passes the config's
-        # --mixed_precision to Accelerator, which takes precedence.
-        "--mixed_precision=no",
-        f"--dynamo_backend={settings.dynamo_backend or 'no'}",
-        "--module", TRAINING_MODULE, *argv,
-    ]
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // settings.processes_per_machine))
+    if "num_cpu_threads_per_process" not in taken:
+        ours.append(f"--num_cpu_threads_per_process={threads}")
+    # Only silences the launcher: the trainer passes the config's
+    # --mixed_precision to Accelerator, which takes precedence.
+    add("mixed_precision", "no")
+    add("dynamo_backend", settings.dynamo_backend or "no", "TRAINING_DYNAMO_BACKEND")
+    return [*extra, *ours, "--module", TRAINING_MODULE, *argv]
+
+
+# accelerate launch takes one of these; --multi_gpu beside another would be refused.
+_DISTRIBUTED_TYPE_FLAGS = {"multi_gpu", "cpu", "tpu", "use_deepspeed", "use_fsdp", "use_megatron_lm", "config_file"}
 
 
 def launch_processes(settings: Any, argv: Sequence[str]) -> int:
@@ -100,19 +160,33 @@ def _from_elastic(error: Exception) -> int:
         # checkpointed (or stopped) and said so.
         return 128 + int(error.sigval)
     if isinstance(error, ChildFailedError):
-        rank, failure = error.get_first_failure()
-        return _exit_code(failure.exitcode, rank)
+        rank, failure = _root_failure(error.failures)
+        return _exit_code(failure.exitcode, rank, several=True)
     raise error
 
 
-def _exit_code(returncode: int, rank: Optional[int]) -> int:
+def _root_failure(failures: dict[int, Any]) -> tuple[int, Any]:
+    """The process whose failure stopped the run (by global rank).
+
+    torch orders failures by a timestamp in whole seconds, so the survivors of
+    a killed process, which stop when their next collective fails, often tie
+    with it; a process that stopped for losing contact is never the cause.
+    """
+    causes = {rank: f for rank, f in failures.items() if f.exitcode != LOST_CONTACT_EXIT_CODE} or failures
+    rank = min(causes, key=lambda r: (causes[r].timestamp, causes[r].exitcode >= 0, r))
+    return rank, causes[rank]
+
+
+def _exit_code(returncode: int, rank: Optional[int], several: bool = False) -> int:
     """A process killed by a signal reports -N; the shell's convention is 128 + N."""
     if returncode >= 0:
         return returncode  # the process printed its own line
     name = signal.Signals(-returncode).name
     which = "the training process" if rank is None else f"training process {rank}"
     hint = " (often the system running out of memory)" if -returncode == signal.SIGKILL else ""
-    print(f"error: {which} was killed by {name}{hint}", file=sys.stderr)
+    others = "; the other processes were stopped" if several else ""
+    print(f"error: {which} was killed by {name}{hint}{others}; run again with --resume_from_checkpoint latest "
+          "to continue from the last checkpoint", file=sys.stderr)
     return 128 - returncode
 
 

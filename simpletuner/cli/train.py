@@ -11,6 +11,8 @@ Exit codes, each with a short message on stderr and no traceback:
 * 4: training finished but publishing to the Hub failed (see
   publishing/session.py): one line naming what, why, and the command that
   retries it;
+* 5: another process of a multi-process run died or stopped answering
+  (training/rank_health.py): one line naming this process and how to resume;
 * 130 / 143: stopped by SIGINT / SIGTERM (see training/stop.py): in the
   training loop after saving a checkpoint, elsewhere at once.
 
@@ -25,6 +27,7 @@ import sys
 from typing import Optional, Sequence
 
 from simpletuner.errors import (
+    LOST_CONTACT_EXIT_CODE,
     OUTPUT_WRITE_EXIT_CODE,
     PUBLISH_FAILED_EXIT_CODE,
     USER_ERROR_EXIT_CODE,
@@ -58,9 +61,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _leave_if_distributed(130)
         return 130
     except BaseException as error:
+        from simpletuner.training.rank_health import LostContact
         from simpletuner.training.stop import RunStopped, StoppedAtOnce, exit_code, signal_name
 
-        if isinstance(error, RunStopped):  # the trainer has said where it stopped
+        if isinstance(error, LostContact):  # the failed process's own console names it
+            code = LOST_CONTACT_EXIT_CODE
+            _say(f"error: {error}")
+        elif isinstance(error, RunStopped):  # the trainer has said where it stopped
             code = exit_code(error.signum)
         elif isinstance(error, StoppedAtOnce):
             code = exit_code(error.signum)
@@ -151,6 +158,7 @@ def _run(argv: list[str]) -> int:
         return 0
     from simpletuner.logs import quiet_libraries
     from simpletuner.training.progress import show_bar
+    from simpletuner.training.rank_health import lost_contact_reported
     from simpletuner.training.stop import StopSignals
     from simpletuner.training.trainer import Trainer
 
@@ -162,7 +170,8 @@ def _run(argv: list[str]) -> int:
 
     with StopSignals() as stop:
         trainer = Trainer(config, show_progress=show_bar(settings.progress, sys.stderr.isatty()), stop=stop)
-        trainer.run()
+        with lost_contact_reported(config):
+            trainer.run()
         _leave_if_distributed(0)  # before ``trainer`` is freed; see there
     return 0
 

@@ -29,6 +29,8 @@ def build_accelerator(config: Any, output_dir: Path, env: Optional[Mapping[str, 
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    from simpletuner.training.rank_health import process_group_kwargs
+
     # Checked before the output folder exists, so a typo leaves nothing behind.
     env = os.environ if env is None else env
     try:
@@ -45,6 +47,7 @@ def build_accelerator(config: Any, output_dir: Path, env: Optional[Mapping[str, 
         mixed_precision=config.mixed_precision,
         log_with=tracker_names(config) or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(logging_dir)),
+        kwargs_handlers=[process_group_kwargs(config)],
         **compile_settings,
     )
     if tracker_names(config):

@@ -42,6 +42,7 @@ from simpletuner.training.optimizers import build_optimizer, set_optimizer_mode
 from simpletuner.training.precision import apply_torch_settings, process_seed, seed_process
 from simpletuner.training.prefetch import prefetched, stop_prefetch
 from simpletuner.training.progress import TrainingProgress
+from simpletuner.training.rank_health import check_data_plan
 from simpletuner.training.regularisation import check_something_to_learn, mix_targets, regularisation_mask
 from simpletuner.training.resume import load_training_state, resolve_resume_path, save_training_state
 from simpletuner.training.run_lock import output_folder_lock
@@ -124,7 +125,10 @@ class Trainer:
         #    and the other processes find them saved.
         with self.accelerator.main_process_first():
             data = prepare_training_data(config, backends, self.accelerator.num_processes, self._progress_enabled())
-        summary = self._log_summary(data, total_training_steps(config, data.report.batches_per_epoch), resume_path)
+        planned_steps = total_training_steps(config, data.report.batches_per_epoch)
+        # Every rank must plan the same steps, or one would wait forever for the others.
+        check_data_plan(data, planned_steps, self.accelerator.num_processes)
+        summary = self._log_summary(data, planned_steps, resume_path)
         check_something_to_learn(backends.image_datasets, data.report, self.trainable)
         check_memory(config, self.family, self.source, data.report.counts, self.device,
                      log=self.accelerator.is_main_process)

@@ -68,7 +68,27 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
     (
         "TRAINING_NUM_PROCESSES", "1",
         "Processes to launch, normally one per GPU; more than one trains with "
-        "distributed data parallel.",
+        "distributed data parallel. With several machines, the total over all of them.",
+    ),
+    (
+        "TRAINING_NUM_MACHINES", "1",
+        "Machines (nodes) taking part in the run; the same value on every machine. "
+        "See documentation/DISTRIBUTED.md.",
+    ),
+    (
+        "TRAINING_MACHINE_RANK", "0",
+        "This machine's number among TRAINING_NUM_MACHINES: 0 on the main machine, "
+        "1, 2, ... on the others.",
+    ),
+    (
+        "TRAINING_MAIN_PROCESS_IP", "",
+        "Address of the machine with TRAINING_MACHINE_RANK=0, reachable from the "
+        "others; needed with more than one machine.",
+    ),
+    (
+        "TRAINING_MAIN_PROCESS_PORT", "",
+        "TCP port on the main machine where the processes meet; unset picks a free "
+        "port on one machine and 29500 across machines.",
     ),
     (
         "TRAINING_DYNAMO_BACKEND", "no",
@@ -90,7 +110,13 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "ACCELERATE_EXTRA_ARGS", "",
-        "Extra arguments passed to accelerate launch, such as --multi_gpu.",
+        "Extra arguments passed to accelerate launch; a flag given here wins over "
+        "the one train.sh would pass.",
+    ),
+    (
+        "ACCELERATE_CONFIG_PATH", "",
+        "accelerate config file (from accelerate config) used when present; unset "
+        "uses accelerate's default location. Variables set here win over the file.",
     ),
     (
         "ENV", "",

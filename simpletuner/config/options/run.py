@@ -71,6 +71,14 @@ OPTIONS: tuple[Option, ...] = (
         "of stopping before anything is loaded.",
         HARDWARE,
     ),
+    Option(
+        "distributed_timeout", "int", 600,
+        "Seconds a process of a multi-process run waits for the others in a collective "
+        "operation before the run stops with a message naming the process that failed "
+        "(torch's own default is 30 minutes). Raise it when one process does long work "
+        "alone, such as a slow checkpoint upload.",
+        HARDWARE, minimum=1,
+    ),
     # ----------------------------------------------------------- Run control
     Option(
         "print_config", "bool", False,
