@@ -32,7 +32,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from simpletuner.cli.train import main as train
 
             return train(argv)
-        _check_config(argv)
+        if _check_config(argv).dry_run:  # nothing trains: this one process reports for all of them
+            from simpletuner.cli.train import main as train
+
+            return train(argv)
     except UserError as error:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
@@ -43,11 +46,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return launch_processes(settings, argv)
 
 
-def _check_config(argv: Sequence[str]) -> None:
-    """Configuration mistakes once, here, rather than once per process after they start."""
+def _check_config(argv: Sequence[str]) -> Any:
+    """Configuration mistakes once, here, rather than once per process after they start; the config."""
     from simpletuner.config.loader import load_config
 
-    load_config(argv)
+    return load_config(argv)
 
 
 def accelerate_arguments(settings: Any, argv: Sequence[str], cores: int) -> list[str]:

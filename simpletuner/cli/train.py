@@ -149,6 +149,10 @@ def _run(argv: list[str]) -> int:
     if config.estimate_memory:
         _print_memory_estimate(config)
         return 0
+    if config.dry_run:
+        from simpletuner.dryrun.run import dry_run
+
+        return dry_run(config, settings.num_processes)
     from simpletuner.logs import quiet_libraries
     from simpletuner.training.progress import show_bar
     from simpletuner.training.stop import StopSignals
