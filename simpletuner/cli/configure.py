@@ -108,7 +108,7 @@ def _confirm_overwrite(config_dir: Path, term: Terminal) -> None:
 
 
 def ask_everything(term: Terminal) -> dict[str, Any]:
-    term.say("This writes a training config. Press Enter to keep the value in [brackets].")
+    term.say(term.intro)
     a: dict[str, Any] = {}
     _model(term, a)
     _what_to_train(term, a)
@@ -185,6 +185,7 @@ def _ask_count(term: Terminal, label: str, default: int) -> int:
 
 
 def _memory_and_proposal(term: Terminal, a: dict[str, Any]) -> None:
+    from simpletuner.memory.report import size
     from simpletuner.wizard.proposal import estimate_needed, propose
 
     gpu = checks.detected_gpu_memory()
@@ -202,7 +203,7 @@ def _memory_and_proposal(term: Terminal, a: dict[str, Any]) -> None:
     for note in proposal.notes:
         term.say(f"note: {note}")
     if proposal.needed is not None:
-        term.say(f"proposed: needs about {proposal.needed / GIB:.2f} GiB of {memory / GIB:.1f} GiB "
+        term.say(f"proposed: needs about {size(proposal.needed)} of {size(memory)} "
                  "(with a margin); accept each value with Enter or change it")
     values = proposal.values
     a["mixed_precision"] = ask_option(term, "mixed_precision", "Mixed precision", default=values["mixed_precision"],
@@ -222,7 +223,7 @@ def _memory_and_proposal(term: Terminal, a: dict[str, Any]) -> None:
         needed = estimate_needed(a, chosen, on_gpu)
         if isinstance(needed, int):
             fits = "fits" if needed <= memory else "does NOT fit: train.py will refuse to start"
-            term.say(f"with your choices the run needs about {needed / GIB:.2f} GiB of {memory / GIB:.1f} GiB: {fits}")
+            term.say(f"with your choices the run needs about {size(needed)} of {size(memory)}: {fits}")
 
 
 def _datasets(term: Terminal, a: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from simpletuner.errors import UserError
 MARGIN = 0.85  # propose what needs at most this share of the memory
 GIB = 2**30
 RESOLUTIONS = (1024, 768, 512)
-BATCHES = (2, 4, 8)
+BATCHES = (2, 4)
 # Each step frees memory at some cost: slower steps, a quantised base, a one-state optimizer.
 FRUGALITY = (
     {},
@@ -52,7 +52,9 @@ def default_precision(on_gpu: bool) -> str:
 def propose(answers: dict[str, Any], memory_bytes: int, on_gpu: bool) -> Proposal:
     """The first candidate that fits ``memory_bytes`` with the margin; the most frugal one when none does."""
     from simpletuner.families.registry import get_family
+    from simpletuner.logs import quiet_libraries
 
+    quiet_libraries()  # diffusers' remarks on the meta-device model are not for the user
     family = get_family(answers["model_family"])
     base = {"mixed_precision": default_precision(on_gpu), "base_model_precision": "no_change",
             "gradient_checkpointing": False, "optimizer": OPTIONS_BY_NAME["optimizer"].default,
@@ -71,7 +73,9 @@ def propose(answers: dict[str, Any], memory_bytes: int, on_gpu: bool) -> Proposa
         if needed <= budget:
             return _grown(answers, values, needed, budget, on_gpu)
     values, needed = tried if tried else ({**base, "resolution": family.default_resolution}, None)
-    return Proposal(values, needed, [f"nothing tried fits {memory_bytes / GIB:.1f} GiB with a margin; these are "
+    from simpletuner.memory.report import size
+
+    return Proposal(values, needed, [f"nothing tried fits {size(memory_bytes)} with a margin; these are "
                                      "the most frugal settings (the run may not fit)"])
 
 

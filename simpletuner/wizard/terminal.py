@@ -14,6 +14,8 @@ InputFn = Callable[[str], str]
 
 
 class Terminal(Protocol):
+    intro: str  # how to answer, said once before the first question
+
     def ask(self, label: str, choices: Sequence[str] = (), default: str = "", multiple: bool = False) -> str:
         """The answer to one question (several choices comma-separated when ``multiple``)."""
 
@@ -23,6 +25,8 @@ class Terminal(Protocol):
 
 class PlainTerminal:
     """Typed answers: ``label (choice, choice) [default]: `` then a line from ``input_fn``."""
+
+    intro = "This writes a training config. Press Enter to keep the value in [brackets]."
 
     def __init__(self, input_fn: InputFn = input) -> None:
         self.input_fn = input_fn
@@ -40,6 +44,9 @@ class PlainTerminal:
 
 class MenuTerminal:
     """questionary's menus: arrows and Enter pick a choice, free text is typed with the default filled in."""
+
+    intro = ("This writes a training config. Arrow keys choose, Enter accepts; a proposed value is "
+             "filled in (edit it, or Ctrl-U to clear it). Ctrl-C stops without writing anything.")
 
     def ask(self, label: str, choices: Sequence[str] = (), default: str = "", multiple: bool = False) -> str:
         import questionary
