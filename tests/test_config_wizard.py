@@ -45,7 +45,7 @@ class Script:
 
 # One answer per question, in the order asked (a Hub model: no files here, so no estimate).
 ORDER = ["family", "flavour", "base", "model_type", "lora_type", "rank", "output", "memory", "mixed",
-         "quantise", "checkpointing", "batch", "resolution", "optimizer", "dataset", "more", "caption",
+         "quantise", "checkpointing", "batch", "resolution", "optimizer", "ema", "dataset", "more", "caption",
          "lr", "length", "ckpt_steps", "keep", "seed", "validation", "report_to", "hub", "gpus"]
 
 
@@ -85,7 +85,7 @@ def test_custom_answers_write_files_that_load(cwd: Path, capsys):
     script = Script(answers(
         family="sdxl", flavour="base-0.9", base="stabilityai/stable-diffusion-xl-base-1.0",
         output="output/my-lora", rank="32", mixed="no", quantise="int8-quanto", checkpointing="true",
-        batch="2", resolution="768", optimizer="optimi-lion", more="more", caption="textfile", lr="2e-4",
+        batch="2", resolution="768", optimizer="optimi-lion", ema="true", more="more", caption="textfile", lr="2e-4",
         length="1500", ckpt_steps="100", keep="2", seed="7", validation="a cat", report_to="tensorboard",
         gpus="2",
     ))
@@ -100,7 +100,7 @@ def test_custom_answers_write_files_that_load(cwd: Path, capsys):
     assert config.learning_rate == pytest.approx(2e-4)
     assert config.max_train_steps == 1500
     assert config.train_batch_size == 2 and config.gradient_checkpointing
-    assert config.optimizer == "optimi-lion"
+    assert config.optimizer == "optimi-lion" and config.use_ema
     assert config.checkpointing_steps == 100 and config.checkpoints_total_limit == 2 and config.seed == 7
     assert config.mixed_precision == "no"
     assert config.base_model_precision == "int8-quanto"

@@ -95,6 +95,8 @@ def test_a_full_run_writes_a_config_that_trains(tmp_path: Path, tiny_sdxl: Path)
     _type(child, "64")
     child.expect("Optimizer")
     child.send(ENTER)
+    child.expect("Keep an EMA")
+    child.send(ENTER)
     child.expect("Dataset folder")
     _type(child, "data")
     child.expect("4 image files found, 4 usable, 0 skipped")
@@ -118,6 +120,10 @@ def test_a_full_run_writes_a_config_that_trains(tmp_path: Path, tiny_sdxl: Path)
 
     written = (tmp_path / "config" / "config.json").read_text()
     assert '"--lora_rank": 4' in written and '"--mixed_precision": "no"' in written
+    checked = subprocess.run([sys.executable, str(REPO / "train.py"), "--dry_run"], cwd=tmp_path, env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
+    assert "dry run: the run would start" in checked.stdout
     result = subprocess.run([sys.executable, str(REPO / "train.py")], cwd=tmp_path, env=_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -218,6 +218,8 @@ def _memory_and_proposal(term: Terminal, a: dict[str, Any]) -> None:
                                  check=checks.whole_pixels)
     a["optimizer"] = ask_option(term, "optimizer", "Optimizer", default=values["optimizer"],
                                 choices=checks.runnable("optimizer", lambda value: checks.optimizer_runs_here(a, value)))
+    a["use_ema"] = ask_option(term, "use_ema", "Keep an EMA (averaged) copy of the trained weights",
+                              default=values["use_ema"])
     chosen = {name: a[name] for name in values}
     if proposal.needed is not None and chosen != values:
         needed = estimate_needed(a, chosen, on_gpu)

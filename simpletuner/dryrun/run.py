@@ -55,6 +55,8 @@ def dry_run(config: Any, num_processes: int = 1, say: Say = print, device: Optio
     model_ok = _checked(report, lambda: source.check(family),
                         f"--pretrained_model_name_or_path={config.pretrained_model_name_or_path}")
     backends = _checked(report, lambda: _load_backends(config), f"--data_backend_config={config.data_backend_config}")
+    if config.push_to_hub:
+        report.line("Hub token: not checked here (the dry run reaches no network); train.py checks it first")
     data = _datasets_section(report, config, backends, num_processes) if backends else None
     if data is not None and model_ok:
         report.section("caches")

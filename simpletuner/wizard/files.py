@@ -24,8 +24,6 @@ DATA_FILE = "multidatabackend.json"
 ENV_FILE = "config.env"
 LYCORIS_FILE = "lycoris_config.json"
 REQUIRED = ("model_family", "pretrained_model_name_or_path", "data_backend_config")
-# Written even at their defaults: a reader of the file sees the run is seeded and how many checkpoints stay.
-ALWAYS_WRITTEN = REQUIRED + ("seed", "checkpoints_total_limit")
 
 
 def cache_root(output_dir: str) -> Path:
@@ -60,7 +58,7 @@ def option_entries(answers: dict[str, Any], config_dir: Path) -> dict[str, Any]:
         if option.name not in values:
             continue
         value = values[option.name]
-        if (option.name in ALWAYS_WRITTEN and value is not None) or value != option.default:
+        if option.name in REQUIRED or value != option.default:
             entries[f"--{option.name}"] = _json_value(value)
     return entries
 

@@ -58,7 +58,7 @@ def propose(answers: dict[str, Any], memory_bytes: int, on_gpu: bool) -> Proposa
     family = get_family(answers["model_family"])
     base = {"mixed_precision": default_precision(on_gpu), "base_model_precision": "no_change",
             "gradient_checkpointing": False, "optimizer": OPTIONS_BY_NAME["optimizer"].default,
-            "train_batch_size": 1}
+            "train_batch_size": 1, "use_ema": False}
     budget = int(memory_bytes * MARGIN)
     tried: Optional[tuple[dict, int]] = None
     for values in _candidates(base, family.default_resolution):
