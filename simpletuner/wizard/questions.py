@@ -73,7 +73,9 @@ def ask_option(
     shown_default = "" if no_default else show(default)
     term.say(f"\n{option.help}")
     while True:
-        raw = term.ask(label, [str(c) for c in choices], shown_default, multiple=option.kind == "list").strip()
+        # A yes/no option is a two-entry menu; its answer is still checked as typed text.
+        shown = [str(c) for c in choices] or (["true", "false"] if option.kind == "bool" else [])
+        raw = term.ask(label, shown, shown_default, multiple=option.kind == "list").strip()
         if not raw:
             if not shown_default:
                 term.say("  an answer is required")
