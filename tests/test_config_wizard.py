@@ -90,9 +90,10 @@ def test_custom_answers_write_files_that_load(cwd: Path, capsys):
         gpus="2",
     ))
     script.answers.insert(ORDER.index("more") + 1, "")  # no third folder
-    script.answers.insert(ORDER.index("validation") + 2, "250")  # validation every 250 steps
+    # Validation every 250 steps, a second prompt, then no more.
+    script.answers[ORDER.index("validation") + 2:ORDER.index("validation") + 2] = ["250", "a dog on a sofa", ""]
     assert configure.main([], input_fn=script) == 0, capsys.readouterr()
-    assert sorted(p.name for p in (cwd / "config").iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in (cwd / "config").iterdir()) == sorted(FILES + ("user_prompt_library.json",))
     config, backends = load_written(cwd, Path("config"))
     assert config.model_family == "sdxl" and config.model_flavour is None  # the flavour names another model
     assert config.output_dir == "output/my-lora"
@@ -105,6 +106,8 @@ def test_custom_answers_write_files_that_load(cwd: Path, capsys):
     assert config.mixed_precision == "no"
     assert config.base_model_precision == "int8-quanto"
     assert config.validation_prompt == "a cat" and config.validation_steps == 250
+    assert config.user_prompt_library == "config/user_prompt_library.json"
+    assert written(cwd, "user_prompt_library.json") == {"a_dog_on_a": "a dog on a sofa"}
     assert config.report_to == ["tensorboard"]
     assert config.data_backend_config == "config/multidatabackend.json"
     assert [d.instance_data_dir for d in backends.image_datasets] == [str(cwd / "images"), str(cwd / "more")]

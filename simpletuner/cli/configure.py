@@ -282,6 +282,22 @@ def _validation(term: Terminal, a: dict[str, Any]) -> None:
         return
     a["validation_prompt"] = prompt
     a["validation_steps"] = ask_option(term, "validation_steps", "Validation images every n steps")
+    # More prompts go into a prompt library beside config.json (--user_prompt_library).
+    library: dict[str, str] = {}
+    while more := term.ask("Another validation prompt (Enter: no more)", (), "").strip():
+        library[_shortname(more, library)] = more
+    if library:
+        a["prompt_library"] = library
+
+
+def _shortname(prompt: str, taken: dict[str, str]) -> str:
+    from simpletuner.validation.prompts import safe_shortname
+
+    name = safe_shortname("_".join(prompt.split()[:4]).lower())
+    unique, number = name, 2
+    while unique in taken or unique == "validation":  # "validation" names --validation_prompt's images
+        unique, number = f"{name}_{number}", number + 1
+    return unique
 
 
 def _publishing(term: Terminal, a: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 * ``config.json``: the required options plus those that differ from their defaults;
 * ``multidatabackend.json``: one local image dataset per folder and one text-embed cache;
 * ``config.env``: the launch settings ``train.sh`` reads;
-* ``lycoris_config.json``: the LyCORIS adapter, when one is trained.
+* ``lycoris_config.json``: the LyCORIS adapter, when one is trained;
+* ``user_prompt_library.json``: validation prompts beyond the first, when given.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ CONFIG_FILE = "config.json"
 DATA_FILE = "multidatabackend.json"
 ENV_FILE = "config.env"
 LYCORIS_FILE = "lycoris_config.json"
+LIBRARY_FILE = "user_prompt_library.json"
 REQUIRED = ("model_family", "pretrained_model_name_or_path", "data_backend_config")
 
 
@@ -47,6 +49,8 @@ def option_entries(answers: dict[str, Any], config_dir: Path) -> dict[str, Any]:
     values["data_backend_config"] = str(config_dir / DATA_FILE)
     if answers.get("lycoris_spec"):
         values["lycoris_config"] = str(config_dir / LYCORIS_FILE)
+    if answers.get("prompt_library"):
+        values["user_prompt_library"] = str(config_dir / LIBRARY_FILE)
     if values.get("max_train_steps", 0) > 0:
         values["num_train_epochs"] = 0  # the step count decides, as the trainer does
     # An option that would have no effect with the other answers is not written:
@@ -117,6 +121,8 @@ def render(answers: dict[str, Any], config_dir: Path) -> dict[Path, str]:
     }
     if answers.get("lycoris_spec"):
         files[config_dir / LYCORIS_FILE] = json.dumps(answers["lycoris_spec"], indent=2) + "\n"
+    if answers.get("prompt_library"):
+        files[config_dir / LIBRARY_FILE] = json.dumps(answers["prompt_library"], indent=2) + "\n"
     return files
 
 
@@ -139,7 +145,7 @@ def check(files: dict[Path, str], config_dir: Path) -> None:
 
 
 def existing(config_dir: Path) -> list[Path]:
-    return [config_dir / name for name in (CONFIG_FILE, DATA_FILE, ENV_FILE, LYCORIS_FILE)
+    return [config_dir / name for name in (CONFIG_FILE, DATA_FILE, ENV_FILE, LYCORIS_FILE, LIBRARY_FILE)
             if (config_dir / name).exists()]
 
 
