@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from simpletuner.cli import launch, train
+from simpletuner.cli import train
 from simpletuner.tools.demo_data import make_demo_dataset
 
 
@@ -51,9 +51,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _dry_run(model: Path, capsys: pytest.CaptureFixture, *flags: str, data: str = "mdb.json",
-             main=train.main) -> tuple[int, str, str]:
-    code = main(["--model_family", "sdxl", "--pretrained_model_name_or_path", str(model),
+def _dry_run(model: Path, capsys: pytest.CaptureFixture, *flags: str, data: str = "mdb.json") -> tuple[int, str, str]:
+    code = train.main(["--model_family", "sdxl", "--pretrained_model_name_or_path", str(model),
                  "--data_backend_config", data, "--output_dir", "out", "--train_batch_size", "2",
                  "--mixed_precision", "no", "--max_train_steps", "10", "--checkpointing_steps", "4",
                  "--dry_run", *flags])
@@ -132,13 +131,18 @@ def test_a_disk_too_small_for_the_checkpoints(project: Path, weightless_sdxl: Pa
     assert "lower --checkpoints_total_limit" in err
 
 
-def test_train_sh_launcher_reports_in_one_process(project: Path, weightless_sdxl: Path, capsys,
-                                                  monkeypatch: pytest.MonkeyPatch):
-    """With several processes configured, the dry run does not start them: one reports for all."""
-    monkeypatch.setenv("TRAINING_NUM_PROCESSES", "2")
-    code, out, err = _dry_run(weightless_sdxl, capsys, main=launch.main)
-    assert code == 0, err
-    assert "2 steps per epoch (batch 2 x 2 process(es)); 10 steps in total" in out
+def test_train_sh_dry_run_reports_in_one_process(weightless_sdxl: Path, tmp_path: Path):
+    """./train.sh --dry_run with two processes in config.env: none is started; one reports for both."""
+    from train_sh import tiny_project, train_sh
+
+    project = tiny_project(tmp_path / "project", weightless_sdxl, max_train_steps=10)
+    env_file = project / "config" / "config.env"
+    env_file.write_text(env_file.read_text().replace("TRAINING_NUM_PROCESSES=1", "TRAINING_NUM_PROCESSES=2"))
+    result = train_sh(project, "--dry_run", timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "2 steps per epoch (batch 2 x 2 process(es)); 10 steps in total" in result.stdout
+    assert result.stdout.count("dry run: the run would start") == 1
+    assert not (project / "output").exists()
 
 
 def test_what_the_caches_hold(project: Path, tiny_sdxl: Path, capsys):
