@@ -83,6 +83,16 @@ def test_a_good_config_would_start_and_nothing_is_loaded_or_written(project: Pat
     assert [p for p in after if p not in before] == ["cache", "cache/vae", "cache/vae/discovery.json"]
 
 
+def test_a_dry_run_moves_no_image_to_quarantine(project: Path, weightless_sdxl: Path, capsys):
+    """--delete_problematic_images moves files in a real run; a dry run only reports them."""
+    (project / "data" / "empty.png").write_bytes(b"")
+    code, out, err = _dry_run(weightless_sdxl, capsys, "--delete_problematic_images")
+    assert code == 0, err
+    assert "9 image files found, 8 usable, 1 skipped" in out
+    assert (project / "data" / "empty.png").exists()
+    assert not list(project.glob("*.rejected"))
+
+
 def test_an_empty_dataset_is_answered_before_any_model_loads(project: Path, weightless_sdxl: Path, capsys):
     code, out, err = _dry_run(weightless_sdxl, capsys, data="empty.json")
     assert code == 2
