@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from simpletuner.config.options import OPTIONS, OPTIONS_BY_NAME
-from simpletuner.errors import USER_ERROR_EXIT_CODE, ConfigError, UserError
+from simpletuner.errors import USER_ERROR_EXIT_CODE, ConfigError
 from simpletuner.wizard import checks
 from simpletuner.wizard.files import CONFIG_FILE, check, existing, render, write_all
-from simpletuner.wizard.questions import ask_option, ask_text, ask_yes_no, offered_choices
+from simpletuner.wizard.questions import ask_option, ask_text, ask_yes_no
 from simpletuner.wizard.terminal import InputFn, Terminal, choose_terminal
 
 GIB = 2**30
