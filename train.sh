@@ -13,6 +13,9 @@ script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 env_file="config/config.env"
 if [ -n "${ENV:-}" ] && [ "${ENV}" != "default" ]; then
     env_file="config/${ENV}/config.env"
+elif [ -n "${CONFIG_PATH:-}" ]; then
+    # The launch settings beside the config file named (configure.py --config_dir writes both there).
+    env_file="$(dirname "${CONFIG_PATH}")/config.env"
 fi
 
 # Read config.env in a subshell and take only the variables the environment

@@ -359,6 +359,8 @@ SLICE_FULLY = {
     "flow_max_shift", "flux_guidance_value", "sd3_skip_t5",
     # memory estimate (issue 13)
     "estimate_memory", "memory_limit_gb", "skip_memory_check",
+    # the dry run (issue 19)
+    "dry_run",
     # LoRA layout, checkpointing interval, schedule-free variants (issue 7)
     "optimizer", "lora_format", "gradient_checkpointing_interval",
     # loss and noise (issue 7)

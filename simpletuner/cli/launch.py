@@ -36,7 +36,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from simpletuner.cli.train import main as train
 
             return train(argv)
-        _check_config(argv)
+        if _check_config(argv).dry_run:  # nothing trains: this one process reports for all of them
+            from simpletuner.cli.train import main as train
+
+            return train(argv)
         _check_port(settings)
     except UserError as error:
         for line in str(error).splitlines():
@@ -58,11 +61,11 @@ def needs_launcher(settings: Any) -> bool:
             or (settings.accelerate_config is not None and "TRAINING_NUM_PROCESSES" not in settings.given))
 
 
-def _check_config(argv: Sequence[str]) -> None:
-    """Configuration mistakes once, here, rather than once per process after they start."""
+def _check_config(argv: Sequence[str]) -> Any:
+    """Configuration mistakes once, here, rather than once per process after they start; the config."""
     from simpletuner.config.loader import load_config
 
-    load_config(argv)
+    return load_config(argv)
 
 
 def _check_port(settings: Any) -> None:

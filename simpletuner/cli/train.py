@@ -156,6 +156,12 @@ def _run(argv: list[str]) -> int:
     if config.estimate_memory:
         _print_memory_estimate(config)
         return 0
+    if config.dry_run:
+        if int(os.environ.get("RANK", "0")) != 0:  # started by a launcher anyway: rank 0 reports for all
+            return 0
+        from simpletuner.dryrun.run import dry_run
+
+        return dry_run(config, settings.num_processes)
     from simpletuner.logs import quiet_libraries
     from simpletuner.training.progress import show_bar
     from simpletuner.training.rank_health import lost_contact_reported

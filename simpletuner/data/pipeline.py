@@ -147,18 +147,22 @@ def sampling_policy(config: Any, backends: DataBackendConfig) -> SamplingPolicy:
 
 
 def prepare_training_data(
-    config: Any, backends: DataBackendConfig, world_size: int = 1, show_progress: bool = True
+    config: Any, backends: DataBackendConfig, world_size: int = 1, show_progress: bool = True,
+    dry_run: bool = False,
 ) -> PreparedData:
     """Discover, plan and count every image dataset.
 
     Nothing here depends on the run's seed: the same files and settings give
     the same plan (random crops included), so cached latents are found again.
+    ``dry_run`` (--dry_run) changes nothing of the user's: no image is moved to
+    quarantine and the dataset settings are not recorded, so the real run
+    still reports what changed since the last one.
     """
     samples: dict[str, list[TrainingSample]] = {}
     notes: list[Note] = []
     discovery: dict[str, DiscoveryResult] = {}
     planning_skips: dict[str, dict[str, list[str]]] = {}
-    quarantine = QuarantinePolicy.from_config(config)
+    quarantine = QuarantinePolicy() if dry_run else QuarantinePolicy.from_config(config)
     for dataset in backends.image_datasets:
         found, planned, skipped = plan_one(dataset, show_progress, getattr(config, "aspect_bucket_worker_count", None))
         notes.extend(dataset_notes(dataset, planned, found.records))
@@ -168,7 +172,8 @@ def prepare_training_data(
         discovery[dataset.id] = found
         samples[dataset.id] = planned
         planning_skips[dataset.id] = skipped
-        _note_drift(dataset, planned, getattr(config, "override_dataset_config", False))
+        if not dry_run:
+            _note_drift(dataset, planned, getattr(config, "override_dataset_config", False))
     _check_not_empty(backends, discovery)
     held_out = hold_out(samples, eval_dataset_id(config))
     notes.extend(held_out_note(held_out, getattr(config, "num_eval_images", 0)))

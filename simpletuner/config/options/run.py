@@ -92,6 +92,16 @@ OPTIONS: tuple[Option, ...] = (
         RUN,
     ),
     Option(
+        "dry_run", "bool", False,
+        "Do everything up to loading the model's weights, then stop: print the resolved "
+        "config, every check, the datasets with their buckets, what the caches hold and "
+        "would encode, the memory estimate against the memory available "
+        "(--memory_limit_gb, else the GPU's free memory, else system RAM on a CPU run), "
+        "the disk space checkpoints need, and the steps and epochs. Exits 0 when the run "
+        "would start, 2 with the reasons when it would not.",
+        RUN,
+    ),
+    Option(
         "list_model_families", "bool", False,
         "List the model families that can be trained, and exit.",
         RUN,
