@@ -18,6 +18,7 @@ import pytest
 from simpletuner.cli import configure
 from simpletuner.config.loader import load_config
 from simpletuner.config.model import option_values
+from simpletuner.config.environment import launch_settings
 from simpletuner.config.options import ENVIRONMENT, OPTIONS_BY_NAME
 from simpletuner.data.schema import load_data_backend_config
 from simpletuner.tools.demo_data import make_demo_dataset
@@ -46,7 +47,7 @@ class Script:
 # One answer per question, in the order asked (a Hub model: no files here, so no estimate).
 ORDER = ["family", "flavour", "base", "model_type", "lora_type", "rank", "output", "memory", "mixed",
          "quantise", "checkpointing", "batch", "resolution", "optimizer", "ema", "dataset", "more", "caption",
-         "lr", "length", "ckpt_steps", "keep", "seed", "validation", "report_to", "hub", "gpus"]
+         "lr", "length", "ckpt_steps", "keep", "seed", "validation", "report_to", "hub", "gpus", "machines"]
 
 
 def answers(**changed: str) -> list[str]:
@@ -140,6 +141,21 @@ def test_config_env_holds_launch_settings(cwd: Path):
         if line and not line.startswith("#"):
             name, value = line.split("=", 1)
             assert defaults[name] == value
+
+
+def test_several_machines_write_the_multi_node_launch_settings(cwd: Path, capsys):
+    """Two machines of 4 GPUs: the total process count, this machine's rank and the main address,
+    checked by the same launch_settings train.sh uses; a rank out of range and an empty address are re-asked."""
+    script = Script(answers(gpus="4", machines="2"))
+    script.answers += ["3", "2", "", "10.0.0.1", "29600"]  # rank 3 of 2 refused, then 2; no address, then one
+    assert configure.main([], input_fn=script) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "give a number from 1 to 2" in out and "need it to find the main one" in out
+    text = (cwd / "config" / "config.env").read_text(encoding="utf-8")
+    env = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    settings = launch_settings({k: v for k, v in env.items() if v != ""})
+    assert settings.num_processes == 8 and settings.num_machines == 2 and settings.machine_rank == 1
+    assert settings.main_process_ip == "10.0.0.1" and settings.main_process_port == 29600
 
 
 def test_prompts_come_from_the_option_table(cwd: Path):

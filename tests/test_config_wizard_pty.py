@@ -110,7 +110,7 @@ def test_a_full_run_writes_a_config_that_trains(tmp_path: Path, tiny_sdxl: Path)
     child.expect("Training length")
     _type(child, "2")
     for label in ("Save a checkpoint every", "Checkpoints to keep", "Seed", "Validation prompt", "Report to",
-                  "Upload the result", "Number of GPUs"):
+                  "Upload the result", "Number of GPUs", "Number of machines"):
         child.expect(label)
         child.send(ENTER)
     child.expect("then train:")

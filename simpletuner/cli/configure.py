@@ -119,9 +119,28 @@ def ask_everything(term: Terminal) -> dict[str, Any]:
     _validation(term, a)
     a["report_to"] = ask_option(term, "report_to", "Report to", check=checks.not_none_with_trackers)
     _publishing(term, a)
-    a["num_processes"] = _ask_count(term, "Number of GPUs to train on (processes for config.env)",
-                                    checks.detected_gpus())
+    a["num_processes"] = _ask_count(term, "Number of GPUs to train on (on each machine)", checks.detected_gpus())
+    _machines(term, a)
     return a
+
+
+def _machines(term: Terminal, a: dict[str, Any]) -> None:
+    """Several machines (config.env's TRAINING_NUM_MACHINES ...); one is the usual answer."""
+    a["num_machines"] = _ask_count(term, "Number of machines (nodes) training together", 1)
+    if a["num_machines"] == 1:
+        return
+    term.say("  Every machine runs ./train.sh with the same files except TRAINING_MACHINE_RANK "
+             "(documentation/DISTRIBUTED.md); put the output folder and caches on shared storage.")
+    while True:
+        rank = _ask_count(term, "This machine's number (1 = the main machine)", 1) - 1
+        if rank < a["num_machines"]:
+            break
+        term.say(f"  give a number from 1 to {a['num_machines']}")
+    a["machine_rank"] = rank
+    while not (address := term.ask("Main machine's address (IP or host name the others can reach)", (), "").strip()):
+        term.say("  the other machines need it to find the main one")
+    a["main_process_ip"] = address
+    a["main_process_port"] = _ask_count(term, "Main machine's port", 29500)
 
 
 def _model(term: Terminal, a: dict[str, Any]) -> None:

@@ -101,7 +101,16 @@ def datasets(answers: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def environment(answers: dict[str, Any]) -> str:
-    chosen = {"TRAINING_NUM_PROCESSES": str(answers.get("num_processes", 1))}
+    machines = answers.get("num_machines", 1)
+    # TRAINING_NUM_PROCESSES is the total over all machines, as accelerate's --num_processes.
+    chosen = {"TRAINING_NUM_PROCESSES": str(answers.get("num_processes", 1) * machines)}
+    if machines > 1:
+        chosen.update({
+            "TRAINING_NUM_MACHINES": str(machines),
+            "TRAINING_MACHINE_RANK": str(answers["machine_rank"]),
+            "TRAINING_MAIN_PROCESS_IP": answers["main_process_ip"],
+            "TRAINING_MAIN_PROCESS_PORT": str(answers["main_process_port"]),
+        })
     lines = [
         "# Launch settings read by train.sh (written by configure.py).",
         "# Training options belong in config.json; see documentation/OPTIONS.md.",
