@@ -1,0 +1,239 @@
+"""Checkpoints of the model and optimizer with ``torch.distributed.checkpoint``.
+
+Under ``--fsdp_enable`` the trained weights and the optimizer state are saved
+as DCP state in ``checkpoint-<step>/sharded/``: each process writes its own
+shards (``__<rank>_0.distcp``) and the main process the ``.metadata`` index.
+Both are keyed by parameter name, not by process, so a checkpoint loads into
+any number of processes (DCP reshards on load) and into an unsharded model.
+Everything else (schedule, sampler, random states, counters) is written by
+the main process exactly as in a DDP run (training/resume.py).
+
+Publishing is as atomic as a DDP checkpoint's: all files go to a hidden
+``.checkpoint-<step>.partial`` folder, and the main process renames it into
+place only once every process's part is on disk, so ``latest`` always names a
+complete checkpoint.  ``--fsdp_async_checkpointing`` writes the shards from a
+background thread after copying them to CPU memory; the rename then happens
+when the write has finished (checked after every step, and waited for before
+the next checkpoint and at the end of the run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from simpletuner.training.checkpoint import list_checkpoints
+from simpletuner.storage.local import move_into_place
+
+logger = logging.getLogger(__name__)
+
+SHARDED_FOLDER = "sharded"
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return (path / SHARDED_FOLDER / ".metadata").is_file()
+
+
+def _inner(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+
+
+def _options(full: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Frozen base weights (an adapter run's) are not state: the base model has them.
+    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full)
+
+
+def model_and_optimizer_state(model: torch.nn.Module, optimizer: Any, full: bool = False) -> dict[str, Any]:
+    """Name-keyed state of the trained weights and the optimizer (collective when sharded)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, _inner(optimizer), options=_options(full))
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def load_model_and_optimizer(model: torch.nn.Module, optimizer: Any, folder: Path) -> None:
+    """Load a checkpoint's ``sharded/`` state, whatever number of processes wrote it (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = model_and_optimizer_state(model, optimizer)
+    dcp.load(state, storage_reader=_safe_reader(folder / SHARDED_FOLDER), planner=_safe_planner())
+    set_state_dict(model, _inner(optimizer), model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"], options=_options(False))
+
+
+# What a DCP ``.metadata`` file may name; DCP reads it with plain pickle, which
+# would run whatever a file from someone else names (see _safe_reader).
+_METADATA_GLOBALS = frozenset({
+    ("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "StorageMeta", "MetadataIndex", "TensorProperties", "BytesStorageMetadata",
+        "ChunkStorageMetadata", "TensorStorageMetadata", "_MEM_FORMAT_ENCODING")
+} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+     ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+     ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath")})
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _METADATA_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                                                    torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
+
+
+def _safe_reader(path: Path) -> Any:
+    """DCP's file reader, with the index read by an unpickler that builds only DCP's own records.
+
+    Like every other checkpoint part (training/state_files.py), loading a
+    checkpoint from someone else must not be able to run code.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as handle:
+                try:
+                    metadata = _MetadataUnpickler(handle).load()
+                except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as error:
+                    from simpletuner.errors import ConfigError
+
+                    raise ConfigError(f"{path}/.metadata is not a checkpoint index SimpleTuner reads ({error}); "
+                                      "resume from another checkpoint") from None
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(str(path))
+
+
+def _safe_planner() -> Any:
+    """DCP's load planner, reading non-tensor entries (optimizer settings) with torch's weights-only loader."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class SafePlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            from torch.distributed.checkpoint._traverse import set_element
+
+            loaded = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = loaded
+
+    return SafePlanner()
+
+
+@dataclass
+class _Pending:
+    future: Any
+    temporary: Path
+    final: Path
+
+
+class ShardedCheckpoints:
+    """Writes DCP checkpoints for one run; holds the one whose background write is in flight."""
+
+    def __init__(self, accelerator: Any, output_dir: Path, state_dict_type: str, asynchronous: bool,
+                 total_limit: Optional[int]) -> None:
+        self.accelerator = accelerator
+        self.output_dir = output_dir
+        self.full = state_dict_type == "full"
+        self.asynchronous = asynchronous
+        self.total_limit = total_limit
+        self.pending: Optional[_Pending] = None
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: Any,
+             write_other_parts: Callable[[Path], None]) -> Path:
+        """Write checkpoint-<step>: shards from every process, the other parts from the main one.
+
+        Collective.  Returns the final folder; with async saving it appears
+        there once the background write is done.
+        """
+        import torch.distributed.checkpoint as dcp
+
+        self.finish()  # one write in flight at a time
+        accelerator = self.accelerator
+        main = accelerator.is_main_process
+        final = self.output_dir / f"checkpoint-{step}"
+        temporary = self.output_dir / f".checkpoint-{step}.partial"
+        if main:
+            shutil.rmtree(temporary, ignore_errors=True)
+            temporary.mkdir(parents=True)
+            write_other_parts(temporary)
+        accelerator.wait_for_everyone()
+        state = model_and_optimizer_state(model, optimizer, full=self.full)
+        target = str(temporary / SHARDED_FOLDER)
+        if self.full:  # gathered to the main process, which writes it alone
+            if main:
+                dcp.save(state, checkpoint_id=target, no_dist=True)
+        elif self.asynchronous:
+            self.pending = _Pending(dcp.async_save(state, checkpoint_id=target), temporary, final)
+            return final
+        else:
+            dcp.save(state, checkpoint_id=target)
+        self._publish(temporary, final)
+        return final
+
+    def poll(self) -> None:
+        """Publish a background write that has finished (called after every step; collective)."""
+        if self.pending is None:
+            return
+        done = torch.tensor([int(_completion(self.pending.future).done())])
+        if self.accelerator.num_processes > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(done, op=dist.ReduceOp.MIN)  # every process's part is written
+        if done.item():
+            self.finish()
+
+    def finish(self) -> None:
+        """Wait for a background write, then publish it (collective)."""
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        _completion(pending.future).result()
+        self._publish(pending.temporary, pending.final)
+
+    def _publish(self, temporary: Path, final: Path) -> None:
+        self.accelerator.wait_for_everyone()  # every process's shards are on disk
+        if self.accelerator.is_main_process:
+            _fsync_tree(temporary)
+            move_into_place(temporary, final, self.output_dir / f".{final.name}.replaced")
+            if self.total_limit:
+                for old in list_checkpoints(self.output_dir)[:-self.total_limit]:
+                    doomed = old.with_name(f".{old.name}.deleting")
+                    os.replace(old, doomed)
+                    shutil.rmtree(doomed, ignore_errors=True)
+            logger.info("saved checkpoint %s", final)
+        self.accelerator.wait_for_everyone()
+
+
+def _completion(future: Any) -> Any:
+    """The future that ends when the files are written (async_save may also report staging)."""
+    return getattr(future, "upload_completion", future)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def sharded_checkpoints_for(config: Any, accelerator: Any, output_dir: Path) -> Optional[ShardedCheckpoints]:
+    """The run's DCP checkpoint writer under --fsdp_enable (also with one process); None otherwise."""
+    if not getattr(config, "fsdp_enable", False):
+        return None
+    return ShardedCheckpoints(accelerator, output_dir, config.fsdp_state_dict_type,
+                              config.fsdp_async_checkpointing, config.checkpoints_total_limit)
