@@ -37,19 +37,26 @@ logger = logging.getLogger(__name__)
 SHARDED_FOLDER = "sharded"
 
 
-def is_sharded_checkpoint(path: Path) -> bool:
-    return (path / SHARDED_FOLDER / ".metadata").is_file()
+def checkpoint_kind(path: Path) -> str:
+    """How ``path`` holds the weights and optimizer: "dcp", "deepspeed" or "plain" (one file each)."""
+    from simpletuner.distributed.deepspeed import CHECKPOINT_FOLDER
+
+    if (path / SHARDED_FOLDER / ".metadata").is_file():
+        return "dcp"
+    if (path / CHECKPOINT_FOLDER).is_dir():
+        return "deepspeed"
+    return "plain"
 
 
 def _inner(optimizer: Any) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
 
 
-def _options(full: bool) -> Any:
+def _options(full: bool, strict: bool = True) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     # Frozen base weights (an adapter run's) are not state: the base model has them.
-    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full)
+    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full, strict=strict)
 
 
 def model_and_optimizer_state(model: torch.nn.Module, optimizer: Any, full: bool = False) -> dict[str, Any]:
@@ -65,10 +72,12 @@ def load_model_and_optimizer(model: torch.nn.Module, optimizer: Any, folder: Pat
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
+    # Every trained weight is named here, and dcp.load fails on a name the checkpoint
+    # lacks; the frozen ones are left out on purpose, hence strict=False when setting.
     state = model_and_optimizer_state(model, optimizer)
     dcp.load(state, storage_reader=_safe_reader(folder / SHARDED_FOLDER), planner=_safe_planner())
     set_state_dict(model, _inner(optimizer), model_state_dict=state["model"],
-                   optim_state_dict=state["optimizer"], options=_options(False))
+                   optim_state_dict=state["optimizer"], options=_options(False, strict=False))
 
 
 # What a DCP ``.metadata`` file may name; DCP reads it with plain pickle, which
@@ -142,10 +151,16 @@ class _Pending:
 
 
 class ShardedCheckpoints:
-    """Writes DCP checkpoints for one run; holds the one whose background write is in flight."""
+    """Writes a run's checkpoints whose weights and optimizer state every process writes its part of.
+
+    ``kind`` is "dcp" (--fsdp_enable: torch.distributed.checkpoint) or
+    "deepspeed" (--deepspeed_config: the engine's own ZeRO checkpoint).  Holds
+    the checkpoint whose background write (--fsdp_async_checkpointing) is in flight.
+    """
 
     def __init__(self, accelerator: Any, output_dir: Path, state_dict_type: str, asynchronous: bool,
-                 total_limit: Optional[int]) -> None:
+                 total_limit: Optional[int], kind: str = "dcp") -> None:
+        self.kind = kind
         self.accelerator = accelerator
         self.output_dir = output_dir
         self.full = state_dict_type == "full"
@@ -172,7 +187,13 @@ class ShardedCheckpoints:
             temporary.mkdir(parents=True)
             write_other_parts(temporary)
         accelerator.wait_for_everyone()
-        state = model_and_optimizer_state(model, optimizer, full=self.full)
+        if self.kind == "deepspeed":
+            from simpletuner.distributed.deepspeed import save_engine_state
+
+            save_engine_state(model, temporary)
+            self._publish(temporary, final)
+            return final
+        state = model_and_optimizer_state(accelerator.unwrap_model(model), optimizer, full=self.full)
         target = str(temporary / SHARDED_FOLDER)
         if self.full:  # gathered to the main process, which writes it alone
             if main:
@@ -184,6 +205,15 @@ class ShardedCheckpoints:
             dcp.save(state, checkpoint_id=target)
         self._publish(temporary, final)
         return final
+
+    def load(self, model: Any, optimizer: Any, folder: Path) -> None:
+        """The weights and optimizer state of checkpoint ``folder`` (collective)."""
+        if self.kind == "deepspeed":
+            from simpletuner.distributed.deepspeed import load_engine_state
+
+            load_engine_state(model, folder)
+        else:
+            load_model_and_optimizer(self.accelerator.unwrap_model(model), optimizer, folder)
 
     def poll(self) -> None:
         """Publish a background write that has finished (called after every step; collective)."""
@@ -232,7 +262,11 @@ def _fsync_tree(folder: Path) -> None:
 
 
 def sharded_checkpoints_for(config: Any, accelerator: Any, output_dir: Path) -> Optional[ShardedCheckpoints]:
-    """The run's DCP checkpoint writer under --fsdp_enable (also with one process); None otherwise."""
+    """The run's per-process checkpoint writer under --fsdp_enable (also with one process) or
+    --deepspeed_config; None for a plain run (training/resume.py writes those)."""
+    if getattr(config, "deepspeed_config", None):
+        return ShardedCheckpoints(accelerator, output_dir, "sharded", False, config.checkpoints_total_limit,
+                                  kind="deepspeed")
     if not getattr(config, "fsdp_enable", False):
         return None
     return ShardedCheckpoints(accelerator, output_dir, config.fsdp_state_dict_type,

@@ -16,6 +16,9 @@ def sharding_fits(values: Values) -> Optional[str]:
 
     if values.get("deepspeed_config") and values.get("fsdp_enable"):
         return "--deepspeed_config and --fsdp_enable both shard the model; choose one of them"
+    if values.get("deepspeed_config") and not _accelerator_present():
+        return ("--deepspeed_config needs a GPU (DeepSpeed does not train on the CPU); on this machine use "
+                "--fsdp_enable instead, which shards the model with FSDP2")
     if not values.get("fsdp_enable"):
         return None
     if values["fsdp_version"] != 2:

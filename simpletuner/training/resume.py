@@ -131,9 +131,7 @@ def load_training_state(trainer: Any, path: Path) -> None:
     denoiser = trainer.accelerator.unwrap_model(trainer.denoiser, keep_torch_compile=False)
     try:
         if sharded:
-            from simpletuner.distributed.dcp import load_model_and_optimizer
-
-            load_model_and_optimizer(denoiser, trainer.optimizer, path)
+            trainer.sharded_checkpoints.load(trainer.denoiser, trainer.optimizer, path)
         else:
             trainer.trainable.load_state(denoiser, path)
             trainer.optimizer.load_state_dict(optimizer_state)
@@ -152,15 +150,17 @@ def load_training_state(trainer: Any, path: Path) -> None:
 
 
 def _check_checkpoint_kind(trainer: Any, path: Path) -> bool:
-    """Whether ``path`` holds sharded (DCP) state; refused when the run expects the other kind."""
-    from simpletuner.distributed.dcp import is_sharded_checkpoint
+    """Whether each process wrote its part of ``path`` (FSDP2, DeepSpeed); refused when this run
+    would read it the other way."""
+    from simpletuner.distributed.dcp import checkpoint_kind
 
-    sharded = is_sharded_checkpoint(path)
-    wanted = getattr(trainer, "sharded_checkpoints", None) is not None
-    if sharded != wanted:
-        saved_with = "with" if sharded else "without"
-        raise ConfigError(f"{path} was saved {saved_with} --fsdp_enable; resume it {saved_with} --fsdp_enable")
-    return sharded
+    writer = getattr(trainer, "sharded_checkpoints", None)
+    found, wanted = checkpoint_kind(path), writer.kind if writer is not None else "plain"
+    if found != wanted:
+        option = {"dcp": "--fsdp_enable", "deepspeed": "--deepspeed_config",
+                  "plain": "neither --fsdp_enable nor --deepspeed_config"}
+        raise ConfigError(f"{path} was saved with {option[found]}; resume it with {option[found]}")
+    return found != "plain"
 
 
 def _gather_from_ranks(accelerator: Any, value: Any) -> list:
