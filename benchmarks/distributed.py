@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/distributed.py [--steps N] [--width W] [--layers L] [--batch B]
+    python benchmarks/distributed.py [--steps N] [--width W] [--layers L] [--batch B] [--processes 1,2]
 
 Prints one line per (processes, mode): step time, samples/s, per-process
 peak RSS and the bytes of parameters + optimizer state each process holds,
@@ -120,13 +120,15 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--processes", default="1,2", help="process counts to run, comma-separated (2 is needed "
+                        "for the ratio)")
     parser.add_argument("--worker", choices=("ddp", "fsdp"))
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.steps, args.width, args.layers, args.batch)
         return
     held: dict[tuple[int, str], int] = {}
-    for processes in (1, 2):
+    for processes in sorted({int(n) for n in args.processes.split(",")} | {2}):
         for mode in ("ddp", "fsdp"):
             ranks = _launch(processes, mode, args)
             step_time = max(r["step_time"] for r in ranks)  # the slowest process sets the pace
