@@ -154,3 +154,21 @@ def test_lora_on_sharded_base_resumes_with_one_process_and_back(tmp_path: Path, 
     pipeline.load_lora_weights(root / "resumed")
     loaded = {k: v for k, v in pipeline.unet.state_dict().items() if "lora_B" in k}
     assert loaded and any(v.abs().max().item() > 0 for v in loaded.values())
+
+
+def test_memory_check_counts_a_share_of_the_sharded_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from simpletuner.memory import report
+    from simpletuner.memory.estimate import MemoryEstimate
+
+    gib = 2**30
+    estimate = MemoryEstimate(components={}, bucket=(64, 64), batch_size=1, loading=gib, caching=gib,
+                              training={"trained weights": 2 * gib, "gradients": 2 * gib,
+                                        "optimizer state": 4 * gib, "activations": gib})
+    monkeypatch.setattr(report, "estimate_for_run", lambda *args: estimate)
+    monkeypatch.setattr(report, "largest_bucket", lambda counts: (64, 64))
+    config = SimpleNamespace(skip_memory_check=False, memory_limit_gb=6)
+    with pytest.raises(ConfigError, match="memory estimate"):  # 9 GiB whole
+        report.check_memory(config, None, None, {}, torch.device("cpu"), log=False)
+    report.check_memory(config, None, None, {}, torch.device("cpu"), log=False, shards=2)  # 5 GiB each

@@ -25,6 +25,11 @@ def sharding_active(config: Any, num_processes: int) -> bool:
     return bool(getattr(config, "fsdp_enable", False)) and num_processes > 1
 
 
+def shard_count(config: Any, num_processes: int) -> int:
+    """Processes each weight is split over: all of them under FSDP2, else 1."""
+    return num_processes if sharding_active(config, num_processes) else 1
+
+
 def is_sharded(module: torch.nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
@@ -136,3 +141,20 @@ def gathered_denoiser(denoiser: torch.nn.Module, is_main: bool,
         raise RuntimeError(f"gathered weights do not fit the model: missing {sorted(missing)[:3]}, "
                            f"unexpected {result.unexpected_keys[:3]}")
     return plain
+
+
+# Memory estimate items FSDP2 splits over the processes (memory/estimate.py's names).
+SHARDED_ITEMS = ("frozen weights", "trained weights", "gradients", "optimizer state")
+
+
+def sharded_estimate(estimate: Any, processes: int) -> Any:
+    """The per-process memory estimate when the model is sharded over ``processes``.
+
+    Activations stay whole; the block gathered for its forward pass is small
+    next to the rest and is left out.
+    """
+    import dataclasses
+
+    training = {item: (size + processes - 1) // processes if item in SHARDED_ITEMS else size
+                for item, size in estimate.training.items()}
+    return dataclasses.replace(estimate, training=training)

@@ -127,7 +127,8 @@ class Trainer:
         summary = self._log_summary(data, total_training_steps(config, data.report.batches_per_epoch), resume_path)
         check_something_to_learn(backends.image_datasets, data.report, self.trainable)
         check_memory(config, self.family, self.source, data.report.counts, self.device,
-                     log=self.accelerator.is_main_process)
+                     log=self.accelerator.is_main_process,
+                     shards=fsdp.shard_count(config, self.accelerator.num_processes))
         # 4. Caches: encode what is missing, then free the encoders.  Images that
         #    cannot be decoded are left out here, which can change the step count.
         self.stop.enter("caching")
