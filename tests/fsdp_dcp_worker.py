@@ -30,6 +30,7 @@ class Accelerator:
     def __init__(self) -> None:
         self.num_processes = dist.get_world_size() if dist.is_initialized() else 1
         self.is_main_process = not dist.is_initialized() or dist.get_rank() == 0
+        self.device = torch.device("cpu")
 
     def wait_for_everyone(self) -> None:
         if dist.is_initialized():

@@ -34,9 +34,25 @@ def _start(root: Path, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("CONFIG_PATH", "ENV", "CONFIG_BACKEND")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
-    # Its own process group, so one killpg takes the launcher and both ranks at once.
     return subprocess.Popen(["bash", str(REPO / "train.sh"), "--output_dir", "killed"], cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+def _kill_all(process: subprocess.Popen) -> None:
+    """SIGKILL train.sh, accelerate's launcher and both ranks at once, as when the machine dies.
+
+    By process id, children first listed: torch's launcher starts the ranks in
+    sessions of their own, so a process-group kill would miss them.
+    """
+    import psutil
+
+    family = [psutil.Process(process.pid)]
+    family += family[0].children(recursive=True)
+    for member in family:
+        try:
+            member.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _wait_until(condition: Callable[[], bool], process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -87,7 +103,7 @@ def test_sigkilled_fsdp_run_resumes_to_the_same_weights(tmp_path: Path, tiny_sdx
                 _wait_until(lambda: any(output.glob(".checkpoint-*.partial")), process, log)
             else:
                 time.sleep(rng.uniform(0.0, 2.0))
-            os.killpg(process.pid, signal.SIGKILL)
+            _kill_all(process)
         returncode = process.wait(timeout=300)
         caught_mid_save |= attempt < 2 and any(output.glob(".checkpoint-*.partial"))
         text = log.read_text(errors="replace")

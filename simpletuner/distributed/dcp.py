@@ -167,6 +167,7 @@ class ShardedCheckpoints:
         self.asynchronous = asynchronous
         self.total_limit = total_limit
         self.pending: Optional[_Pending] = None
+        self._background_group: Any = None
 
     def save(self, step: int, model: torch.nn.Module, optimizer: Any,
              write_other_parts: Callable[[Path], None]) -> Path:
@@ -199,12 +200,26 @@ class ShardedCheckpoints:
             if main:
                 dcp.save(state, checkpoint_id=target, no_dist=True)
         elif self.asynchronous:
-            self.pending = _Pending(dcp.async_save(state, checkpoint_id=target), temporary, final)
+            future = dcp.async_save(state, checkpoint_id=target, process_group=self._cpu_group())
+            self.pending = _Pending(future, temporary, final)
             return final
         else:
             dcp.save(state, checkpoint_id=target)
         self._publish(temporary, final)
         return final
+
+    def _cpu_group(self) -> Any:
+        """A gloo group for the background write's collectives (created once, by every process).
+
+        async_save needs a CPU backend; on GPUs accelerate's group is nccl only.
+        """
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return None
+        if self._background_group is None:
+            self._background_group = dist.new_group(backend="gloo")
+        return self._background_group
 
     def load(self, model: Any, optimizer: Any, folder: Path) -> None:
         """The weights and optimizer state of checkpoint ``folder`` (collective)."""
@@ -219,7 +234,7 @@ class ShardedCheckpoints:
         """Publish a background write that has finished (called after every step; collective)."""
         if self.pending is None:
             return
-        done = torch.tensor([int(_completion(self.pending.future).done())])
+        done = torch.tensor([int(_completion(self.pending.future).done())], device=self.accelerator.device)
         if self.accelerator.num_processes > 1:
             import torch.distributed as dist
 
