@@ -77,7 +77,8 @@ def main(mode: str, folder: Path) -> None:
         dist.init_process_group("gloo")
     accelerator = Accelerator()
     model, optimizer = build()
-    writer = ShardedCheckpoints(accelerator, folder, "sharded", asynchronous=mode == "save-async", total_limit=None)
+    writer = ShardedCheckpoints(accelerator, folder, "full" if mode == "save-full" else "sharded",
+                                asynchronous=mode == "save-async", total_limit=None)
     if mode.startswith("save"):
         for number in range(1, 4):
             step(model, optimizer, number)

@@ -59,13 +59,15 @@ def _flatten(tree: object, prefix: str = "") -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("saved_by, loaded_by, save", [(2, 1, "save-async"), (1, 2, "save")])
+@pytest.mark.parametrize("saved_by, loaded_by, save", [(2, 1, "save-async"), (1, 2, "save"), (2, 1, "save-full")])
 def test_checkpoint_resumes_with_another_process_count(tmp_path: Path, saved_by: int, loaded_by: int,
                                                         save: str) -> None:
-    # 2 -> 1 also covers --fsdp_async_checkpointing: written in the background, published when complete.
+    # 2 -> 1 also covers --fsdp_async_checkpointing (written in the background, published when
+    # complete) and --fsdp_state_dict_type full (gathered, written by the main process alone).
     _torchrun(saved_by, save, str(tmp_path))
     shards = sorted(p.name for p in (tmp_path / "checkpoint-3" / "sharded").glob("*.distcp"))
-    assert shards == [f"__{rank}_0.distcp" for rank in range(saved_by)]  # each process wrote its part
+    writers = 1 if save == "save-full" else saved_by
+    assert shards == [f"__{rank}_0.distcp" for rank in range(writers)]  # each writing process wrote its part
     assert not list(tmp_path.glob(".checkpoint-*"))  # published: no partial folder left
     _torchrun(loaded_by, "load", str(tmp_path))
     reference = torch.load(tmp_path / "reference.pt", weights_only=True)
@@ -84,7 +86,7 @@ class _RunsCode:
 
 
 def test_checkpoint_index_cannot_run_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from simpletuner.distributed.dcp import _safe_reader
+    from simpletuner.distributed.safe_load import safe_reader
 
     marker = tmp_path / "ran"
     monkeypatch.setenv("ST_MARKER", str(marker))
@@ -92,5 +94,5 @@ def test_checkpoint_index_cannot_run_code(tmp_path: Path, monkeypatch: pytest.Mo
     sharded.mkdir(parents=True)
     (sharded / ".metadata").write_bytes(pickle.dumps(_RunsCode()))
     with pytest.raises(ConfigError, match="not a checkpoint index"):
-        _safe_reader(sharded).read_metadata()
+        safe_reader(sharded).read_metadata()
     assert not marker.exists()
