@@ -83,7 +83,7 @@ def _complete_checkpoints(output: Path) -> list[int]:
 
 
 def test_sigkilled_fsdp_run_resumes_to_the_same_weights(tmp_path: Path, tiny_sdxl: Path) -> None:
-    root = tiny_project(tmp_path, tiny_sdxl, fsdp_enable=True, max_train_steps=8, checkpointing_steps=2,
+    root = tiny_project(tmp_path, tiny_sdxl, fsdp_enable=True, max_train_steps=12, checkpointing_steps=2,
                         checkpoints_total_limit=2, resume_from_checkpoint="latest")
     env_file = root / "config" / "config.env"
     env_file.write_text(re.sub(r"TRAINING_NUM_PROCESSES=\d+", "TRAINING_NUM_PROCESSES=2", env_file.read_text()))
@@ -102,7 +102,7 @@ def test_sigkilled_fsdp_run_resumes_to_the_same_weights(tmp_path: Path, tiny_sdx
             if attempt == 0:  # while the next checkpoint is being written
                 _wait_until(lambda: any(output.glob(".checkpoint-*.partial")), process, log)
             else:
-                time.sleep(rng.uniform(0.0, 2.0))
+                time.sleep(rng.uniform(0.0, 1.0))  # within the next two steps; 6+ steps remain
             _kill_all(process)
         returncode = process.wait(timeout=300)
         caught_mid_save |= attempt < 2 and any(output.glob(".checkpoint-*.partial"))
