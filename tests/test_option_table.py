@@ -325,6 +325,7 @@ def test_not_implemented_options_default_to_off():
 SLICE = {
     "model_family": ('sdxl', 'legacy', 'sd3', 'flux', 'pixart_sigma', 'kolors'),
     "lora_init_type": ("default", "gaussian", "olora", "pissa"),
+    "fsdp_auto_wrap_policy": ("TRANSFORMER_BASED_WRAP", "NO_WRAP"),
 }
 SLICE_FULLY = {
     # adapters (issue 7)
@@ -419,6 +420,10 @@ SLICE_FULLY = {
     "dataloader_prefetch", "dataloader_prefetch_qlen",
     # several nodes, ranks that never hang (issue 18)
     "distributed_timeout",
+    # FSDP2, sharded checkpoints and DeepSpeed (issue 18)
+    "fsdp_enable", "fsdp_version", "fsdp_reshard_after_forward", "fsdp_cpu_offload", "fsdp_state_dict_type",
+    "fsdp_async_checkpointing", "fsdp_transformer_layer_cls_to_wrap", "fsdp_activation_checkpointing",
+    "deepspeed_config",
 }
 # Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's
 # tuning knobs for machinery this trainer does not have (issue 16).

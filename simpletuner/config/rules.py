@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from simpletuner.config.options import OPTIONS
 from simpletuner.config.training_rules import TRAINING_RULES, fp16_supported
+from simpletuner.distributed.rules import sharding_fits
 from simpletuner.errors import ConfigError
 
 Values = Mapping[str, Any]
@@ -393,6 +394,7 @@ RULES: tuple[Rule, ...] = (
     loftq_unavailable,
     hub_model_id_valid,
     webhook_config_valid,
+    sharding_fits,
 ) + TRAINING_RULES
 
 # Rules that still apply when the user only asks for information.
@@ -401,7 +403,8 @@ _ALWAYS = (not_implemented, model_flavour_known, training_length, lycoris_needs_
            report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses,
            soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits, dora_fits,
            text_encoder_training_fits,
-           lycoris_config_valid, loftq_unavailable, hub_model_id_valid, webhook_config_valid) + TRAINING_RULES
+           lycoris_config_valid, loftq_unavailable, hub_model_id_valid, webhook_config_valid,
+           sharding_fits) + TRAINING_RULES
 
 
 def information_only(values: Values) -> bool:

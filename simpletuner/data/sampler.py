@@ -188,9 +188,10 @@ class BucketBatchSampler:
             yield from self
 
     # --- resumption ---------------------------------------------------------------------
-    def _compute_fingerprint(self) -> str:
+    def _compute_fingerprint(self, world_size: Optional[int] = None) -> str:
         digest = hashlib.sha256()
-        digest.update(f"{self.batch_size}|{self.world_size}|{sorted(self.repeats.items())}".encode())
+        world_size = self.world_size if world_size is None else world_size
+        digest.update(f"{self.batch_size}|{world_size}|{sorted(self.repeats.items())}".encode())
         digest.update(repr(self.policy.describe()).encode())
         for dataset_id, groups in self._groups.items():
             for bucket, members in groups.items():
@@ -210,12 +211,23 @@ class BucketBatchSampler:
             "seed": self.seed,
             "batches_per_epoch": self.batches_per_epoch(),
             "fingerprint": self._fingerprint,
+            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from ``state``; when the data or settings changed, keep the epoch and warn."""
         self.epoch = int(state["epoch"])
         self.position = int(state.get("position", 0))
+        saved_world = int(state.get("world_size", self.world_size))
+        if saved_world != self.world_size and state.get("fingerprint") == self._compute_fingerprint(saved_world):
+            # Only the process count changed: every rank walks the same global batch
+            # order in turn, so the batches taken so far are the first position x
+            # world of it, whatever the count; continue after them.
+            self.position = self.position * saved_world // self.world_size
+            logger.info("checkpoint written by %d process(es), resuming with %d: continuing the epoch's batch "
+                        "order after its first %d batches", saved_world, self.world_size,
+                        self.position * self.world_size)
+            return
         if state.get("fingerprint") != self._fingerprint or state.get("seed") != self.seed:
             logger.warning(
                 "the datasets, batch size, repeats, world size or seed changed since the checkpoint; "

@@ -188,6 +188,9 @@ class ModelFamily:
     pipeline_class_name: ClassVar[str]
     denoiser_component: ClassVar[str]  # "unet" or "transformer"
     denoiser_class_name: ClassVar[str]  # the diffusers class, e.g. "UNet2DConditionModel"
+    # Class names of the denoiser's repeated blocks, each sharded as one unit under
+    # --fsdp_enable (--fsdp_transformer_layer_cls_to_wrap replaces them).
+    fsdp_block_class_names: ClassVar[tuple[str, ...]] = ()
     noise_scheduler_class_name: ClassVar[str] = "DDPMScheduler"
     default_lora_targets: ClassVar[tuple[str, ...]]
     default_resolution: ClassVar[int]

@@ -47,6 +47,8 @@ class FluxFamily(FlowMatchingFamily):
     pipeline_class_name = "FluxPipeline"
     denoiser_component = "transformer"
     denoiser_class_name = "FluxTransformer2DModel"
+    # The denoiser's repeated blocks: one FSDP2 shard group each (--fsdp_enable).
+    fsdp_block_class_names = ("FluxTransformerBlock", "FluxSingleTransformerBlock")
     # The attention projections of the double-stream blocks (image and text)
     # and the single-stream blocks' q/k/v, as diffusers' Flux LoRA scripts
     # train them and its loader maps them.

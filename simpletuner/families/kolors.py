@@ -24,6 +24,8 @@ class KolorsFamily(TextTimeConditioning, ModelFamily):
     pipeline_class_name = "KolorsPipeline"
     denoiser_component = "unet"
     denoiser_class_name = "UNet2DConditionModel"
+    # The denoiser's repeated blocks: one FSDP2 shard group each (--fsdp_enable).
+    fsdp_block_class_names = ("BasicTransformerBlock", "ResnetBlock2D")
     # The attention projections; KolorsPipeline.load_lora_weights
     # (StableDiffusionLoraLoaderMixin) maps them onto the UNet.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")

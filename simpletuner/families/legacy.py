@@ -27,6 +27,8 @@ class LegacyFamily(ModelFamily):
     pipeline_class_name = "StableDiffusionPipeline"
     denoiser_component = "unet"
     denoiser_class_name = "UNet2DConditionModel"
+    # The denoiser's repeated blocks: one FSDP2 shard group each (--fsdp_enable).
+    fsdp_block_class_names = ("BasicTransformerBlock", "ResnetBlock2D")
     # The attention projections, the set diffusers' SD LoRA training script
     # uses and StableDiffusionPipeline.load_lora_weights maps onto the UNet.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")

@@ -31,6 +31,8 @@ class PixArtSigmaFamily(ModelFamily):
     pipeline_class_name = "PixArtSigmaPipeline"
     denoiser_component = "transformer"
     denoiser_class_name = "PixArtTransformer2DModel"
+    # The denoiser's repeated blocks: one FSDP2 shard group each (--fsdp_enable).
+    fsdp_block_class_names = ("BasicTransformerBlock",)
     # Self- and cross-attention projections of every block (SimpleTuner's default).
     default_lora_targets = ("to_k", "to_q", "to_v", "to_out.0")
     # Kept unquantised under --base_model_precision: the input and output

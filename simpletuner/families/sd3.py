@@ -21,6 +21,8 @@ class SD3Family(FlowMatchingFamily):
     pipeline_class_name = "StableDiffusion3Pipeline"
     denoiser_component = "transformer"
     denoiser_class_name = "SD3Transformer2DModel"
+    # The denoiser's repeated blocks: one FSDP2 shard group each (--fsdp_enable).
+    fsdp_block_class_names = ("JointTransformerBlock",)
     # The joint-attention projections of every MMDiT block (image and text
     # streams), the set diffusers' SD3 LoRA scripts train and its loader maps.
     default_lora_targets = (

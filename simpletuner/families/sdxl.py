@@ -28,6 +28,8 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
     pipeline_class_name = "StableDiffusionXLPipeline"
     denoiser_component = "unet"
     denoiser_class_name = "UNet2DConditionModel"
+    # The denoiser's repeated blocks: one FSDP2 shard group each (--fsdp_enable).
+    fsdp_block_class_names = ("BasicTransformerBlock", "ResnetBlock2D")
     # The attention projections, as diffusers' SDXL LoRA loader expects them.
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     # Kept unquantised under --base_model_precision: the first and last

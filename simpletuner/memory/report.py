@@ -80,13 +80,21 @@ def required_memory(estimate: MemoryEstimate, device: torch.device) -> int:
 
 
 def check_memory(config: Any, family: ModelFamily, source: ModelSource, counts: dict,
-                 device: torch.device, log: bool = True) -> None:
-    """The trainer's start-up step: log the estimate for the largest real bucket, then check it fits."""
+                 device: torch.device, log: bool = True, shards: int = 1) -> None:
+    """The trainer's start-up step: log the estimate for the largest real bucket, then check it fits.
+
+    ``shards``: processes the weights, gradients and optimizer state are split
+    over (--fsdp_enable); each process needs about that share of them.
+    """
     import logging
 
     bucket = largest_bucket(counts) or planned_bucket(config)
     try:
         estimate = estimate_for_run(config, family, source, bucket)
+        if estimate is not None and shards > 1:
+            from simpletuner.distributed.fsdp import sharded_estimate
+
+            estimate = sharded_estimate(estimate, shards)
     except UserError:
         raise
     except Exception as error:  # an estimate that cannot be made must not stop a run that can

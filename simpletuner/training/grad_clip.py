@@ -26,7 +26,9 @@ def clip_gradients(
     if limit <= 0:
         return None
     if method == "norm":
-        return accelerator.clip_grad_norm_(parameters, limit)
+        norm = accelerator.clip_grad_norm_(parameters, limit)
+        # Over FSDP2-sharded gradients the norm is a DTensor; the logged value is the whole model's.
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
     if method == "value":
         accelerator.clip_grad_value_(parameters, limit)
         return None

@@ -68,6 +68,12 @@ def save_training_state(trainer: Any) -> Optional[Path]:
     # Every rank draws its own noise, so every rank's random state is saved;
     # gathering is collective, hence before the main-process-only part.
     rng_states = _gather_from_ranks(accelerator, capture_rng_state(trainer.generator))
+    step = trainer.state.global_step
+    if getattr(trainer, "sharded_checkpoints", None) is not None:  # --fsdp_enable: every process writes its shards
+        with writing(f"checkpoint-{step}", trainer.output_dir):
+            path = trainer.sharded_checkpoints.save(step, trainer.denoiser, trainer.optimizer,
+                                                    lambda folder: _write_run_parts(trainer, folder, rng_states))
+        return path if accelerator.is_main_process and path.is_dir() else None
     if not accelerator.is_main_process:
         return None
     # The plain module: a compiled one (TRAINING_DYNAMO_BACKEND) prefixes every key with _orig_mod.
@@ -76,18 +82,22 @@ def save_training_state(trainer: Any) -> Optional[Path]:
     def write_parts(folder: Path) -> None:
         trainer.trainable.save_state(denoiser, folder)
         write_state(state_file(folder, OPTIMIZER_PART), trainer.optimizer.state_dict())
-        write_state(state_file(folder, SCHEDULER_PART), trainer.lr_scheduler.state_dict())
-        write_state(state_file(folder, RNG_PART), {"per_rank": rng_states})
-        write_json(folder / SAMPLER_FILE, trainer.sampler.state_dict())
-        if trainer.ema is not None:
-            write_state(state_file(folder, EMA_PART), trainer.ema.state_dict())
-        write_json(folder / TRAINER_STATE_FILE, trainer.state.state_dict())
+        _write_run_parts(trainer, folder, rng_states)
 
-    step = trainer.state.global_step
     with writing(f"checkpoint-{step}", trainer.output_dir):
         path = save_checkpoint(trainer.output_dir, step, write_parts, trainer.config.checkpoints_total_limit)
     logger.info("saved checkpoint %s", path)
     return path
+
+
+def _write_run_parts(trainer: Any, folder: Path, rng_states: list) -> None:
+    """Everything but the weights and optimizer: schedule, random states, data position, counters."""
+    write_state(state_file(folder, SCHEDULER_PART), trainer.lr_scheduler.state_dict())
+    write_state(state_file(folder, RNG_PART), {"per_rank": rng_states})
+    write_json(folder / SAMPLER_FILE, trainer.sampler.state_dict())
+    if trainer.ema is not None:
+        write_state(state_file(folder, EMA_PART), trainer.ema.state_dict())
+    write_json(folder / TRAINER_STATE_FILE, trainer.state.state_dict())
 
 
 def state_file(folder: Path, part: str) -> Path:
@@ -112,15 +122,19 @@ def read_part(folder: Path, part: str) -> Any:
 def load_training_state(trainer: Any, path: Path) -> None:
     if trainer.ema is not None and not has_part(path, EMA_PART):
         raise ConfigError(f"{path} has no EMA weights; it was saved without --use_ema")
+    sharded = _check_checkpoint_kind(trainer, path)
     # Every part is read (and checked) before anything is changed.
-    optimizer_state = read_part(path, OPTIMIZER_PART)
+    optimizer_state = None if sharded else read_part(path, OPTIMIZER_PART)
     scheduler_state = read_part(path, SCHEDULER_PART)
     rng_states = read_part(path, RNG_PART)["per_rank"]
     ema_state = read_part(path, EMA_PART) if trainer.ema is not None else None
     denoiser = trainer.accelerator.unwrap_model(trainer.denoiser, keep_torch_compile=False)
     try:
-        trainer.trainable.load_state(denoiser, path)
-        trainer.optimizer.load_state_dict(optimizer_state)
+        if sharded:
+            trainer.sharded_checkpoints.load(trainer.denoiser, trainer.optimizer, path)
+        else:
+            trainer.trainable.load_state(denoiser, path)
+            trainer.optimizer.load_state_dict(optimizer_state)
         trainer.lr_scheduler.load_state_dict(scheduler_state)
         if ema_state is not None:
             trainer.ema.load_state_dict(ema_state)
@@ -133,6 +147,20 @@ def load_training_state(trainer: Any, path: Path) -> None:
     trainer.state.load_state_dict(read_json(path / TRAINER_STATE_FILE))
     _restore_this_ranks_rng(trainer, rng_states)
     logger.info("resumed from %s at step %d", path, trainer.state.global_step)
+
+
+def _check_checkpoint_kind(trainer: Any, path: Path) -> bool:
+    """Whether each process wrote its part of ``path`` (FSDP2, DeepSpeed); refused when this run
+    would read it the other way."""
+    from simpletuner.distributed.dcp import checkpoint_kind
+
+    writer = getattr(trainer, "sharded_checkpoints", None)
+    found, wanted = checkpoint_kind(path), writer.kind if writer is not None else "plain"
+    if found != wanted:
+        option = {"dcp": "--fsdp_enable", "deepspeed": "--deepspeed_config",
+                  "plain": "neither --fsdp_enable nor --deepspeed_config"}
+        raise ConfigError(f"{path} was saved with {option[found]}; resume it with {option[found]}")
+    return found != "plain"
 
 
 def _gather_from_ranks(accelerator: Any, value: Any) -> list:

@@ -37,10 +37,15 @@ def build_accelerator(config: Any, output_dir: Path, env: Optional[Mapping[str, 
         backend = dynamo_backend(env)
     except ConfigError as error:
         raise ConfigError(f"{error}{where_set('TRAINING_DYNAMO_BACKEND', env)}") from None
-    output_dir.mkdir(parents=True, exist_ok=True)
-    logging_dir = output_dir / config.logging_dir
     # Unset leaves compilation to accelerate's own settings (accelerate launch/config).
     compile_settings = {} if backend is None else {"dynamo_backend": backend}
+    from simpletuner.distributed.deepspeed import deepspeed_plugin
+
+    plugin = deepspeed_plugin(config)  # --deepspeed_config (GPU only); its file is checked here
+    if plugin is not None:
+        compile_settings["deepspeed_plugin"] = plugin
+    output_dir.mkdir(parents=True, exist_ok=True)
+    logging_dir = output_dir / config.logging_dir
     accelerator = Accelerator(
         cpu=_distributed_without_accelerator(),
         gradient_accumulation_steps=config.gradient_accumulation_steps,

@@ -11,6 +11,7 @@ class TrainState:
     seed: int
     global_step: int = 0  # optimizer steps taken
     epoch: int = 0
+    samples_seen: int = 0  # over all processes; stays right when a resume changes their number
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -19,3 +20,4 @@ class TrainState:
         self.seed = int(state["seed"])
         self.global_step = int(state["global_step"])
         self.epoch = int(state["epoch"])
+        self.samples_seen = int(state.get("samples_seen", 0))  # 0 in checkpoints from before the counter

@@ -19,6 +19,8 @@ import torch
 
 from simpletuner.attention.apply import prepare_attention
 from simpletuner.data.pipeline import PreparedData, load_backends, prepare_training_data
+from simpletuner.distributed import fsdp
+from simpletuner.distributed.dcp import sharded_checkpoints_for
 from simpletuner.errors import DataError, PublishError, UserError
 from simpletuner.evaluation.held_out import build_evaluator
 from simpletuner.evaluation.weights import averaged_weights
@@ -131,7 +133,8 @@ class Trainer:
         summary = self._log_summary(data, planned_steps, resume_path)
         check_something_to_learn(backends.image_datasets, data.report, self.trainable)
         check_memory(config, self.family, self.source, data.report.counts, self.device,
-                     log=self.accelerator.is_main_process)
+                     log=self.accelerator.is_main_process,
+                     shards=fsdp.shard_count(config, self.accelerator.num_processes))
         # 4. Caches: encode what is missing, then free the encoders.  Images that
         #    cannot be decoded are left out here, which can change the step count.
         self.stop.enter("caching")
@@ -148,6 +151,8 @@ class Trainer:
         # 5. The denoiser with its trainable adapter.
         self.stop.enter("start-up")
         denoiser = self._load_trainable_denoiser(total_steps)
+        # --fsdp_enable with several processes: each keeps a shard of every block.
+        denoiser = fsdp.shard_denoiser(denoiser, config, self.family, self.device, self.accelerator.num_processes)
         self.objective = self.family.make_objective(self._load_noise_scheduler(), config)
         self.evaluator = build_evaluator(config, data, self.lookup, self.family, self.objective, self.state.seed,
                                          self.accelerator, self.dtype)
@@ -159,7 +164,8 @@ class Trainer:
                                     config, learning_rate)
         lr_scheduler = build_lr_scheduler(optimizer, config, total_steps)
         self.ema = build_ema(self.trained_parameters, config, self.device)
-        self.denoiser, self.optimizer = self.accelerator.prepare(denoiser, optimizer)
+        self.denoiser, self.optimizer = fsdp.prepare(self.accelerator, denoiser, optimizer, config)
+        self.sharded_checkpoints = sharded_checkpoints_for(config, self.accelerator, self.output_dir)
         self.lr_scheduler = lr_scheduler
         # --dataloader_prefetch: a worker reads the next batches' cache entries during each step.
         self.sampler, self.lookup = prefetched(sampler, self.lookup, config)
@@ -219,7 +225,7 @@ class Trainer:
 
             # Now rather than at the first save: every trained module must keep its kohya name.
             check_kohya_layout(self.family, diffusers_lora_state(denoiser))
-        if self.config.gradient_checkpointing:
+        if self.config.gradient_checkpointing or self.config.fsdp_activation_checkpointing:
             enable_gradient_checkpointing(denoiser, self.config.gradient_checkpointing_interval)
         denoiser.train()
         return denoiser
@@ -259,12 +265,15 @@ class Trainer:
                 continue
             self.lr_scheduler.step()
             self.state.global_step += 1
+            self.state.samples_seen += samples_per_step
             if self.ema is not None:
                 self.ema.after_optimizer_step(self.state.global_step)
             self.state.epoch = self.sampler.state_dict()["epoch"]
             step_loss = sum(losses) / len(losses)
             losses.clear()
             self._after_step(step_loss, grad_norm, started, progress)
+            if self.sharded_checkpoints is not None:
+                self.sharded_checkpoints.poll()  # publish a finished background checkpoint write
             self._stop_if_signalled(progress)
             started = time.perf_counter()
         progress.close()
@@ -341,6 +350,8 @@ class Trainer:
         step = self.state.global_step
         if step % self.config.checkpointing_steps != 0:  # else _after_step has just saved it
             self._save_checkpoint()
+        if self.sharded_checkpoints is not None:
+            self.sharded_checkpoints.finish()  # a background write becomes the checkpoint named below
         if self.accelerator.is_main_process:
             logger.info("stopped after step %d, saved as checkpoint-%d; run again with "
                         "--resume_from_checkpoint latest to continue from step %d", step, step, step)
@@ -350,8 +361,8 @@ class Trainer:
     def _save_final(self) -> Path:
         self.accelerator.wait_for_everyone()
         set_optimizer_mode(self.optimizer, training=False)  # schedule-free: save the averaged weights
+        denoiser = self._final_denoiser()
         if self.accelerator.is_main_process:
-            denoiser = self.accelerator.unwrap_model(self.denoiser, keep_torch_compile=False)
             staging = self.output_dir / ".final.partial"
             shutil.rmtree(staging, ignore_errors=True)
             with writing("the final weights", self.output_dir, partial=staging):
@@ -364,6 +375,23 @@ class Trainer:
             logger.info("saved %s weights to %s", self.config.model_type, self.output_dir)
         self.accelerator.end_training()
         return self.output_dir
+
+    def _final_denoiser(self) -> Any:
+        """The trained denoiser as one whole module on the main process (collective under FSDP2)."""
+        if self.sharded_checkpoints is not None:
+            self.sharded_checkpoints.finish()  # a checkpoint still being written lands first
+        if not fsdp.is_sharded(self.denoiser):
+            return self.accelerator.unwrap_model(self.denoiser, keep_torch_compile=False)
+        fsdp.log_shard_sizes(self.denoiser, self.optimizer, self.accelerator.process_index)
+        return fsdp.gathered_denoiser(self.denoiser, self.accelerator.is_main_process, self._plain_denoiser)
+
+    def _plain_denoiser(self) -> torch.nn.Module:
+        """The denoiser as step 5 built it, unsharded, in CPU memory: what the gathered weights load into."""
+        denoiser = load_placed_denoiser(self.family, self.source, self.config.base_model_precision,
+                                        torch.device("cpu"), self.trainable.frozen_dtype(self.dtype),
+                                        self.config.quantize_via)
+        self.trainable.prepare(denoiser)
+        return denoiser
 
     def _warn_if_short_of_space(self, total_steps: int) -> None:
         if self.accelerator.is_main_process:

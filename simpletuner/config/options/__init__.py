@@ -22,6 +22,7 @@ import dataclasses
 
 from simpletuner.config.option import Option
 from simpletuner.config.options import adapters, compat, data, model, objective, optimisation, outputs, run
+from simpletuner.config.options import sharding  # FSDP2 and DeepSpeed (issue 18)
 from simpletuner.config.options.common import (  # re-exported: callers import them from here
     FLOW_FAMILIES,
     GROUPS,
@@ -41,6 +42,7 @@ _DECLARED: tuple[Option, ...] = (
     + data.OPTIONS
     + outputs.OPTIONS
     + run.OPTIONS
+    + sharding.OPTIONS
 )
 
 
