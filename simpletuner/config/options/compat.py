@@ -71,7 +71,8 @@ FAMILY_SPELLINGS: dict[str, str] = {"sd1x": "legacy", "sd2x": "legacy", "pixart"
 # Reasons shown with "not implemented yet" for what this trainer will not do.
 OTHER_FAMILY = "it belongs to a model family this trainer does not train"
 CONTROLNET = "ControlNet training is outside this trainer's scope"
-DEEPSPEED = "DeepSpeed is not used here; --base_model_precision and --gradient_checkpointing save memory instead"
+DEEPSPEED = ("DeepSpeed is configured by the file --deepspeed_config names (its offload_param section); "
+             "this separate path is not read")
 
 
 def _refused(name: str, kind: str, default: Any, help: str, group: str, reason: str | None = None,
