@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from tqdm import tqdm
 
+from simpletuner.data.bulk import collector_paused
 from simpletuner.data.captions import NoCaption, caption_for
 from simpletuner.data.headers import (  # noqa: F401 - re-exported for callers and tests
     REASON_CORRUPT,
@@ -156,6 +157,11 @@ def discover(
     ``reader`` returns (width, height) for a path (an object key for aws
     datasets); it is a parameter so tests can count header reads.
     """
+    with collector_paused():
+        return _discover(dataset, progress, reader, workers)
+
+
+def _discover(dataset: DatasetConfig, progress: bool, reader: HeaderReader, workers: Optional[int]) -> DiscoveryResult:
     cache = cache_of(dataset)
     images = images_of(dataset)
     cached = _load_cache(cache)
@@ -336,9 +342,15 @@ def _load_cache(storage: Storage) -> Dict[str, list]:
 
 
 def _save_cache_if_changed(storage: Storage, cached: Dict[str, list], outcomes: List[_Outcome]) -> None:
-    entries = {o.file.relative_path: o.entry for o in outcomes if o.file.size_bytes}
-    if entries == cached and storage.exists(DISCOVERY_FILE):
+    # An unchanged re-scan took every entry from ``cached`` itself: checking identity
+    # is enough, and spares building and comparing a second copy of a million entries.
+    sized = [o for o in outcomes if o.file.size_bytes]
+    get = cached.get
+    if cached and len(sized) == len(cached) and all(
+        o.entry is get(o.file.relative_path) or o.entry == get(o.file.relative_path) for o in sized
+    ):
         return
+    entries = {o.file.relative_path: o.entry for o in sized}
     write_json(storage, DISCOVERY_FILE, {"version": CACHE_VERSION, "files": entries})
 
 
