@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import gc
+from collections import Counter
+from pathlib import Path
 
+import torch
 from PIL import Image
+
+from simpletuner.caching.latents import build_latent_cache, latent_keys
+from simpletuner.caching.store import TensorStore
+from simpletuner.data.records import ImageRecord, TrainingSample
+from simpletuner.storage.local import LocalStorage
 
 from simpletuner.data import discovery as discovery_module
 from simpletuner.data.discovery import discover
@@ -75,3 +83,77 @@ def test_discovery_pauses_the_collector_and_restores_it(tmp_path):
     assert gc.isenabled()
     discover(_dataset(tmp_path), progress=False, reader=reader, workers=1)
     assert seen == [False, False] and gc.isenabled()
+
+
+class CountingStorage(LocalStorage):
+    """A local store that counts requests by kind."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.calls: Counter = Counter()
+
+    def list(self, prefix=""):
+        self.calls["list"] += 1
+        return super().list(prefix)
+
+    def exists(self, name):
+        self.calls["exists"] += 1
+        return super().exists(name)
+
+    def read_head(self, name, count):
+        self.calls["read_head"] += 1
+        return super().read_head(name, count)
+
+    def read(self, name):
+        self.calls["read"] += 1
+        return super().read(name)
+
+
+def _cached_samples(tmp_path, count):
+    """``count`` samples over two buckets, every latent entry already stored."""
+    samples = []
+    for index in range(count):
+        size = (64, 64) if index % 2 else (64, 96)
+        record = ImageRecord(f"/d/{index}.png", f"{index}.png", size[1], size[0], 100, 1, "a photo")
+        samples.append(TrainingSample("d", record, size, size, (0, 0), size))
+    keys = latent_keys(samples, "vae", "norm")
+    writer = TensorStore(tmp_path / "latents")
+    for sample, key in zip(samples, keys):
+        writer.save(key, {"latent": torch.zeros(4, sample.target_size[0] // 8, sample.target_size[1] // 8)})
+    return samples, keys
+
+
+def _no_vae():
+    raise AssertionError("every entry is whole: the VAE must not load")
+
+
+def test_cache_check_lists_once_instead_of_a_request_per_entry(tmp_path):
+    samples, keys = _cached_samples(tmp_path, 40)
+    storage = CountingStorage(tmp_path / "latents")
+    report = build_latent_cache(samples, keys, TensorStore(storage), _no_vae, None, None, batch_size=4,
+                                show_progress=False)
+    assert report.reused == 40 and report.encoded == 0
+    assert storage.calls["list"] == 1
+    assert storage.calls["exists"] == 0 and storage.calls["read"] == 0
+    assert storage.calls["read_head"] == 2  # one entry per bucket has its header checked
+
+
+def test_cache_check_still_finds_missing_and_truncated_entries(tmp_path):
+    samples, keys = _cached_samples(tmp_path, 40)
+    store = TensorStore(CountingStorage(tmp_path / "latents"))
+    Path(store.path_for(keys[3])).unlink()
+    truncated = Path(store.path_for(keys[8]))
+    truncated.write_bytes(truncated.read_bytes()[:-10])
+    encoded = []
+
+    def encode(vae, pixels, generators):
+        encoded.append(len(pixels))
+        return torch.zeros(len(pixels), 4, pixels.shape[-2] // 8, pixels.shape[-1] // 8)
+
+    def pixels(sample):
+        return torch.zeros(3, *sample.target_size)
+
+    report = build_latent_cache(samples, keys, store, lambda: "vae", encode, pixels, batch_size=4,
+                                show_progress=False)
+    assert (report.reused, report.encoded, report.damaged) == (38, 2, 1)
+    assert store.is_intact(keys[3]) and store.is_intact(keys[8])
