@@ -267,6 +267,14 @@ OPTIONS: tuple[Option, ...] = (
         CACHING,
     ),
     Option(
+        "vae_cache_ondemand", "bool", False,
+        "Start training before every latent is cached: each batch's missing latents are "
+        "encoded when it is first needed and written to the same cache, so a later run "
+        "reuses them. The VAE stays loaded while training. With --cache_only, everything "
+        "is cached first as usual.",
+        CACHING,
+    ),
+    Option(
         "offload_during_startup", "bool", False,
         "Keep the text encoders off the accelerator while the latent cache is "
         "built. Always the case here: text encoders load only after the VAE is "
