@@ -157,3 +157,37 @@ def test_cache_check_still_finds_missing_and_truncated_entries(tmp_path):
                                 show_progress=False)
     assert (report.reused, report.encoded, report.damaged) == (38, 2, 1)
     assert store.is_intact(keys[3]) and store.is_intact(keys[8])
+
+
+def _forty_bucket_report():
+    """A synthetic plan: 1,000,000 images over 40 buckets, three too small for a batch of 4."""
+    from simpletuner.data.report import BucketReport, batches_in_bucket
+
+    sizes = [(512 + 64 * i, 2048 - 32 * i) for i in range(40)]
+    counts = {size: 40_000 - 1_000 * i for i, size in enumerate(sizes[:37])}
+    counts.update({sizes[37]: 3, sizes[38]: 2, sizes[39]: 1})
+    counts[sizes[0]] += 1_000_000 - sum(counts.values())
+    batches = sum(batches_in_bucket(n, 0, 4) for n in counts.values())
+    return BucketReport(4, 1, {"photos": dict(sorted(counts.items()))}, {"photos": 0}, {"photos": batches}, ()), counts
+
+
+def test_startup_table_stays_readable_at_a_million_images_and_40_buckets():
+    import sys
+
+    from simpletuner.data.report import BUCKET_ROWS
+
+    report, counts = _forty_bucket_report()
+    lines = report.table().splitlines()
+    rows = [line for line in lines[1:] if line.startswith("photos")]
+    assert len(lines) <= 20 and len(rows) == BUCKET_ROWS + 1  # the largest, then one row for the rest
+    assert max(len(line) for line in lines) <= 100
+    header = lines[0]
+    right_edge = header.index("images") + len("images")
+    assert all(row[right_edge - 1].isdigit() and row[right_edge] == " " for row in rows)  # under their heading
+    shown = sum(int(row[:right_edge].split()[-1].replace(",", "")) for row in rows)
+    assert shown == 1_000_000
+    assert rows[-1].split()[1:3] == ["+28", "more"] and "3 of them not trained on" in rows[-1]
+    assert "1,000,000 images" in lines[-2] and f"{report.batches_per_epoch:,} steps per epoch" in lines[-1]
+    every = report.table(bucket_rows=sys.maxsize).splitlines()
+    assert sum(line.startswith("photos") for line in every) == 40
+    assert sum("not trained on" in line for line in every) == 3

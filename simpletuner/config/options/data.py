@@ -80,8 +80,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "print_sampler_statistics", "bool", False,
-        "Show how many images and batches each bucket of each dataset gives. Always the "
-        "case here: the start-up summary lists them, so this changes nothing.",
+        "List every bucket of every dataset in the start-up summary. Without it a dataset "
+        "with many buckets shows its 12 largest and one row adding up the rest.",
         DATA,
     ),
     Option(
