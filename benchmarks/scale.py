@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import resource
 import shutil
@@ -63,10 +64,11 @@ def _templates(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(40):
-        width = 256 + 32 * index  # 256..1504 wide, 512 high: 40 aspect ratios, 40 buckets
+        # Aspect ratios from 1:4.6 to 4.2:1 in even log steps: 40 buckets at 1024 pixel area.
+        width, height = int(512 * math.exp(0.07 * (index - 20))), int(512 * math.exp(-0.07 * (index - 20)))
         suffix = ".png" if index % 2 else ".jpg"
         path = folder / f"template_{index:02d}{suffix}"
-        Image.new("RGB", (width, 512), (index * 6, 80, 160)).save(path)
+        Image.new("RGB", (width, height), (index * 6, 80, 160)).save(path)
         paths.append(path)
     return paths
 
@@ -85,7 +87,7 @@ def _dataset(images: Path, cache: Path):
 
     return DatasetConfig(
         id="scale", instance_data_dir=str(images), cache_dir_vae=str(cache), text_embeds=None,
-        caption_strategy="filename", instance_prompt=None, resolution=512, resolution_type="pixel_area",
+        caption_strategy="filename", instance_prompt=None, resolution=1024, resolution_type="pixel_area",
         minimum_image_size=None, crop=False, crop_style="center", crop_aspect="square", repeats=0,
         probability=1.0, aspect_bucket_alignment=64,
     )

@@ -137,7 +137,7 @@ class _Context:
     images: Optional[Storage] = None  # the bucket of an aws dataset; None: local files
 
 
-@dataclass
+@dataclass(slots=True)  # one per file: no per-object __dict__
 class _Outcome:
     file: FoundFile
     entry: list  # [size, mtime, width, height], [size, mtime, reason], or [..., "table"] from the table
