@@ -57,6 +57,21 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class _Clock:
+    """Wall time and this process's CPU time (all threads) of one phase.
+
+    On a shared machine the wall time includes waiting for other processes;
+    the CPU time is the phase's own work, so growth factors use it.
+    """
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self, figures: dict, phase: str) -> None:
+        figures[phase] = time.perf_counter() - self.wall
+        figures[phase + "_cpu"] = time.process_time() - self.cpu
+
+
 def _templates(folder: Path) -> list[Path]:
     """40 small images of distinct aspect ratios, half PNG and half JPEG."""
     from PIL import Image
@@ -99,6 +114,8 @@ def _fill_cache(store, samples, keys) -> None:
 
     real: dict = {}
     root = Path(store.root)
+    for fan_out in range(256):
+        (root / f"{fan_out:02x}").mkdir(parents=True, exist_ok=True)
     for sample, key in zip(samples, keys):
         name = root / key[:2] / f"{key}.safetensors"
         if sample.target_size not in real:
@@ -106,7 +123,6 @@ def _fill_cache(store, samples, keys) -> None:
             store.save(key, {"latent": torch.zeros(4, height // 8, width // 8)})
             real[sample.target_size] = name
             continue
-        name.parent.mkdir(exist_ok=True)
         os.link(real[sample.target_size], name)
 
 
@@ -127,38 +143,38 @@ def measure(count: int, folder: Path) -> dict:
 
     gc.collect()
     before = _rss_bytes()
-    started = time.perf_counter()
+    clock = _Clock()
     found = discover(dataset, progress=False)
-    figures["cold"] = time.perf_counter() - started
+    clock.stop(figures, "cold")
     gc.collect()
     figures["rss_held_per_image"] = (_rss_bytes() - before) / count
     assert len(found.records) == count and found.header_reads == count, found.summary()
     del found
     gc.collect()
 
-    started = time.perf_counter()
+    clock = _Clock()
     again = discover(dataset, progress=False)
-    figures["rescan"] = time.perf_counter() - started
+    clock.stop(figures, "rescan")
     assert again.header_reads == 0 and len(again.records) == count
     del again
     gc.collect()
 
     added = max(1, count // 100)
     _link_images(images, templates, count, added, prefix="new")
-    started = time.perf_counter()
+    clock = _Clock()
     found = discover(dataset, progress=False)
-    figures["rescan_plus_1pct"] = time.perf_counter() - started
+    clock.stop(figures, "rescan_plus_1pct")
     assert found.header_reads == added and len(found.records) == count + added, found.header_reads
 
-    started = time.perf_counter()
+    clock = _Clock()
     samples, _ = plan_dataset(found.records, dataset)
-    figures["buckets"] = time.perf_counter() - started
+    clock.stop(figures, "buckets")
     figures["bucket_count"] = len({s.target_size for s in samples})
 
-    started = time.perf_counter()
+    clock = _Clock()
     sampler = BucketBatchSampler({dataset.id: samples}, batch_size=4, seed=0)
     next(iter(sampler))
-    figures["sampler"] = time.perf_counter() - started
+    clock.stop(figures, "sampler")
 
     store = TensorStore(Path(cache) / "latents")
     keys = latent_keys(samples, "vae", "sdxl")
@@ -167,9 +183,9 @@ def measure(count: int, folder: Path) -> dict:
     def no_vae():
         raise AssertionError("the cache is complete: the VAE must not be loaded")
 
-    started = time.perf_counter()
+    clock = _Clock()
     report = build_latent_cache(samples, keys, store, no_vae, None, None, batch_size=4, show_progress=False)
-    figures["cache_check"] = time.perf_counter() - started
+    clock.stop(figures, "cache_check")
     assert report.reused == len(samples), report
     figures["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     figures["phase_images"] = {"cold": count, "rescan": count, "rescan_plus_1pct": count + added,
@@ -179,19 +195,22 @@ def measure(count: int, folder: Path) -> dict:
 
 def _report(results: list[dict]) -> None:
     print(f"cpu cores: {os.cpu_count()}, load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    header = f"{'phase':<18}" + "".join(f"{r['images']:>22,}" for r in results)
+    header = f"{'phase':<18}" + "".join(f"{r['images']:>36,}" for r in results)
     print(header)
     for phase in PHASES:
-        cells = "".join(f"{r[phase]:>8.2f}s {r['phase_images'][phase] / r[phase]:>9,.0f}/s  " for r in results)
+        cells = "".join(f"{r[phase]:>7.2f}s {r[phase + '_cpu']:>7.2f}s cpu {r['phase_images'][phase] / r[phase + '_cpu']:>9,.0f}/s"
+                        for r in results)
         print(f"{phase:<18}{cells}")
-    print(f"{'RSS held/image':<18}" + "".join(f"{r['rss_held_per_image']:>20,.0f} B" for r in results))
-    print(f"{'peak RSS':<18}" + "".join(f"{r['peak_rss_bytes'] / 2**20:>19,.0f} MB" for r in results))
-    print(f"{'buckets':<18}" + "".join(f"{r['bucket_count']:>22}" for r in results))
+    print(f"{'RSS held/image':<18}" + "".join(f"{r['rss_held_per_image']:>34,.0f} B" for r in results))
+    print(f"{'peak RSS':<18}" + "".join(f"{r['peak_rss_bytes'] / 2**20:>33,.0f} MB" for r in results))
+    print(f"{'buckets':<18}" + "".join(f"{r['bucket_count']:>36}" for r in results))
+    print("each phase: wall time, CPU time of the process (all threads), images per CPU second")
     if len(results) >= 2:
         small, large = results[-2], results[-1]
         scale = large["images"] / small["images"]
-        growth = ", ".join(f"{p} {large[p] / small[p]:.1f}x" for p in PHASES)
-        print(f"growth {small['images']:,} -> {large['images']:,} ({scale:.0f}x images): {growth}")
+        for kind, suffix in (("cpu time", "_cpu"), ("wall time", "")):
+            growth = ", ".join(f"{p} {large[p + suffix] / small[p + suffix]:.1f}x" for p in PHASES)
+            print(f"growth {small['images']:,} -> {large['images']:,} ({scale:.0f}x images), {kind}: {growth}")
 
 
 def main(argv: list[str] | None = None) -> int:
