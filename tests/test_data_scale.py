@@ -191,3 +191,31 @@ def test_startup_table_stays_readable_at_a_million_images_and_40_buckets():
     every = report.table(bucket_rows=sys.maxsize).splitlines()
     assert sum(line.startswith("photos") for line in every) == 40
     assert sum("not trained on" in line for line in every) == 3
+
+
+def test_print_sampler_statistics_lists_every_bucket(tmp_path):
+    import json
+
+    from simpletuner.config.loader import load_config
+    from simpletuner.data.pipeline import load_backends, prepare_training_data
+
+    data = tmp_path / "photos"
+    data.mkdir()
+    for index in range(16):  # 16 aspect ratios: 16 buckets of one image
+        Image.new("RGB", (64 + 8 * index, 64), (index, 90, 160)).save(data / f"img{index}.png")
+    datasets = [{"id": "photos", "instance_data_dir": str(data), "cache_dir_vae": str(tmp_path / "cache"),
+                 "aspect_bucket_alignment": 8},
+                {"id": "text", "dataset_type": "text_embeds", "default": True, "cache_dir": str(tmp_path / "text")}]
+    (tmp_path / "mdb.json").write_text(json.dumps(datasets))
+    argv = ["--model_family", "sdxl", "--pretrained_model_name_or_path", "m", "--data_backend_config",
+            str(tmp_path / "mdb.json"), "--resolution", "64", "--resolution_type", "pixel", "--caption_strategy",
+            "filename"]
+
+    def bucket_rows(*flags):
+        config = load_config(argv + list(flags), env={}, cwd=tmp_path)
+        table = prepare_training_data(config, load_backends(config), show_progress=False).table()
+        return [line for line in table.splitlines() if line.startswith("photos ")]
+
+    short = bucket_rows()
+    assert len(short) == 13 and "+4 more" in short[-1]
+    assert len(bucket_rows("--print_sampler_statistics")) == 16
