@@ -6,9 +6,11 @@ import gc
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
+from s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, s3_server, s3_server_session  # noqa: F401
 from simpletuner.caching.latents import build_latent_cache, latent_keys
 from simpletuner.caching.store import TensorStore
 from simpletuner.data.records import ImageRecord, TrainingSample
@@ -109,15 +111,15 @@ class CountingStorage(LocalStorage):
         return super().read(name)
 
 
-def _cached_samples(tmp_path, count):
-    """``count`` samples over two buckets, every latent entry already stored."""
+def _cached_samples(tmp_path, count, writer=None):
+    """``count`` samples over two buckets, every latent entry already stored (in ``writer``'s store)."""
     samples = []
     for index in range(count):
         size = (64, 64) if index % 2 else (64, 96)
         record = ImageRecord(f"/d/{index}.png", f"{index}.png", size[1], size[0], 100, 1, "a photo")
         samples.append(TrainingSample("d", record, size, size, (0, 0), size))
     keys = latent_keys(samples, "vae", "norm")
-    writer = TensorStore(tmp_path / "latents")
+    writer = writer or TensorStore(tmp_path / "latents")
     for sample, key in zip(samples, keys):
         writer.save(key, {"latent": torch.zeros(4, sample.target_size[0] // 8, sample.target_size[1] // 8)})
     return samples, keys
@@ -136,6 +138,31 @@ def test_cache_check_lists_once_instead_of_a_request_per_entry(tmp_path):
     assert storage.calls["list"] == 1
     assert storage.calls["exists"] == 0 and storage.calls["read"] == 0
     assert storage.calls["read_head"] == 2  # one entry per bucket has its header checked
+
+
+@pytest.mark.slow  # about a thousand uploads to the loopback S3 server
+def test_cache_check_in_a_bucket_lists_pages_instead_of_a_request_per_entry(tmp_path, s3_server, monkeypatch):
+    from simpletuner.storage.s3 import S3Settings, S3Storage
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    settings = S3Settings("dataset 'd'", "us-east-1", s3_server.url, ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+    store = TensorStore(settings.storage(s3_server.new_bucket(), "latents/", "cache_dir_vae"))
+    samples, keys = _cached_samples(tmp_path, 1_100, writer=store)  # more than one page of 1,000
+    requests: Counter = Counter()
+    real_call = S3Storage._call
+
+    def call(self, operation, name, **kwargs):
+        requests[operation] += 1
+        return real_call(self, operation, name, **kwargs)
+
+    monkeypatch.setattr(S3Storage, "_call", call)
+    report = build_latent_cache(samples, keys, store, _no_vae, None, None, batch_size=4, show_progress=False)
+    assert report.reused == 1_100
+    assert requests["list_objects_v2"] == 2  # two pages
+    assert sum(requests.values()) - 2 == 2  # one header per bucket
 
 
 def test_cache_check_still_finds_missing_and_truncated_entries(tmp_path):
