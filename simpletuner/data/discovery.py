@@ -186,12 +186,13 @@ def _discover(dataset: DatasetConfig, progress: bool, reader: HeaderReader, work
     skipped = {reason: list(paths) for reason, paths in listing.skipped.items()}
     records: List[ImageRecord] = []
     header_reads = 0
+    sides: Dict[int, int] = {}  # one int object per distinct side: a million records share a few hundred
     for outcome in outcomes:
         header_reads += outcome.read
         if outcome.skip is not None:
             skipped.setdefault(outcome.skip, []).append(outcome.file.relative_path)
         else:
-            records.append(_record(outcome, images))
+            records.append(_record(outcome, images, sides))
     try:
         _save_cache_if_changed(cache, cached, outcomes)
     except OSError as exc:
@@ -232,13 +233,13 @@ def _listing_from_cache(dataset: DatasetConfig, cached: Dict[str, list]) -> List
     return Listing(files=files)
 
 
-def _record(outcome: _Outcome, images: Optional[Storage]) -> ImageRecord:
+def _record(outcome: _Outcome, images: Optional[Storage], sides: Dict[int, int]) -> ImageRecord:
     file, entry = outcome.file, outcome.entry
     return ImageRecord(
         path=file.path,
         relative_path=file.relative_path,
-        width=entry[2],
-        height=entry[3],
+        width=sides.setdefault(entry[2], entry[2]),
+        height=sides.setdefault(entry[3], entry[3]),
         size_bytes=file.size_bytes,
         mtime_ns=file.mtime_ns,
         caption=outcome.caption or "",
