@@ -1,4 +1,4 @@
-"""Start-up at scale: what an unchanged re-scan and the cache check may not do per image."""
+"""Start-up at scale: what an unchanged re-scan and the cache check may not do per image, and the table."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from PIL import Image
 from s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, s3_server, s3_server_session  # noqa: F401
 from simpletuner.caching.latents import build_latent_cache, latent_keys
 from simpletuner.caching.store import TensorStore
-from simpletuner.data.records import ImageRecord, TrainingSample
-from simpletuner.storage.local import LocalStorage
-
 from simpletuner.data import discovery as discovery_module
 from simpletuner.data.discovery import discover
+from simpletuner.data.records import ImageRecord, TrainingSample
 from simpletuner.data.schema import DatasetConfig
+from simpletuner.storage.local import LocalStorage
 
 
 def _dataset(root) -> DatasetConfig:
