@@ -14,8 +14,6 @@ from cache_helpers import log_text
 from family_harness import train_in_process, write_two_class_project
 import simpletuner.training.trainer as trainer_module
 
-pytestmark = pytest.mark.slow
-
 FLAGS = ("--train_batch_size", "2", "--max_train_steps", "4", "--learning_rate", "1e-3")
 
 
@@ -23,6 +21,7 @@ def _entries(root: Path) -> dict[str, Path]:
     return {p.name: p for p in (root / "cache" / "vae").rglob("*.safetensors")}
 
 
+@pytest.mark.slow
 def test_ondemand_starts_empty_trains_like_the_cached_run_and_fills_the_cache(
     tmp_path: Path, tiny_sdxl: Path, monkeypatch, caplog
 ) -> None:
@@ -59,3 +58,26 @@ def test_ondemand_starts_empty_trains_like_the_cached_run_and_fills_the_cache(
     with caplog.at_level(logging.INFO, logger="simpletuner"):
         train_in_process(root, tiny_sdxl, "sdxl", "--cache_only", "--train_batch_size", "2", output_name="again")
     assert "latent cache: 8 reused, 0 encoded" in log_text(caplog)
+
+
+def test_a_single_read_outside_a_batch_encodes_too(tmp_path: Path) -> None:
+    """The held-out evaluation reads latents one by one, not through collate."""
+    from simpletuner.caching.store import TensorStore
+    from simpletuner.data.records import ImageRecord, TrainingSample
+    from simpletuner.training.batches import CacheLookup
+    from simpletuner.training.ondemand_latents import OnDemandLatents
+
+    record = ImageRecord("/d/a.png", "a.png", 64, 64, 100, 1, "a photo")
+    sample = TrainingSample("d", record, (64, 64), (64, 64), (0, 0), (64, 64))
+    store = TensorStore(tmp_path / "latents")
+    lookup = CacheLookup({"d": store}, {}, "vae", "text", "norm")
+    calls = []
+
+    def encode(vae, pixels, generators):
+        calls.append(len(pixels))
+        return torch.stack([torch.randn(4, 8, 8, generator=g) for g in generators])
+
+    lookup.ondemand = OnDemandLatents(lambda: "vae", encode, lambda s: torch.zeros(3, 64, 64), batch_size=4)
+    latent = lookup.latents(sample)
+    assert calls == [1] and store.is_intact(lookup.latent_key(sample))
+    assert torch.equal(store.load(lookup.latent_key(sample))["latent"], latent)
