@@ -407,6 +407,8 @@ SLICE_FULLY = {
     "validation_seed", "validation_randomize", "validation_torch_compile", "validation_lycoris_strength",
     "ema_validation", "disable_benchmark", "evaluation_type", "pretrained_evaluation_model_name_or_path",
     "tracker_image_layout",
+    # latents encoded as batches need them (issue 17)
+    "vae_cache_ondemand",
     # single-file checkpoints and family flavours (issue 16)
     "model_flavour", "single_file_config",
     # attention backends and fused QKV projections (issue 20): every choice works or is refused

@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from simpletuner.caching.completeness import check_entries
 from simpletuner.caching.keys import latent_key, latent_sample_seed
 from simpletuner.caching.overlap import WriteBehind, loader_threads, read_ahead
 from simpletuner.caching.store import TensorStore
@@ -62,22 +63,42 @@ def build_latent_cache(
     at least one entry of the share is missing.
     """
     share = share_of(list(zip(samples, keys)), shard)
-    missing = [(s, k) for s, k in share if not store.is_intact(k)]
-    report = CacheReport(reused=len(share) - len(missing))
-    report.damaged = sum(store.has(k) for _, k in missing)
+    check = check_entries(store, [k for _, k in share], [s.target_size for s, _ in share])
+    missing = [share[i] for i in check.missing]
+    report = CacheReport(reused=len(share) - len(missing), damaged=check.damaged)
     if not missing:
         return report
-    vae = load_vae()
+    encoded, failed = encode_entries(missing, store, load_vae(), encode, load_pixels, batch_size, show_progress)
+    report.encoded += encoded
+    report.failed.extend(failed)
+    return report
+
+
+def encode_entries(
+    entries: Sequence[tuple[TrainingSample, str]],
+    store: TensorStore,
+    vae: Any,
+    encode: Callable[[Any, torch.Tensor, list[torch.Generator]], torch.Tensor],
+    load_pixels: Callable[[TrainingSample], torch.Tensor],
+    batch_size: int,
+    show_progress: bool = False,
+) -> tuple[int, list[str]]:
+    """Encode and store each (sample, key): (how many were encoded, relative paths that did not decode).
+
+    Used by the pass before training and by on-demand encoding during it
+    (training/ondemand_latents.py), so both write the same entries.
+    """
     by_size: dict[Size, list] = defaultdict(list)
-    for sample, key in missing:
+    for sample, key in entries:
         by_size[sample.target_size].append((sample, key))
     batches = [group[start : start + batch_size] for group in by_size.values()
                for start in range(0, len(group), batch_size)]
-    progress = tqdm(total=len(missing), desc="Caching latents", disable=not show_progress, unit="img")
+    encoded, failed_paths = 0, []
+    progress = tqdm(total=len(entries), desc="Caching latents", disable=not show_progress, unit="img")
     with WriteBehind(store) as writer:
         loaded = read_ahead(batches, lambda batch: _decodable(batch, load_pixels), loader_threads())
         for batch, (chunk, pixels, failed) in zip(batches, loaded):
-            report.failed.extend(failed)
+            failed_paths.extend(failed)
             if chunk:
                 # The VAE posterior is sampled; a per-entry seed makes each cached
                 # latent reproducible whatever else shares its batch.
@@ -85,10 +106,10 @@ def build_latent_cache(
                 latents = encode(vae, torch.stack(pixels), generators)
                 for (_, key), latent in zip(chunk, latents):
                     writer.save(key, {"latent": latent.float().cpu()})
-                report.encoded += len(chunk)
+                encoded += len(chunk)
             progress.update(len(batch))
     progress.close()
-    return report
+    return encoded, failed_paths
 
 
 def _decodable(chunk: list, load_pixels: Callable) -> tuple[list, list, list[str]]:

@@ -63,6 +63,17 @@ class TensorStore:
     def has(self, key: str) -> bool:
         return self.storage.exists(self._name(key, PLAIN)) or self.storage.exists(self._name(key, COMPRESSED))
 
+    def listed(self) -> dict[str, tuple[str, int]]:
+        """Every entry in the store, from one listing: key -> (suffix, length in bytes)."""
+        entries: dict[str, tuple[str, int]] = {}
+        for stored in self.storage.list():
+            name = stored.name.rsplit("/", 1)[-1]
+            for suffix in (COMPRESSED, PLAIN):  # the longer suffix first: ".safetensors.z" ends neither way else
+                if name.endswith(suffix):
+                    entries[name[: -len(suffix)]] = (suffix, stored.size)
+                    break
+        return entries
+
     def is_intact(self, key: str) -> bool:
         """Present and complete: the header parses and the entry is as long as it says.
 

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from simpletuner.caching.completeness import check_entries
 from simpletuner.caching.keys import text_key
 from simpletuner.caching.latents import CacheReport, share_of
 from simpletuner.caching.overlap import WriteBehind
@@ -37,9 +38,9 @@ def build_text_cache(
     default; validation prompts once validation exists) and counted with them.
     """
     share = share_of(sorted(set(captions) | set(extra_prompts)), shard)
-    mine = [c for c in share if not store.is_intact(text_key(c, encoder_identity))]
-    report = CacheReport(reused=len(share) - len(mine))
-    report.damaged = sum(store.has(text_key(c, encoder_identity)) for c in mine)
+    check = check_entries(store, [text_key(c, encoder_identity) for c in share])
+    mine = [share[i] for i in check.missing]
+    report = CacheReport(reused=len(share) - len(mine), damaged=check.damaged)
     if not mine:
         return report
     encoders = load_encoders()

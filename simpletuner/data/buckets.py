@@ -51,6 +51,7 @@ import math
 import random
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from simpletuner.data.bulk import collector_paused
 from simpletuner.data.aspect_map import mapped_bucket
 from simpletuner.data.records import ImageRecord, TrainingSample
 from simpletuner.data.schema import DatasetConfig
@@ -262,6 +263,13 @@ def plan_dataset(
     focus: Optional[Mapping[str, Optional[Focus]]] = None,
 ) -> Tuple[List[TrainingSample], Dict[str, List[str]]]:
     """Plan every record; returns the samples and skipped relative paths by reason."""
+    with collector_paused():
+        return _plan_all(records, dataset, focus)
+
+
+def _plan_all(
+    records: Sequence[ImageRecord], dataset: DatasetConfig, focus: Optional[Mapping[str, Optional[Focus]]]
+) -> Tuple[List[TrainingSample], Dict[str, List[str]]]:
     samples: List[TrainingSample] = []
     skipped: Dict[str, List[str]] = {}
     focus = focus or {}

@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from tqdm import tqdm
 
+from simpletuner.data.bulk import collector_paused
 from simpletuner.data.captions import NoCaption, caption_for
 from simpletuner.data.headers import (  # noqa: F401 - re-exported for callers and tests
     REASON_CORRUPT,
@@ -136,7 +137,7 @@ class _Context:
     images: Optional[Storage] = None  # the bucket of an aws dataset; None: local files
 
 
-@dataclass
+@dataclass(slots=True)  # one per file: no per-object __dict__
 class _Outcome:
     file: FoundFile
     entry: list  # [size, mtime, width, height], [size, mtime, reason], or [..., "table"] from the table
@@ -156,6 +157,11 @@ def discover(
     ``reader`` returns (width, height) for a path (an object key for aws
     datasets); it is a parameter so tests can count header reads.
     """
+    with collector_paused():
+        return _discover(dataset, progress, reader, workers)
+
+
+def _discover(dataset: DatasetConfig, progress: bool, reader: HeaderReader, workers: Optional[int]) -> DiscoveryResult:
     cache = cache_of(dataset)
     images = images_of(dataset)
     cached = _load_cache(cache)
@@ -180,12 +186,13 @@ def discover(
     skipped = {reason: list(paths) for reason, paths in listing.skipped.items()}
     records: List[ImageRecord] = []
     header_reads = 0
+    sides: Dict[int, int] = {}  # one int object per distinct side: a million records share a few hundred
     for outcome in outcomes:
         header_reads += outcome.read
         if outcome.skip is not None:
             skipped.setdefault(outcome.skip, []).append(outcome.file.relative_path)
         else:
-            records.append(_record(outcome, images))
+            records.append(_record(outcome, images, sides))
     try:
         _save_cache_if_changed(cache, cached, outcomes)
     except OSError as exc:
@@ -226,13 +233,13 @@ def _listing_from_cache(dataset: DatasetConfig, cached: Dict[str, list]) -> List
     return Listing(files=files)
 
 
-def _record(outcome: _Outcome, images: Optional[Storage]) -> ImageRecord:
+def _record(outcome: _Outcome, images: Optional[Storage], sides: Dict[int, int]) -> ImageRecord:
     file, entry = outcome.file, outcome.entry
     return ImageRecord(
         path=file.path,
         relative_path=file.relative_path,
-        width=entry[2],
-        height=entry[3],
+        width=sides.setdefault(entry[2], entry[2]),
+        height=sides.setdefault(entry[3], entry[3]),
         size_bytes=file.size_bytes,
         mtime_ns=file.mtime_ns,
         caption=outcome.caption or "",
@@ -336,9 +343,15 @@ def _load_cache(storage: Storage) -> Dict[str, list]:
 
 
 def _save_cache_if_changed(storage: Storage, cached: Dict[str, list], outcomes: List[_Outcome]) -> None:
-    entries = {o.file.relative_path: o.entry for o in outcomes if o.file.size_bytes}
-    if entries == cached and storage.exists(DISCOVERY_FILE):
+    # An unchanged re-scan took every entry from ``cached`` itself: checking identity
+    # is enough, and spares building and comparing a second copy of a million entries.
+    sized = [o for o in outcomes if o.file.size_bytes]
+    get = cached.get
+    if cached and len(sized) == len(cached) and all(
+        o.entry is get(o.file.relative_path) or o.entry == get(o.file.relative_path) for o in sized
+    ):
         return
+    entries = {o.file.relative_path: o.entry for o in sized}
     write_json(storage, DISCOVERY_FILE, {"version": CACHE_VERSION, "files": entries})
 
 

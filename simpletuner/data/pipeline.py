@@ -26,6 +26,7 @@ from simpletuner.data.huggingface_discovery import discover_huggingface, mark_ro
 from simpletuner.data.notes import Note, dataset_notes
 from simpletuner.data.quarantine import QuarantinePolicy, move_to_quarantine
 from simpletuner.data.records import TrainingSample
+from simpletuner.data.report import BUCKET_ROWS
 from simpletuner.data.sampler import BucketBatchSampler, BucketReport, check_buckets
 from simpletuner.data.schedule import SamplingPolicy
 from simpletuner.data.schema import (
@@ -60,6 +61,7 @@ class PreparedData:
     quarantine: QuarantinePolicy = field(default_factory=QuarantinePolicy)  # skip reasons whose files move away
     examples: int = 3  # file names shown per skip reason (--print_filenames: all)
     held_out: dict[str, list[TrainingSample]] = field(default_factory=dict)  # --eval_dataset_id: never trained
+    bucket_rows: int = BUCKET_ROWS  # bucket rows per dataset in the table (--print_sampler_statistics: all)
 
     def cached_sets(self) -> dict[str, list[TrainingSample]]:
         """Every dataset whose caches the run needs: the trained ones and the held-out one."""
@@ -79,7 +81,7 @@ class PreparedData:
         caller that prints the figure in its own words (the trainer's summary).
         """
         lines = [found.summary(self.examples) for found in self.discovery.values()]
-        lines.append(self.report.table(epoch_line))
+        lines.append(self.report.table(epoch_line, self.bucket_rows))
         return "\n".join(lines)
 
     def sampler(self, seed: int, rank: int = 0, world_size: int = 1) -> BucketBatchSampler:
@@ -184,7 +186,9 @@ def prepare_training_data(
     for warning in report.warnings:
         logger.warning(warning)
     examples = sys.maxsize if getattr(config, "print_filenames", False) else 3
-    return PreparedData(backends, sets, discovery, planning_skips, report, notes, quarantine, examples, held_out)
+    rows = sys.maxsize if getattr(config, "print_sampler_statistics", False) else BUCKET_ROWS
+    return PreparedData(backends, sets, discovery, planning_skips, report, notes, quarantine, examples, held_out,
+                        rows)
 
 
 def plan_one(

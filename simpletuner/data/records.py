@@ -14,7 +14,7 @@ from typing import Any, Tuple
 Size = Tuple[int, int]  # (height, width)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million records hold no per-record __dict__
 class ImageRecord:
     """One usable image found by discovery.
 
@@ -35,7 +35,7 @@ class ImageRecord:
     storage: Any = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TrainingSample:
     """An image with the exact geometry it is trained at.
 

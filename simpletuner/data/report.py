@@ -19,6 +19,8 @@ from simpletuner.data.schedule import SamplingPolicy, quotas
 from simpletuner.errors import DataError
 
 Bucket = Tuple[int, int]  # (width, height)
+# Bucket rows per dataset in the start-up table; a 40-bucket dataset would otherwise fill the screen.
+BUCKET_ROWS = 12
 
 
 def group_by_bucket(samples: Sequence[TrainingSample]) -> Dict[Bucket, List[TrainingSample]]:
@@ -57,41 +59,64 @@ class BucketReport:
         quota = self.quota or self.batches
         return sum(quota.values()) // self.world_size
 
-    def table(self, epoch_line: bool = True) -> str:
-        """Per dataset and bucket: images, batches, and what is not trained on; then the epoch."""
-        lines = [f"{'dataset':<24} {'bucket':>11} {'images':>7} {'batches':>8}  note"]
+    def table(self, epoch_line: bool = True, bucket_rows: int = BUCKET_ROWS) -> str:
+        """Per dataset and bucket: images, batches, and what is not trained on; then the epoch.
+
+        A dataset with more than ``bucket_rows`` buckets shows its largest
+        ones and one row adding up the rest (--print_sampler_statistics: all).
+        """
+        lines = [f"{'dataset':<24} {'bucket':>11} {'images':>9} {'batches':>9}  note"]
         for dataset_id, buckets in self.counts.items():
             repeats = self.repeats.get(dataset_id, 0)
-            for (width, height), count in buckets.items():
+            shown, rest = _split_rows(buckets, bucket_rows)
+            for (width, height), count in shown.items():
                 batches = batches_in_bucket(count, repeats, self.batch_size, self.policy.prune)
                 note = f"fewer than a batch of {self.batch_size}: not trained on" if batches == 0 else ""
-                lines.append(f"{dataset_id:<24} {f'{width}x{height}':>11} {count:>7} {batches:>8}  {note}".rstrip())
+                lines.append(f"{dataset_id:<24} {f'{width}x{height}':>11} {count:>9,} {batches:>9,}  {note}".rstrip())
+            if rest:
+                lines.append(self._rest_line(dataset_id, rest, repeats))
             if not buckets:
-                lines.append(f"{dataset_id:<24} {'-':>11} {0:>7} {0:>8}  no usable images")
+                lines.append(f"{dataset_id:<24} {'-':>11} {0:>9} {0:>9}  no usable images")
             lines.append(self._dataset_line(dataset_id, buckets, repeats))
         if epoch_line:
             lines.append(
                 f"batch size {self.batch_size} x {self.world_size} process(es), sampling {self.policy.mode}: "
-                f"{self.batches_per_epoch} steps per epoch"
+                f"{self.batches_per_epoch:,} steps per epoch"
             )
         return "\n".join(lines)
+
+    def _rest_line(self, dataset_id: str, rest: Mapping[Bucket, int], repeats: int) -> str:
+        counted = [batches_in_bucket(n, repeats, self.batch_size, self.policy.prune) for n in rest.values()]
+        untrained = sum(1 for batches in counted if batches == 0)
+        note = "smaller buckets" + (f", {untrained} of them not trained on" if untrained else "")
+        return (f"{dataset_id:<24} {f'+{len(rest)} more':>11} {sum(rest.values()):>9,} {sum(counted):>9,}  "
+                f"{note}")
 
     def _dataset_line(self, dataset_id: str, buckets: Mapping[Bucket, int], repeats: int) -> str:
         images = sum(buckets.values())
         own = self.batches.get(dataset_id, 0)
         given = self.quota.get(dataset_id, own) if self.quota else own
-        parts = [f"{images} images"]
+        parts = [f"{images:,} images"]
         if repeats:
             parts.append(f"each seen {1 + repeats}x")
         if own != given:  # the same figure twice reads as two different things
-            parts.append(f"{own} batches per pass")
+            parts.append(f"{own:,} batches per pass")
         probability = self.policy.probability.get(dataset_id, 1.0)
         if probability != 1.0:
             parts.append(f"probability {probability:g}")
         if dataset_id in self.policy.ignore_epochs:
             parts.append("ignore_epochs")
-        parts.append(f"{given} batches per epoch")
+        parts.append(f"{given:,} batches per epoch")
         return f"{'':<24} {'total':>11} " + ", ".join(parts)
+
+
+def _split_rows(buckets: Mapping[Bucket, int], limit: int) -> Tuple[Dict[Bucket, int], Dict[Bucket, int]]:
+    """(the ``limit`` largest buckets in bucket order, the others); all shown when one row would be saved."""
+    if len(buckets) <= limit + 1:
+        return dict(buckets), {}
+    largest = set(sorted(buckets, key=lambda b: (-buckets[b], b))[:limit])
+    return ({b: n for b, n in buckets.items() if b in largest},
+            {b: n for b, n in buckets.items() if b not in largest})
 
 
 def _describe_buckets(buckets: Mapping[Bucket, int], limit: int = 8) -> str:

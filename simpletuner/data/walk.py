@@ -40,7 +40,7 @@ REASON_UNLISTABLE = "folder cannot be listed"
 REASON_UNSTATABLE = "unreadable"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FoundFile:
     relative_path: str  # "/"-separated, relative to the dataset folder
     path: str

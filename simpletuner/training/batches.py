@@ -41,6 +41,8 @@ class CacheLookup:
     key_overrides: dict[TrainingSample, str] = field(default_factory=dict)
     # Re-encodes datasets with vae_cache_clear_each_epoch at each new epoch (training/epoch_latents.py).
     epoch_crops: Any = None
+    # --vae_cache_ondemand: encodes missing latents as batches need them (training/ondemand_latents.py).
+    ondemand: Any = None
     _memory: dict = field(default_factory=dict, repr=False)
     _memory_bytes: int = 0
     # The --dataloader_prefetch worker reads while the loop's evaluation may too.
@@ -70,6 +72,15 @@ class CacheLookup:
     def latent_key(self, sample: TrainingSample) -> str:
         return self.key_overrides.get(sample) or latent_key(sample, self.vae_identity, self.normalisation)
 
+    def remembers(self, sample: TrainingSample) -> bool:
+        """Whether the latent of ``sample`` is held in memory (no store request needed)."""
+        return ("latent", sample) in self._memory
+
+    def ensure_latents(self, samples: Sequence[TrainingSample]) -> None:
+        """With --vae_cache_ondemand, encode the entries of ``samples`` not cached yet, as one batch."""
+        if self.ondemand is not None:
+            self.ondemand.ensure(self, samples)
+
     def latents(self, sample: TrainingSample) -> torch.Tensor:
         remembered = self._memory.get(("latent", sample))
         if remembered is not None:
@@ -77,6 +88,9 @@ class CacheLookup:
         store = self.latent_stores[sample.dataset_id]
         key = self.latent_key(sample)
         entry = store.load(key)
+        if entry is None and self.ondemand is not None:  # e.g. the held-out evaluation, which reads no batch
+            self.ondemand.ensure(self, [sample])
+            entry = store.load(key)
         if entry is None:
             raise DataError(
                 f"dataset '{sample.dataset_id}': latent cache entry for {sample.record.relative_path} "
@@ -136,6 +150,7 @@ def collate(
     ``cached_text=False`` (--train_text_encoder) leaves the text embeds out:
     the trainer encodes them itself.
     """
+    lookup.ensure_latents(samples)
     batch: dict[str, Any] = {"latents": torch.stack([lookup.latents(s) for s in samples])}
     dropped = dropped or [False] * len(samples)
     texts = [lookup.empty_text(s.dataset_id) if drop else lookup.text(s) for s, drop in zip(samples, dropped)

@@ -32,6 +32,7 @@ from simpletuner.quantisation.text_encoders import identity_suffix, quantise_tex
 from simpletuner.storage.datasets import latents_of, text_cache_of
 from simpletuner.training.batches import CacheLookup
 from simpletuner.training.epoch_latents import EpochCrops
+from simpletuner.training.ondemand_latents import OnDemandLatents
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +94,17 @@ def prepare_caches(
     warn_if_vae_overflows(family, source, config)
     vae = _Loaded(lambda: family.load_vae(source, vae_dtype(config)).to(accelerator.device))
     failed: dict[str, list[str]] = {}
+    ondemand = getattr(config, "vae_cache_ondemand", False) and not config.cache_only
     for dataset_id in list(data.cached_sets()):  # the held-out dataset too: it is evaluated from the cache
         if "vae" in data.backends.dataset(dataset_id).skip_file_discovery:
             logger.info("dataset '%s' latent cache: not checked (skip_file_discovery vae)", dataset_id)
             continue
         if data.backends.dataset(dataset_id).scan_for_errors:
             _scan(dataset_id, data, lookup, config.vae_cache_scan_behaviour, accelerator)
+        if ondemand:
+            logger.info("dataset '%s' latent cache: encoded as batches first need it (--vae_cache_ondemand)",
+                        dataset_id)
+            continue
         samples = data.cached_sets()[dataset_id]
         report = build_latent_cache(
             samples,
@@ -119,7 +125,9 @@ def prepare_caches(
     if recropped:
         lookup.epoch_crops = EpochCrops(recropped, seed, lookup, vae.get, family.encode_images, load_pixels,
                                         config.vae_batch_size, accelerator)
-    else:
+    if ondemand:  # the VAE loads at the first missing entry, after the text encoders are gone
+        lookup.ondemand = OnDemandLatents(vae.get, family.encode_images, load_pixels, config.vae_batch_size)
+    if not (recropped or ondemand):
         vae.release()
 
     _build_text_caches(family, source, data, config, accelerator, lookup.text_identity, show_progress, extra_prompts)

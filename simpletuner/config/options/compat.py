@@ -169,8 +169,6 @@ OPTIONS: tuple[Option, ...] = (
     _no_effect("aws_max_pool_connections", "int", 128, "HTTP connections kept open to S3.", DATA,
                "the S3 client sizes its connection pool to its request threads"),
     # --------------------------------------------------------------- Caching
-    _refused("vae_cache_ondemand", "bool", False, "Encode latents while training instead of caching them first.",
-             CACHING),
     _refused("vae_enable_tiling", "bool", False, "Encode large images with the VAE in tiles.", CACHING),
     _no_effect("keep_vae_loaded", "bool", False, "Keep the VAE in memory after the latent cache is built.",
                CACHING, "the VAE is freed once the latent cache is complete; nothing needs it while training"),

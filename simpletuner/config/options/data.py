@@ -85,8 +85,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "print_sampler_statistics", "bool", False,
-        "Show how many images and batches each bucket of each dataset gives. Always the "
-        "case here: the start-up summary lists them, so this changes nothing.",
+        "List every bucket of every dataset in the start-up summary. Without it a dataset "
+        "with many buckets shows its 12 largest and one row adding up the rest.",
         DATA,
     ),
     Option(
@@ -269,6 +269,14 @@ OPTIONS: tuple[Option, ...] = (
         "compress_disk_cache", "bool", False,
         "Compress cached latents and text embeds on disk; saves much space on "
         "padded T5 embeds. Entries of either form are read whatever this is set to.",
+        CACHING,
+    ),
+    Option(
+        "vae_cache_ondemand", "bool", False,
+        "Start training before every latent is cached: each batch's missing latents are "
+        "encoded when it is first needed and written to the same cache, so a later run "
+        "reuses them. The VAE stays loaded while training. With --cache_only, everything "
+        "is cached first as usual.",
         CACHING,
     ),
     Option(
