@@ -8,6 +8,7 @@ dry run that succeeds on it has loaded none.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -70,7 +71,7 @@ def test_a_good_config_would_start_and_nothing_is_loaded_or_written(project: Pat
     assert "  max_train_steps = 10" in out
     assert "--pretrained_model_name_or_path=" in out and "passed" in out
     assert "dataset 'pics': 8 image files found, 8 usable, 0 skipped" in out
-    assert "64x64       8        4" in out  # the bucket table: 8 images, 4 batches
+    assert re.search(r"64x64 +8 +4\b", out), out  # the bucket table: 8 images, 4 batches
     assert "0 of 8 image(s) cached, 8 would be encoded" in out
     assert "4 steps per epoch (batch 2 x 1 process(es)); 10 steps in total" in out
     assert "3 epoch(s); a checkpoint every 4 steps (2 in all)" in out

@@ -215,7 +215,8 @@ def _recorder_evaluator(count: int):
 
     samples = [f"image-{i}" for i in range(count)]
     latents = {name: torch.randn(4, 8, 8) for name in samples}
-    lookup = SimpleNamespace(latents=latents.__getitem__, text=lambda sample: {"embeds": torch.zeros(3)})
+    lookup = SimpleNamespace(latents=latents.__getitem__, text=lambda sample: {"embeds": torch.zeros(3)},
+                             ensure_latents=lambda samples: None)  # every latent is there already
     family = SimpleNamespace(sample_conditioning=lambda batch: {}, prediction=lambda output, noisy: output[0],
                              model_inputs=lambda batch, noisy, timesteps: {"sample": noisy, "timestep": timesteps})
     config = SimpleNamespace(snr_gamma=None, use_soft_min_snr=False, noise_offset=0.0, input_perturbation=0.0,
