@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ from simpletuner.families.base import ModelSource
 from simpletuner.families.registry import get_family
 from simpletuner.memory.params import count_component
 from simpletuner.tools.demo_data import make_demo_dataset
+from weightless import header_only_copy as _header_only_copy
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("sdxl", "legacy", "kolors", "pixart_sigma", "sd3", "flux")
@@ -109,15 +108,6 @@ def test_meta_trace_matches_a_real_forward_pass(family_name: str, request: pytes
     assert larger.without_checkpointing > 1.3 * traced.without_checkpointing
 
 
-def _header_only_copy(model: Path, into: Path) -> Path:
-    """The model with every safetensors file cut after its header: counting works, loading cannot."""
-    shutil.copytree(model, into)
-    for file in into.rglob("*.safetensors"):
-        with open(file, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-        with open(file, "r+b") as handle:
-            handle.truncate(8 + length)
-    return into
 
 
 def _train(cwd: Path, *flags: str) -> subprocess.CompletedProcess:

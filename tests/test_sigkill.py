@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -29,6 +28,7 @@ from safetensors.torch import load_file
 
 from simpletuner.tools.demo_data import make_demo_dataset
 from simpletuner.training.state_files import read_state
+from kill_helpers import newest_step as _newest_step, wait_until as _wait_until
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -63,18 +63,8 @@ def _start(root: Path, output: str, log: Path) -> subprocess.Popen:
     )
 
 
-def _wait_until(condition: Callable[[], bool], process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the run ended first:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"not reached within {timeout}s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.002)
 
 
-def _newest_step(output: Path) -> int:
-    """Cheap enough to poll: complete checkpoints are the only folders named checkpoint-N."""
-    names = [p.name for p in output.glob("checkpoint-*")] if output.is_dir() else []
-    return max((int(name.split("-")[1]) for name in names), default=0)
 
 
 def _seconds_between_checkpoints(process: subprocess.Popen, output: Path) -> float:

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -26,6 +25,7 @@ from safetensors.torch import load_file
 
 from simpletuner.training.state_files import read_state
 from train_sh import REPO, run_train_sh, tiny_project
+from kill_helpers import newest_step as _newest_step, wait_until as _wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -55,17 +55,8 @@ def _kill_all(process: subprocess.Popen) -> None:
             pass
 
 
-def _wait_until(condition: Callable[[], bool], process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the run ended first:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"not reached within {timeout}s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.002)
 
 
-def _newest_step(output: Path) -> int:
-    names = [p.name for p in output.glob("checkpoint-*")] if output.is_dir() else []
-    return max((int(name.split("-")[1]) for name in names), default=0)
 
 
 def _complete_checkpoints(output: Path) -> list[int]:
