@@ -37,6 +37,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,7 +57,7 @@ def _model(width: int, layers: int) -> "torch.nn.Module":
     )
 
 
-def worker(mode: str, steps: int, width: int, layers: int, batch: int) -> None:
+def worker(mode: str, steps: int, width: int, layers: int, batch: int, results: Path) -> None:
     import torch
     import torch.distributed as dist
 
@@ -96,8 +97,9 @@ def worker(mode: str, steps: int, width: int, layers: int, batch: int) -> None:
             times.append(time.perf_counter() - started)
     held = local_bytes(trained.parameters()) + local_bytes(optimizer_tensors(optimizer))
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print("RESULT " + json.dumps({"rank": rank, "step_time": statistics.median(times), "held_bytes": held,
-                                  "peak_rss": peak_rss}), flush=True)
+    # One file per rank: the ranks' stdout lines can interleave in the launcher's pipe.
+    (results / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "step_time": statistics.median(times),
+                                                          "held_bytes": held, "peak_rss": peak_rss}))
     if world > 1:
         dist.destroy_process_group()
 
@@ -105,13 +107,17 @@ def worker(mode: str, steps: int, width: int, layers: int, batch: int) -> None:
 def _launch(processes: int, mode: str, args: argparse.Namespace) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               __file__, "--worker", mode, "--steps", str(args.steps), "--width", str(args.width),
-               "--layers", str(args.layers), "--batch", str(args.batch)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{mode} with {processes} process(es) failed:\n{result.stderr[-3000:]}")
-    return [json.loads(line[len("RESULT "):]) for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    with tempfile.TemporaryDirectory() as results:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                   __file__, "--worker", mode, "--steps", str(args.steps), "--width", str(args.width),
+                   "--layers", str(args.layers), "--batch", str(args.batch), "--results", results]
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"{mode} with {processes} process(es) failed:\n{result.stderr[-3000:]}")
+        ranks = [json.loads(path.read_text()) for path in sorted(Path(results).glob("rank*.json"))]
+    if len(ranks) != processes:
+        sys.exit(f"{mode} with {processes} process(es): {len(ranks)} of them reported figures")
+    return ranks
 
 
 def main() -> None:
@@ -123,9 +129,10 @@ def main() -> None:
     parser.add_argument("--processes", default="1,2", help="process counts to run, comma-separated (2 is needed "
                         "for the ratio)")
     parser.add_argument("--worker", choices=("ddp", "fsdp"))
+    parser.add_argument("--results", type=Path, help="(workers) the folder each rank writes its figures to")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.width, args.layers, args.batch)
+        worker(args.worker, args.steps, args.width, args.layers, args.batch, args.results)
         return
     held: dict[tuple[int, str], int] = {}
     for processes in sorted({int(n) for n in args.processes.split(",")} | {2}):
