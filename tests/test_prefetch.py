@@ -81,8 +81,35 @@ def test_the_loop_takes_batches_in_order_with_the_entries_the_worker_read() -> N
     assert [t[2] for t in taken] == [{"epoch": 0, "position": 1}, {"epoch": 0, "position": 2},
                                      {"epoch": 0, "position": 3}, {"epoch": 1, "position": 1}]
     assert [t[3] for t in taken] == [0, 0, 0, 1]
-    assert {name for name, _ in lookup.reads} == {prefetch.WORKER_NAME}
+    # Read off the loop's thread, by the worker's readers.
+    assert all(name.startswith(prefetch.WORKER_NAME) for name, _ in lookup.reads), lookup.reads
     assert len(lookup.reads) <= 4 + 2 + 1  # at most qlen ready plus one in hand
+    assert not _prefetch_threads()
+
+
+class _SlowLookup(_Lookup):
+    """Reads that take 5 ms each, as from S3."""
+
+    def latents(self, sample: str) -> str:
+        threading.Event().wait(0.005)
+        return super().latents(sample)
+
+
+def test_slow_reads_move_to_concurrent_readers_and_keep_the_order() -> None:
+    config = type("Config", (), {"dataloader_prefetch": True, "dataloader_prefetch_qlen": 2,
+                                 "train_text_encoder": True})()
+    lookup = _SlowLookup()
+    sampler, staged = prefetch.prefetched(_Sampler(), lookup, config)
+    stream = sampler.stream()
+    try:
+        taken = [(sample, staged.latents(sample)) for [sample] in (next(stream) for _ in range(5))]
+    finally:
+        prefetch.stop_prefetch(sampler)
+    assert [t[0] for t in taken] == ["e0b1", "e0b2", "e0b3", "e1b1", "e1b2"]
+    assert [t[1] for t in taken] == [f"latent of {t[0]}" for t in taken]
+    readers = [name for name, _ in lookup.reads]
+    assert readers[0] == prefetch.WORKER_NAME  # the first batch is read on the worker and timed
+    assert all(name.startswith(prefetch.WORKER_NAME + "_") for name in readers[1:])  # then by the pool
     assert not _prefetch_threads()
 
 
@@ -92,6 +119,14 @@ def test_prefetch_is_refused_with_datasets_that_recrop_every_epoch() -> None:
     config = type("Config", (), {"dataloader_prefetch": True})()
     with pytest.raises(ConfigError, match="dataset 'photos' re-encodes its latents at each epoch"):
         prefetch.prefetched(_Sampler(), lookup, config)
+
+
+def test_prefetch_with_on_demand_latents_is_refused_before_anything_loads(tmp_path: Path) -> None:
+    from simpletuner.config.loader import load_config
+
+    with pytest.raises(ConfigError, match="--dataloader_prefetch with --vae_cache_ondemand is not implemented yet"):
+        load_config(["--model_family", "sdxl", "--print_config", "--dataloader_prefetch", "--vae_cache_ondemand"],
+                    env={}, cwd=tmp_path)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -105,7 +140,7 @@ def _assert_bitwise(expected: dict, actual: dict) -> None:
 
 
 def _prefetch_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == prefetch.WORKER_NAME]
+    return [t for t in threading.enumerate() if t.name.startswith(prefetch.WORKER_NAME)]
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +217,8 @@ def test_a_failed_read_stops_the_run_with_its_error_and_the_worker(project: Path
     steps: list[int] = []
     with pytest.raises(DataError, match="latent cache entry is missing"):
         trainer, _ = train(project, tiny_sdxl, "sdxl", *FLAGS, *PREFETCH, output_name="failed")
-    assert calls[0] == 5  # the worker stopped at the failed read
+    # The worker stopped at the failed read's batch (batch size 2: its two entries are read together).
+    assert calls[0] in (5, 6)
     assert not (project / "failed" / "pytorch_lora_weights.safetensors").exists()
     assert not _prefetch_threads()
 

@@ -299,6 +299,15 @@ def refiner_training_fits(values: Values) -> Optional[str]:
     return None
 
 
+def prefetch_fits(values: Values) -> Optional[str]:
+    """The prefetch worker reads cache entries; with on-demand latents a read may have to encode, which
+    belongs to the loop's thread (one VAE, loaded once)."""
+    if values.get("dataloader_prefetch") and values.get("vae_cache_ondemand"):
+        return ("--dataloader_prefetch with --vae_cache_ondemand is not implemented yet (the worker would have "
+                "to encode missing latents); remove one of them, or cache first with --cache_only")
+    return None
+
+
 def lora_format_fits(values: Values) -> Optional[str]:
     from simpletuner.config.options import KOHYA_LORA_FAMILIES
 
@@ -387,6 +396,7 @@ RULES: tuple[Rule, ...] = (
     noise_offset_settings,
     timestep_bias_settings,
     refiner_training_fits,
+    prefetch_fits,
     lora_format_fits,
     dora_fits,
     text_encoder_training_fits,
@@ -402,7 +412,7 @@ _ALWAYS = (not_implemented, model_flavour_known, training_length, lycoris_needs_
            user_prompt_library_valid,
            report_to_none_alone, lora_alpha_positive, schedule_free_needs_constant, optimizer_config_parses,
            soft_min_snr_settings, noise_offset_settings, timestep_bias_settings, lora_format_fits, dora_fits,
-           text_encoder_training_fits,
+           text_encoder_training_fits, prefetch_fits,
            lycoris_config_valid, loftq_unavailable, hub_model_id_valid, webhook_config_valid,
            sharding_fits) + TRAINING_RULES
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -34,6 +36,12 @@ logger = logging.getLogger(__name__)
 WORKER_NAME = "simpletuner-prefetch"
 _POLL_S = 0.1  # how often a blocked worker or loop looks whether it should stop
 _JOIN_S = 30.0  # longest wait for a worker still inside a read when the loop ends
+# Slow storage (S3, network disks) is slow per request, not per byte, so one reader at a time could
+# not keep ahead of a fast step: once a batch's reads average over _SLOW_READ_S per entry, its entries
+# are read concurrently.  Fast reads stay on the worker thread, where more threads would only compete
+# with the step for the GIL.
+_READERS = 8
+_SLOW_READ_S = 0.002
 
 
 @dataclass
@@ -82,6 +90,8 @@ class _Worker(threading.Thread):
         self.ready: "queue.Queue[PreparedBatch]" = queue.Queue(maxsize=qlen)
         self.stopping = threading.Event()
         self.batches = sampler.stream()
+        self.readers = ThreadPoolExecutor(max_workers=_READERS, thread_name_prefix=WORKER_NAME)
+        self.slow_reads = False
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -100,12 +110,19 @@ class _Worker(threading.Thread):
                 return
 
     def _read(self, batch: PreparedBatch) -> None:
-        for sample in batch.samples:
-            batch.latents[sample] = self.lookup.latents(sample)
-            if self.texts:
-                batch.texts[sample] = self.lookup.text(sample)
-            if self.empty_texts and sample.dataset_id not in batch.empty_texts:
-                batch.empty_texts[sample.dataset_id] = self.lookup.empty_text(sample.dataset_id)
+        samples = list(dict.fromkeys(batch.samples))  # a sample repeated in a batch is read once
+        # Both ways hand results back in order and raise the first failed read in order, as the loop would.
+        read_all = (lambda read: list(self.readers.map(read, samples))) if self.slow_reads else (
+            lambda read: [read(sample) for sample in samples])
+        started = time.perf_counter()
+        batch.latents.update(zip(samples, read_all(self.lookup.latents)))
+        if self.texts:
+            batch.texts.update(zip(samples, read_all(self.lookup.text)))
+        entries = len(samples) * (2 if self.texts else 1)
+        self.slow_reads = self.slow_reads or (time.perf_counter() - started) / max(entries, 1) > _SLOW_READ_S
+        if self.empty_texts:
+            for dataset_id in dict.fromkeys(sample.dataset_id for sample in samples):
+                batch.empty_texts[dataset_id] = self.lookup.empty_text(dataset_id)
 
     def _hand_over(self, batch: PreparedBatch) -> None:
         while not self.stopping.is_set():
@@ -134,7 +151,9 @@ class _Worker(threading.Thread):
         if self.is_alive():
             logger.warning("the dataloader prefetch worker is still inside a read after %.0f s; leaving it "
                            "(a daemon thread, it ends with the process)", _JOIN_S)
+            self.readers.shutdown(wait=False, cancel_futures=True)
         else:
+            self.readers.shutdown(wait=True)  # idle once the worker has ended
             self.batches.close()
 
 
