@@ -119,22 +119,32 @@ def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([second, first], dim=0)
 
 
+class _Renamer:
+    """Moves a transformer's weights and biases from diffusers' names to an original layout's."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = dict(state)  # what is left to move
+        self.out: dict[str, torch.Tensor] = {}
+
+    def move(self, ours: str, original: str, transform: Any = None) -> None:
+        for suffix in ("weight", "bias"):
+            if f"{ours}.{suffix}" in self.state:
+                tensor = self.state.pop(f"{ours}.{suffix}")
+                self.out[f"{original}.{suffix}"] = transform(tensor) if transform else tensor
+
+    def fuse(self, ours: list[str], original: str) -> None:
+        """Several diffusers projections concatenated into one original tensor (fused qkv)."""
+        for suffix in ("weight", "bias"):
+            self.out[f"{original}.{suffix}"] = torch.cat([self.state.pop(f"{name}.{suffix}") for name in ours],
+                                                         dim=0)
+
+
 def sd3_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A diffusers SD3Transformer2DModel state dict in Stability's MMDiT layout
     (``model.diffusion_model.joint_blocks...``), the inverse of diffusers'
     convert_sd3_transformer_checkpoint_to_diffusers."""
-    state = dict(state)
-    out: dict[str, torch.Tensor] = {}
-
-    def move(ours: str, original: str, transform: Any = None) -> None:
-        for suffix in ("weight", "bias"):
-            if f"{ours}.{suffix}" in state:
-                tensor = state.pop(f"{ours}.{suffix}")
-                out[f"{original}.{suffix}"] = transform(tensor) if transform else tensor
-
-    def fuse(ours: list[str], original: str) -> None:
-        for suffix in ("weight", "bias"):
-            out[f"{original}.{suffix}"] = torch.cat([state.pop(f"{name}.{suffix}") for name in ours], dim=0)
+    renamer = _Renamer(state)
+    state, out, move, fuse = renamer.state, renamer.out, renamer.move, renamer.fuse
 
     out["pos_embed"] = state.pop("pos_embed.pos_embed")
     move("pos_embed.proj", "x_embedder.proj")
@@ -175,18 +185,8 @@ def flux_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A diffusers FluxTransformer2DModel state dict in Black Forest Labs' original layout
     (``double_blocks``/``single_blocks``, fused qkv, ``img_in``...), as flux1-dev.safetensors
     ships it: the inverse of diffusers' convert_flux_transformer_checkpoint_to_diffusers."""
-    state = dict(state)
-    out: dict[str, torch.Tensor] = {}
-
-    def move(ours: str, original: str, transform: Any = None) -> None:
-        for suffix in ("weight", "bias"):
-            if f"{ours}.{suffix}" in state:
-                tensor = state.pop(f"{ours}.{suffix}")
-                out[f"{original}.{suffix}"] = transform(tensor) if transform else tensor
-
-    def fuse(ours: list[str], original: str) -> None:
-        for suffix in ("weight", "bias"):
-            out[f"{original}.{suffix}"] = torch.cat([state.pop(f"{name}.{suffix}") for name in ours], dim=0)
+    renamer = _Renamer(state)
+    state, out, move, fuse = renamer.state, renamer.out, renamer.move, renamer.fuse
 
     for ours, original in (("timestep_embedder", "time_in"), ("text_embedder", "vector_in"),
                            ("guidance_embedder", "guidance_in")):
