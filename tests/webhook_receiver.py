@@ -8,7 +8,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
+from typing import Callable, Optional
 
 
 @dataclass
@@ -21,7 +21,8 @@ class Post:
 
 
 class WebhookReceiver:
-    def __init__(self, status: int = 204) -> None:
+    def __init__(self, status: int = 204, on_json: Optional[Callable[[dict], None]] = None) -> None:
+        """``on_json(body)`` runs before the reply, while the poster still waits for it."""
         self.posts: list[Post] = []
         self.status = status
         receiver = self
@@ -32,7 +33,10 @@ class WebhookReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                receiver.posts.append(_parse(self.path, self.headers.get("Content-Type", ""), body))
+                post = _parse(self.path, self.headers.get("Content-Type", ""), body)
+                receiver.posts.append(post)
+                if on_json is not None and post.json is not None:
+                    on_json(post.json)
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

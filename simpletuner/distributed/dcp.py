@@ -80,11 +80,15 @@ def load_model_and_optimizer(model: torch.nn.Module, optimizer: Any, folder: Pat
                    optim_state_dict=state["optimizer"], options=_options(False, strict=False))
 
 
+Published = Callable[[Path], None]
+
+
 @dataclass
 class _Pending:
     future: Any
     temporary: Path
     final: Path
+    published: Optional[Published]
 
 
 class ShardedCheckpoints:
@@ -107,11 +111,14 @@ class ShardedCheckpoints:
         self._background_group: Any = None
 
     def save(self, step: int, model: torch.nn.Module, optimizer: Any,
-             write_other_parts: Callable[[Path], None]) -> Path:
+             write_other_parts: Callable[[Path], None], published: Optional[Published] = None) -> Path:
         """Write checkpoint-<step>: shards from every process, the other parts from the main one.
 
         Collective.  Returns the final folder; with async saving it appears
-        there once the background write is done.
+        there once the background write is done.  ``published(folder)`` is
+        called on the main process once the folder is complete and in place
+        (during this call, or with async saving from :meth:`poll` or
+        :meth:`finish`); never for a write that failed.
         """
         import torch.distributed.checkpoint as dcp
 
@@ -129,7 +136,7 @@ class ShardedCheckpoints:
             from simpletuner.distributed.deepspeed import save_engine_state
 
             save_engine_state(model, temporary)
-            self._publish(temporary, final)
+            self._publish(temporary, final, published)
             return final
         state = model_and_optimizer_state(accelerator.unwrap_model(model), optimizer, full=self.full)
         target = str(temporary / SHARDED_FOLDER)
@@ -138,11 +145,11 @@ class ShardedCheckpoints:
                 dcp.save(state, checkpoint_id=target, no_dist=True)
         elif self.asynchronous:
             future = dcp.async_save(state, checkpoint_id=target, process_group=self._cpu_group())
-            self.pending = _Pending(future, temporary, final)
+            self.pending = _Pending(future, temporary, final, published)
             return final
         else:
             dcp.save(state, checkpoint_id=target)
-        self._publish(temporary, final)
+        self._publish(temporary, final, published)
         return final
 
     def _cpu_group(self) -> Any:
@@ -185,9 +192,9 @@ class ShardedCheckpoints:
             return
         pending, self.pending = self.pending, None
         _completion(pending.future).result()
-        self._publish(pending.temporary, pending.final)
+        self._publish(pending.temporary, pending.final, pending.published)
 
-    def _publish(self, temporary: Path, final: Path) -> None:
+    def _publish(self, temporary: Path, final: Path, published: Optional[Published]) -> None:
         self.accelerator.wait_for_everyone()  # every process's shards are on disk
         if self.accelerator.is_main_process:
             _fsync_tree(temporary)
@@ -198,6 +205,8 @@ class ShardedCheckpoints:
                     os.replace(old, doomed)
                     shutil.rmtree(doomed, ignore_errors=True)
             logger.info("saved checkpoint %s", final)
+            if published is not None:  # webhooks, Hub push: only now is the folder there to report
+                published(final)
         self.accelerator.wait_for_everyone()
 
 

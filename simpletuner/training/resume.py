@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -61,8 +61,14 @@ def checkpoint_seed(path: Path) -> int:
     return int(read_json(path / TRAINER_STATE_FILE)["seed"])
 
 
-def save_training_state(trainer: Any) -> Optional[Path]:
-    """Write checkpoint-<step> (main process only) and prune old ones."""
+def save_training_state(trainer: Any, published: Callable[[Path], None]) -> None:
+    """Write checkpoint-<step> and prune old ones; ``published(folder)`` runs on the main process
+    once the folder is complete and in place.
+
+    That is now, or for an --fsdp_async_checkpointing write when its background
+    write has finished (``ShardedCheckpoints.poll``/``finish``); never for a
+    checkpoint that did not land.
+    """
     accelerator = trainer.accelerator
     accelerator.wait_for_everyone()
     # Every rank draws its own noise, so every rank's random state is saved;
@@ -71,11 +77,11 @@ def save_training_state(trainer: Any) -> Optional[Path]:
     step = trainer.state.global_step
     if getattr(trainer, "sharded_checkpoints", None) is not None:  # --fsdp_enable: every process writes its shards
         with writing(f"checkpoint-{step}", trainer.output_dir):
-            path = trainer.sharded_checkpoints.save(step, trainer.denoiser, trainer.optimizer,
-                                                    lambda folder: _write_run_parts(trainer, folder, rng_states))
-        return path if accelerator.is_main_process and path.is_dir() else None
+            trainer.sharded_checkpoints.save(step, trainer.denoiser, trainer.optimizer,
+                                             lambda folder: _write_run_parts(trainer, folder, rng_states), published)
+        return
     if not accelerator.is_main_process:
-        return None
+        return
     # The plain module: a compiled one (TRAINING_DYNAMO_BACKEND) prefixes every key with _orig_mod.
     denoiser = accelerator.unwrap_model(trainer.denoiser, keep_torch_compile=False)
 
@@ -87,7 +93,7 @@ def save_training_state(trainer: Any) -> Optional[Path]:
     with writing(f"checkpoint-{step}", trainer.output_dir):
         path = save_checkpoint(trainer.output_dir, step, write_parts, trainer.config.checkpoints_total_limit)
     logger.info("saved checkpoint %s", path)
-    return path
+    published(path)
 
 
 def _write_run_parts(trainer: Any, folder: Path, rng_states: list) -> None:

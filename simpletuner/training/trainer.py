@@ -339,7 +339,9 @@ class Trainer:
                 f"weights became non-finite at step {self.state.global_step}; lower --learning_rate and "
                 "resume from the last checkpoint (--resume_from_checkpoint latest)"
             )
-        self.publishing.checkpointed(self.state.global_step, save_training_state(self))
+        # Reported when the folder is in place: at once, or after an async write (poll/finish).
+        step = self.state.global_step
+        save_training_state(self, lambda folder: self.publishing.checkpointed(step, folder))
 
     def _stop_if_signalled(self, progress: TrainingProgress) -> None:
         """After SIGINT/SIGTERM (agreed by every rank): checkpoint this step and end the run."""
