@@ -146,3 +146,46 @@ def test_a_full_fine_tune_trained_fused_saves_an_ordinary_model(tmp_path: Path, 
     fused_qkv.fuse(base)
     trainer.trainable.load_state(base, folder)
     torch.testing.assert_close(_output(family, base, inputs), expected, rtol=1e-5, atol=1e-6)
+
+
+
+def test_a_lora_checkpoint_resumes_only_with_the_fusing_it_was_saved_with(tmp_path: Path, tiny_sdxl: Path) -> None:
+    from simpletuner.config.loader import load_config
+    from simpletuner.errors import ConfigError
+    from simpletuner.training.trainable import LoraTraining
+
+    config = load_config(["--model_family", "sdxl", "--print_config"], env={}, cwd=tmp_path)
+    family = get_family("sdxl", config)
+    trainable = LoraTraining(config, family)
+
+    def lora_b(denoiser: torch.nn.Module) -> list[torch.Tensor]:
+        return [p for n, p in denoiser.named_parameters() if "lora_B" in n]
+
+    models, folders = {}, {}
+    for fused, value in ((True, 0.5), (False, 0.25)):
+        denoiser = family.load_denoiser(ModelSource(base=str(tiny_sdxl)))
+        if fused:
+            fused_qkv.fuse(denoiser)
+        trainable.prepare(denoiser)
+        with torch.no_grad():  # trained-looking weights, so a load that happened would show
+            for parameter in lora_b(denoiser):
+                parameter.fill_(value)
+        folders[fused] = tmp_path / f"checkpoint-{int(fused)}"
+        folders[fused].mkdir()
+        trainable.save_state(denoiser, folders[fused])
+        models[fused] = denoiser
+    for fused, value in ((True, 0.5), (False, 0.25)):
+        # The other fusing is refused with one line naming the checkpoint and the flag, changing nothing.
+        with pytest.raises(ConfigError) as raised:
+            trainable.load_state(models[not fused], folders[fused])
+        how = "with" if fused else "without"
+        assert str(raised.value) == (f"{folders[fused]} was saved {how} --fused_qkv_projections; "
+                                     f"resume it {how} --fused_qkv_projections")
+        assert all(p.ne(value).all() for p in lora_b(models[not fused]))
+    # The same fusing resumes.
+    for fused, value in ((True, 0.5), (False, 0.25)):
+        with torch.no_grad():
+            for parameter in lora_b(models[fused]):
+                parameter.zero_()
+        trainable.load_state(models[fused], folders[fused])
+        assert all(p.eq(value).all() for p in lora_b(models[fused]))

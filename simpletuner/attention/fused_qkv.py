@@ -167,6 +167,29 @@ def split_lora_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return result
 
 
+def check_saved_layout(state: dict[str, torch.Tensor], denoiser: torch.nn.Module, where: object) -> None:
+    """Refuse a LoRA checkpoint (PEFT keys) whose fusing differs from this run's (``where`` names it).
+
+    Fused -> unfused could be mapped exactly (:func:`split_lora_state`), but not
+    the other way (three separate ``lora_A`` are not one), and the optimizer
+    state follows the parameters' shapes in neither; so both are refused.
+    A checkpoint whose LoRA targets no q/k/v is the same either way and passes.
+    """
+    saved = any(_fused_in_key(key) is not None for key in state)
+    now = is_fused(denoiser)
+    if now and not saved and any(_unfused_part_in_key(key) for key in state):
+        raise ConfigError(f"{where} was saved without --fused_qkv_projections; resume it without "
+                          "--fused_qkv_projections")
+    if saved and not now:
+        raise ConfigError(f"{where} was saved with --fused_qkv_projections; resume it with --fused_qkv_projections")
+
+
+def _unfused_part_in_key(key: str) -> bool:
+    """Whether ``key`` belongs to a projection that fusing merges (to_q/to_k/to_v, add_*_proj)."""
+    parts = {part for names in FUSED_PARTS.values() for part in names}
+    return any(name in parts for name in key.split(".")[1:-1])
+
+
 def _fused_in_key(key: str) -> Optional[tuple[str, str]]:
     """(fused Linear name, the rest of the key) when ``key`` belongs to a fused Linear."""
     names = key.split(".")

@@ -74,7 +74,9 @@ class LoraTraining:
         self._save_lora(denoiser, folder)
 
     def load_state(self, denoiser: torch.nn.Module, folder: Path) -> None:
-        adapters.load_adapter_state(denoiser, load_file(str(folder / WEIGHTS_FILE)))
+        state = load_file(str(folder / WEIGHTS_FILE))
+        fused_qkv.check_saved_layout(state, denoiser, folder)  # a mismatch names the flag, not the keys
+        adapters.load_adapter_state(denoiser, state)
         _load_text_state(self.text, folder)
 
     def checkpoint_bytes(self, denoiser: torch.nn.Module) -> int:
