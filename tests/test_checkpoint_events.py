@@ -109,7 +109,9 @@ def test_async_fsdp_checkpoints_reach_webhooks_and_hub_once_each_when_complete(
                      "--mixed_precision", "no", "--seed", "0", "--train_batch_size", "2", "--max_train_steps", "3",
                      "--checkpointing_steps", "1", "--fsdp_enable", "--fsdp_async_checkpointing",
                      "--webhook_config", str(root / "webhooks.json"),
-                     "--push_to_hub", "--push_checkpoints_to_hub", "--hub_model_id", REPO, "--hub_token", HUB_TOKEN])
+                     "--push_to_hub", "--push_checkpoints_to_hub", "--hub_model_id", REPO, "--hub_token", HUB_TOKEN,
+                     # Riding along (a run costs ~10 s): a refiner-layout option on a base-layout model.
+                     "--data_aesthetic_score", "6.5"])
     finally:
         hooks.stop()
         hub.stop()
@@ -117,6 +119,8 @@ def test_async_fsdp_checkpoints_reach_webhooks_and_hub_once_each_when_complete(
     events = [(p.json["event"], p.json.get("step")) for p in hooks.on("/raw")]
     assert sorted(step for event, step in events if event == "checkpointed") == [1, 2, 3], events
     assert seen_at_post == {1: True, 2: True, 3: True}  # each posted once its folder was in place, complete
+    log = next(output.rglob("debug.log")).read_text()
+    assert log.count("--data_aesthetic_score=6.5 has no effect: the model is in SDXL base's layout") == 1
     messages = [c.message for c in hub.state.commits]
     files = hub.files(REPO)
     for step in (1, 2, 3):

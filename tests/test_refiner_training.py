@@ -110,3 +110,32 @@ def test_good_settings_load_and_stage_options_are_ignored_without_refiner_traini
                          env={}, cwd=tmp_path)
     assert config.ignored == ("--refiner_training_invert_schedule=true has no effect: only --refiner_training "
                               "uses it; ignoring it",)
+
+
+def test_refiner_layout_options_on_a_base_layout_model_are_named_as_having_no_effect(tmp_path: Path,
+                                                                                     tiny_sdxl: Path) -> None:
+    from simpletuner.families.base import ModelSource
+
+    config = load_config(BASE_FLAGS + ["--model_family", "sdxl", "--pretrained_model_name_or_path", str(tiny_sdxl),
+                                       "--data_aesthetic_score", "6.5", "--sdxl_refiner_uses_full_range"],
+                         env={}, cwd=tmp_path)
+    assert config.ignored == ()  # which layout the model has is known only once its folder is read
+    family = SDXLFamily(config)
+    assert family.ignored_for_model() == ()
+    ModelSource.from_config(config, family).check(family)
+    assert not family.refiner_layout
+    assert family.ignored_for_model() == (
+        "--data_aesthetic_score=6.5 has no effect: the model is in SDXL base's layout, whose micro-conditioning "
+        "has the target size where the refiner's has an aesthetic score; ignoring it",
+        "--sdxl_refiner_uses_full_range=true has no effect: the model is in SDXL base's layout, which trains "
+        "every timestep already (--refiner_training picks a part); ignoring it",
+    )
+    # In the refiner's layout both act; at their defaults nothing is named.
+    refiner = SDXLFamily(config)
+    assert refiner.model_index_problem({"_class_name": "StableDiffusionXLImg2ImgPipeline",
+                                        "requires_aesthetics_score": True,
+                                        "unet": ["diffusers", "UNet2DConditionModel"]}, set()) is None
+    assert refiner.refiner_layout and refiner.ignored_for_model() == ()
+    plain = SDXLFamily(load_config(BASE_FLAGS + ["--model_family", "sdxl"], env={}, cwd=tmp_path))
+    ModelSource(base=str(tiny_sdxl)).check(plain)
+    assert plain.ignored_for_model() == ()

@@ -26,6 +26,11 @@ def _shown(option: Any, value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def no_effect_message(option: Any, value: Any, reason: str) -> str:
+    """The one line that names an option set to a value with no effect, and why."""
+    return f"{option.flag}={_shown(option, value)} has no effect: {reason}; ignoring it"
+
+
 def set_aside_inert(values: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """(``values`` with every inert option back at its default, one message per such option).
 
@@ -44,7 +49,7 @@ def set_aside_inert(values: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[st
                 continue
             reason = option.inert_reason(current)
             if reason:
-                messages[option.name] = f"{option.flag}={_shown(option, value)} has no effect: {reason}; ignoring it"
+                messages[option.name] = no_effect_message(option, value, reason)
                 current[option.name] = option.default
                 changed = True
     return current, tuple(messages[option.name] for option in OPTIONS if option.name in messages)

@@ -243,6 +243,11 @@ class ModelFamily:
         names ``keys``), said before anything is loaded; None when nothing known does."""
         return None
 
+    def ignored_for_model(self) -> tuple[str, ...]:
+        """One line per option set to a value that has no effect on the model found (known only
+        once :meth:`model_index_problem` has read it; config/inert.py names the rest at start-up)."""
+        return ()
+
     def model_index_problem(self, index: dict[str, Any], overridden: set[str]) -> Optional[str]:
         """What in a model folder's model_index.json says it is not this family's, or None.
 

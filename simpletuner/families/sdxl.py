@@ -46,12 +46,35 @@ class SDXLFamily(TextTimeConditioning, ModelFamily):
 
     # True for a model in the SDXL refiner's layout (read from its model_index.json).
     refiner_layout = False
+    # Whether a model_index.json said which layout the model has (not yet when it is still to be downloaded).
+    layout_read = False
 
     def model_index_problem(self, index: dict[str, Any], overridden: set[str]) -> Optional[str]:
         # The SDXL refiner ships as an img2img pipeline that sets requires_aesthetics_score.
         if index.get("_class_name") == REFINER_PIPELINE and index.get("requires_aesthetics_score"):
             self._use_refiner_layout()
+        self.layout_read = True
         return super().model_index_problem(index, overridden)
+
+    def ignored_for_model(self) -> tuple[str, ...]:
+        """The refiner-layout options, set for a model in SDXL base's layout, where they change nothing."""
+        if self.refiner_layout or not self.layout_read or self.config is None:
+            return ()
+        from simpletuner.config.inert import no_effect_message
+        from simpletuner.config.options import OPTIONS_BY_NAME
+
+        why = {
+            "data_aesthetic_score": "the model is in SDXL base's layout, whose micro-conditioning has the target "
+                                    "size where the refiner's has an aesthetic score",
+            "sdxl_refiner_uses_full_range": "the model is in SDXL base's layout, which trains every timestep "
+                                            "already (--refiner_training picks a part)",
+        }
+        messages = []
+        for name, reason in why.items():
+            option, value = OPTIONS_BY_NAME[name], self.option(name, OPTIONS_BY_NAME[name].default)
+            if value != option.default:
+                messages.append(no_effect_message(option, value, reason))
+        return tuple(messages)
 
     def _use_refiner_layout(self) -> None:
         """This instance trains a refiner-layout model: only the second text encoder, and an

@@ -116,6 +116,9 @@ class Trainer:
         self.device = self.accelerator.device
         self.dtype = training_dtype(config)
         attach_log_file(self.output_dir / "debug.log")
+        if self.accelerator.is_main_process:  # options the model found ignores (config/inert.py: the others)
+            for message in self.family.ignored_for_model():
+                logger.warning(message)
         self.state = TrainState(seed=self._seed(resume_path))
         apply_torch_settings(config)
         # The same seed everywhere, so every process starts the adapter alike.
