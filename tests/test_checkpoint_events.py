@@ -63,6 +63,18 @@ def test_an_async_checkpoint_is_reported_when_published_and_only_then(tmp_path: 
     assert reported == [(tmp_path / "checkpoint-1", True)]
 
 
+@pytest.mark.parametrize("state_dict_type", ["sharded", "full"])
+def test_a_synchronous_dcp_checkpoint_is_reported_once_during_the_save(tmp_path: Path, state_dict_type: str) -> None:
+    from simpletuner.distributed.dcp import ShardedCheckpoints
+
+    writer = ShardedCheckpoints(_OneProcess(), tmp_path, state_dict_type, asynchronous=False, total_limit=None)
+    model, optimizer = _model_and_optimizer()
+    reported: list[tuple[Path, bool]] = []
+    writer.save(2, model, optimizer, lambda folder: None, lambda folder: reported.append((folder, _complete(folder))))
+    writer.finish()
+    assert reported == [(tmp_path / "checkpoint-2", True)]
+
+
 def test_a_failed_background_write_is_never_reported(tmp_path: Path) -> None:
     from simpletuner.distributed.dcp import ShardedCheckpoints, _Pending
 
