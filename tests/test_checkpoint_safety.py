@@ -195,3 +195,21 @@ def test_train_py_refuses_a_planted_pickle_with_one_line(trained: Path, tiny_sdx
     assert len(errors) == 1, result.stderr[-3000:]
     assert "optimizer.pt: refused" in errors[0] and "posix.system" in errors[0], errors[0]
     assert not marker.exists(), "the payload ran"
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resumed_with_other_options_names_the_ones_it_was_saved_with(trained: Path,
+                                                                                   tiny_sdxl: Path) -> None:
+    # Each checkpoint keeps its own copy of the options: the output folder's training_config.json
+    # is rewritten by the resumed run itself, so it cannot say what the checkpoint needs.
+    saved = json.loads((trained / "output" / "checkpoint-2" / "training_config.json").read_text())
+    assert saved["lora_rank"] != 2 and saved["use_ema"] is True
+    other = trained / "other-rank" / "checkpoint-2"
+    shutil.copytree(trained / "output" / "checkpoint-2", other)
+    with pytest.raises(ConfigError) as refused:
+        train_in_process(trained, tiny_sdxl, "sdxl", *FLAGS, "--use_ema", "--lora_rank", "2",
+                         "--resume_from_checkpoint", "latest", output_name="other-rank")
+    message = str(refused.value)
+    assert "does not fit this run" in message
+    assert f"it was saved with --lora_rank={saved['lora_rank']} (this run: 2); resume it with those" in message
+    assert "resume_from_checkpoint" not in message.split("does not fit")[1]  # changed by resuming, not named

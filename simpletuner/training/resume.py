@@ -27,7 +27,7 @@ from simpletuner.training.checkpoint import (
 )
 from simpletuner.training.disk_space import writing
 from simpletuner.training.legacy_state import LEGACY_SUFFIX, read_legacy_part
-from simpletuner.training.setup import RUN_CONFIG_FILE
+from simpletuner.training.setup import RUN_CONFIG_FILE, write_run_config
 from simpletuner.training.state_files import read_state, write_state
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ def save_training_state(trainer: Any, published: Callable[[Path], None]) -> None
 
 
 def _write_run_parts(trainer: Any, folder: Path, rng_states: list) -> None:
-    """Everything but the weights and optimizer: schedule, random states, data position, counters."""
+    """Everything but the weights and optimizer: schedule, random states, data position, counters,
+    and the options it was made with (the output folder's copy is rewritten by every resumed run)."""
+    write_run_config(trainer.config, folder)
     write_state(state_file(folder, SCHEDULER_PART), trainer.lr_scheduler.state_dict())
     write_state(state_file(folder, RNG_PART), {"per_rank": rng_states})
     write_json(folder / SAMPLER_FILE, trainer.sampler.state_dict())
@@ -146,13 +148,39 @@ def load_training_state(trainer: Any, path: Path) -> None:
             trainer.ema.load_state_dict(ema_state)
     except (KeyError, ValueError, RuntimeError) as error:
         raise ConfigError(
-            f"{path} does not fit this run ({str(error).splitlines()[0]}); resume it with the options it was "
-            f"saved with (see {path.parent / RUN_CONFIG_FILE})"
+            f"{path} does not fit this run ({str(error).splitlines()[0]}); {_how_to_fit(trainer.config, path)}"
         ) from None
     trainer.sampler.load_state_dict(read_json(path / SAMPLER_FILE))
     trainer.state.load_state_dict(read_json(path / TRAINER_STATE_FILE))
     _restore_this_ranks_rng(trainer, rng_states)
     logger.info("resumed from %s at step %d", path, trainer.state.global_step)
+
+
+# Options a resumed run is expected to change, so naming them would only hide the ones that matter.
+_CHANGED_BY_RESUMING = frozenset({"resume_from_checkpoint", "output_dir", "max_train_steps", "num_train_epochs"})
+_MOST_NAMED = 6
+
+
+def _how_to_fit(config: Any, path: Path) -> str:
+    """Which options differ from those the checkpoint was saved with (its own copy of them)."""
+    import json
+
+    from simpletuner.config.model import redacted_values
+
+    saved_file = path / RUN_CONFIG_FILE
+    try:
+        saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # an earlier version's checkpoint has no copy
+        return "resume it with the options it was saved with"
+    # Through JSON so that tuples and lists, as saved, compare equal.
+    current = json.loads(json.dumps(redacted_values(config), default=str))
+    differing = [f"--{name}={saved[name]} (this run: {current.get(name)})" for name in sorted(saved)
+                 if name not in _CHANGED_BY_RESUMING and current.get(name) != saved[name]]
+    if not differing:
+        return f"resume it with the options it was saved with ({saved_file})"
+    named = ", ".join(differing[:_MOST_NAMED])
+    more = f" and {len(differing) - _MOST_NAMED} more" if len(differing) > _MOST_NAMED else ""
+    return f"it was saved with {named}{more}; resume it with those (all in {saved_file})"
 
 
 def _check_checkpoint_kind(trainer: Any, path: Path) -> bool:
