@@ -35,10 +35,14 @@ def efficient_loading(config: Any, num_processes: int) -> bool:
 
 def load_denoiser(family: Any, source: Any, config: Any, device: Any, dtype: torch.dtype, is_main: bool,
                   num_processes: int) -> torch.nn.Module:
-    """The frozen denoiser as step 5 of the run loads it: placed on ``device``, or empty where this
-    process is not the main one and --fsdp_cpu_ram_efficient_loading is on."""
-    if efficient_loading(config, num_processes) and not is_main:
-        return empty_denoiser(family, source, dtype)
+    """The frozen denoiser as step 5 of the run loads it: placed on ``device``; with
+    --fsdp_cpu_ram_efficient_loading in CPU memory on the main process and empty on the others."""
+    if efficient_loading(config, num_processes):
+        if not is_main:
+            return empty_denoiser(family, source, dtype)
+        # The main process keeps the whole model in CPU memory: fully_shard moves each
+        # group's weights to the device as it shards them, so the device never holds it all.
+        device = torch.device("cpu")
     from simpletuner.quantisation.streaming import load_placed_denoiser
 
     return load_placed_denoiser(family, source, config.base_model_precision, device, dtype, config.quantize_via)
