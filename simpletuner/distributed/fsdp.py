@@ -55,7 +55,12 @@ def size_based_groups(root: torch.nn.Module, min_num_params: int) -> list[torch.
     """
     from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
+    seen: set[int] = set()  # a module reachable twice gets one group at most: fully_shard cannot shard it twice
+
     def visit(module: torch.nn.Module, is_root: bool) -> tuple[list[torch.nn.Module], int]:
+        if id(module) in seen:
+            return [], 0
+        seen.add(id(module))
         total = sum(p.numel() for p in module.parameters())
         if not size_based_auto_wrap_policy(module, recurse=True, nonwrapped_numel=total,
                                            min_num_params=min_num_params):
