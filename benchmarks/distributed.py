@@ -24,7 +24,7 @@ AdamW on random inputs for ``N`` measured steps after 2 warm-up steps, in
 
 Held bytes are measured from each process's local tensors (a DTensor's local
 shard).  Peak RSS includes building the whole model in every process before
-sharding (--fsdp_cpu_ram_efficient_loading is not built), so it falls by less
+sharding (as a run without --fsdp_cpu_ram_efficient_loading does), so it falls by less
 than the held bytes do.
 """
 

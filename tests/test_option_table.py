@@ -325,7 +325,6 @@ def test_not_implemented_options_default_to_off():
 SLICE = {
     "model_family": ('sdxl', 'legacy', 'sd3', 'flux', 'pixart_sigma', 'kolors'),
     "lora_init_type": ("default", "gaussian", "olora", "pissa"),
-    "fsdp_auto_wrap_policy": ("TRANSFORMER_BASED_WRAP", "NO_WRAP"),
 }
 SLICE_FULLY = {
     # adapters (issue 7)
@@ -425,6 +424,7 @@ SLICE_FULLY = {
     # FSDP2, sharded checkpoints and DeepSpeed (issue 18)
     "fsdp_enable", "fsdp_version", "fsdp_reshard_after_forward", "fsdp_cpu_offload", "fsdp_state_dict_type",
     "fsdp_async_checkpointing", "fsdp_transformer_layer_cls_to_wrap", "fsdp_activation_checkpointing",
+    "fsdp_auto_wrap_policy", "fsdp_min_num_params", "fsdp_cpu_ram_efficient_loading",
     "deepspeed_config",
 }
 # Accepted and named at start-up as having no effect (Option.no_effect): SimpleTuner's

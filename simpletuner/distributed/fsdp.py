@@ -44,23 +44,45 @@ def block_class_names(config: Any, family: Any) -> tuple[str, ...]:
     return tuple(named) if named else family.fsdp_block_class_names
 
 
-def shard_denoiser(denoiser: torch.nn.Module, config: Any, family: Any, device: torch.device,
-                   num_processes: int) -> torch.nn.Module:
-    """Apply ``fully_shard`` to every block, then to the whole denoiser (in place; returned).
+def size_based_groups(root: torch.nn.Module, min_num_params: int) -> list[torch.nn.Module]:
+    """The modules SIZE_BASED_WRAP gives a shard group of their own, deepest first (the root not included).
 
-    Blocks first: each becomes one all-gather unit, gathered just before its
-    forward (and backward) and freed after, so at most a block or two is
-    whole at any time; the root group holds what is left (embeddings, norms).
-    Adapter weights (LoRA) are sharded with the block they sit in.
+    The rule of accelerate's SIZE_BASED_WRAP (torch's ``size_based_auto_wrap_policy``
+    decides each module): a module is wrapped when the parameters it holds that
+    are not already in a wrapped child reach ``min_num_params``; a module whose
+    parameters all together stay below it is not searched further, and
+    ModuleList/ModuleDict containers are never wrapped themselves.
     """
-    if not sharding_active(config, num_processes):
-        return denoiser
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
-    mesh = init_device_mesh(device.type, (num_processes,))
-    offload = CPUOffloadPolicy() if config.fsdp_cpu_offload else OffloadPolicy()
-    settings = {"mesh": mesh, "reshard_after_forward": config.fsdp_reshard_after_forward, "offload_policy": offload}
+    seen: set[int] = set()  # a module reachable twice gets one group at most: fully_shard cannot shard it twice
+
+    def visit(module: torch.nn.Module, is_root: bool) -> tuple[list[torch.nn.Module], int]:
+        if id(module) in seen:
+            return [], 0
+        seen.add(id(module))
+        total = sum(p.numel() for p in module.parameters())
+        if not size_based_auto_wrap_policy(module, recurse=True, nonwrapped_numel=total,
+                                           min_num_params=min_num_params):
+            return [], 0
+        wrapped: list[torch.nn.Module] = []
+        wrapped_numel = 0
+        for child in module.children():
+            groups, numel = visit(child, False)
+            wrapped += groups
+            wrapped_numel += numel
+        if not is_root and size_based_auto_wrap_policy(module, recurse=False, nonwrapped_numel=total - wrapped_numel,
+                                                       min_num_params=min_num_params):
+            return wrapped + [module], total
+        return wrapped, wrapped_numel
+
+    return visit(root, True)[0]
+
+
+def wrapped_modules(denoiser: torch.nn.Module, config: Any, family: Any) -> list[torch.nn.Module]:
+    """The modules that get a shard group each under --fsdp_auto_wrap_policy, children before parents."""
+    if config.fsdp_auto_wrap_policy == "SIZE_BASED_WRAP":
+        return size_based_groups(denoiser, config.fsdp_min_num_params)
     names = block_class_names(config, family)
     blocks = [m for m in denoiser.modules() if type(m).__name__ in names and m is not denoiser]
     if names and not blocks:
@@ -70,11 +92,42 @@ def shard_denoiser(denoiser: torch.nn.Module, config: Any, family: Any, device: 
             f"--fsdp_transformer_layer_cls_to_wrap: the {type(denoiser).__name__} has no module of class "
             f"{', '.join(names)}; name classes it has, or use --fsdp_auto_wrap_policy NO_WRAP"
         )
+    return blocks
+
+
+def shard_denoiser(denoiser: torch.nn.Module, config: Any, family: Any, device: torch.device,
+                   num_processes: int) -> torch.nn.Module:
+    """Apply ``fully_shard`` to every block, then to the whole denoiser (in place; returned).
+
+    Blocks first: each becomes one all-gather unit, gathered just before its
+    forward (and backward) and freed after, so at most a block or two is
+    whole at any time; the root group holds what is left (embeddings, norms).
+    Adapter weights (LoRA) are sharded with the block they sit in.
+
+    With --fsdp_cpu_ram_efficient_loading the non-main processes come here
+    with an empty (meta-device) denoiser; once sharded, it is given memory and
+    the main process's weights are sent into every process's shards
+    (efficient_loading.py).
+    """
+    if not sharding_active(config, num_processes):
+        return denoiser
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+    from simpletuner.distributed import efficient_loading
+
+    # Taken before sharding: fully_shard keeps only this process's part of each weight.
+    full_state = efficient_loading.state_to_send(denoiser, config)
+    mesh = init_device_mesh(device.type, (num_processes,))
+    offload = CPUOffloadPolicy() if config.fsdp_cpu_offload else OffloadPolicy()
+    settings = {"mesh": mesh, "reshard_after_forward": config.fsdp_reshard_after_forward, "offload_policy": offload}
+    blocks = wrapped_modules(denoiser, config, family)
     for block in blocks:
         fully_shard(block, **settings)
     fully_shard(denoiser, **settings)
-    logger.info("FSDP2: %s sharded over %d processes in %d block group(s) and the root",
-                type(denoiser).__name__, num_processes, len(blocks))
+    logger.info("FSDP2: %s sharded over %d processes in %d block group(s) and the root (%s)",
+                type(denoiser).__name__, num_processes, len(blocks), config.fsdp_auto_wrap_policy)
+    efficient_loading.receive_weights(denoiser, full_state, config, device)
     return denoiser
 
 

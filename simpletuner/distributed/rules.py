@@ -40,6 +40,11 @@ def sharding_fits(values: Values) -> Optional[str]:
     for clash, what, fix in combinations:
         if clash:
             return f"--fsdp_enable with {what} is not implemented yet; {fix}"
+    if (values.get("fsdp_cpu_ram_efficient_loading") and values["model_type"] == "lora"
+            and values.get("lora_init_type") in ("olora", "pissa")):
+        return (f"--fsdp_cpu_ram_efficient_loading with --lora_init_type {values['lora_init_type']}: that initialisation "
+                "is computed from the base weights, which only the main process reads; use --lora_init_type default "
+                "or gaussian, or remove --fsdp_cpu_ram_efficient_loading")
     if values.get("fsdp_cpu_offload") and not _accelerator_present():
         return ("--fsdp_cpu_offload moves weights between a GPU and CPU memory; on this machine without a GPU "
                 "they are in CPU memory already: remove it")

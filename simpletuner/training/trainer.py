@@ -19,7 +19,7 @@ import torch
 
 from simpletuner.attention.apply import prepare_attention
 from simpletuner.data.pipeline import PreparedData, load_backends, prepare_training_data
-from simpletuner.distributed import fsdp
+from simpletuner.distributed import efficient_loading, fsdp
 from simpletuner.distributed.dcp import sharded_checkpoints_for
 from simpletuner.errors import DataError, PublishError, UserError
 from simpletuner.evaluation.held_out import build_evaluator
@@ -213,9 +213,11 @@ class Trainer:
 
     def _load_trainable_denoiser(self, total_steps: int) -> torch.nn.Module:
         # Load frozen, cast, quantise (--base_model_precision; block by block when it
-        # quantises) and move, in the order --quantize_via says.
-        denoiser = load_placed_denoiser(self.family, self.source, self.config.base_model_precision, self.device,
-                                        self.trainable.frozen_dtype(self.dtype), self.config.quantize_via)
+        # quantises) and move, in the order --quantize_via says; with
+        # --fsdp_cpu_ram_efficient_loading only the main process reads the weights.
+        denoiser = efficient_loading.load_denoiser(self.family, self.source, self.config, self.device,
+                                                   self.trainable.frozen_dtype(self.dtype),
+                                                   self.accelerator.is_main_process, self.accelerator.num_processes)
         # --fused_qkv_projections (before an adapter targets the projections), --attention_mechanism.
         prepare_attention(denoiser, self.config, self.family)
         self.trainable.prepare(denoiser)

@@ -11,6 +11,8 @@ from simpletuner.config.option import AppliesWhen, Option
 from simpletuner.config.options.common import CHECKPOINTS, HARDWARE
 
 FSDP = AppliesWhen("fsdp_enable", (True,), "only --fsdp_enable shards the model")
+SIZE_BASED = AppliesWhen("fsdp_auto_wrap_policy", ("SIZE_BASED_WRAP",),
+                         "only --fsdp_auto_wrap_policy SIZE_BASED_WRAP wraps by size")
 FSDP_WRAP_POLICIES = ("TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP")
 
 OPTIONS: tuple[Option, ...] = (
@@ -66,10 +68,18 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "fsdp_auto_wrap_policy", "str", "TRANSFORMER_BASED_WRAP",
         "Which modules get their own shard group: TRANSFORMER_BASED_WRAP (every block named by "
-        "--fsdp_transformer_layer_cls_to_wrap) or NO_WRAP (the whole denoiser as one group: "
-        "least communication, most memory).",
-        HARDWARE, choices=FSDP_WRAP_POLICIES, implemented=("TRANSFORMER_BASED_WRAP", "NO_WRAP"),
-        applies_when=(FSDP,),
+        "--fsdp_transformer_layer_cls_to_wrap), SIZE_BASED_WRAP (every module whose parameters "
+        "not already in a wrapped child reach --fsdp_min_num_params, deepest first) or NO_WRAP "
+        "(the whole denoiser as one group: least communication, most memory).",
+        HARDWARE, choices=FSDP_WRAP_POLICIES, applies_when=(FSDP,),
+    ),
+    Option(
+        "fsdp_min_num_params", "int", 100_000_000,
+        "SIZE_BASED_WRAP's threshold, accelerate's name and default (1e8): a module becomes a shard "
+        "group of its own when the parameters it holds outside already-wrapped children reach this "
+        "many. Smaller values make more, smaller groups (less memory gathered at once, more "
+        "communication).",
+        HARDWARE, minimum=1, applies_when=(FSDP, SIZE_BASED),
     ),
     Option(
         "fsdp_activation_checkpointing", "bool", False,
@@ -79,9 +89,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "fsdp_cpu_ram_efficient_loading", "bool", False,
-        "Load the base weights in the main process only and send each process its shard.",
-        HARDWARE, implemented=False, applies_when=(FSDP,),
-        refusal="every process reads the base weights from disk before sharding them",
+        "Read the base weights from disk in the main process only: the other processes build the "
+        "denoiser empty (meta device, no weight file opened, no CPU memory for the weights), and "
+        "once it is sharded the main process's weights are broadcast into every process's shards. "
+        "For bases too big for one copy per process in CPU memory; with one process it changes nothing.",
+        HARDWARE, applies_when=(FSDP,),
     ),
     Option(
         "deepspeed_config", "str", None,
