@@ -5,10 +5,10 @@ the device for the whole run, at the dtype transformers loads them at (the
 config's ``dtype``, else the files'), and every step encodes the batch's
 captions with gradients.  So the step holds, on top of the denoiser's items:
 - every encoder weight (frozen or not);
-- the trained ones again as gradients, and their optimizer state: a LoRA on
-  the attention projections (kept in fp32), or with ``--model_type full``
-  the encoders' own weights at their loaded dtype, less the layers
-  ``--freeze_encoder`` keeps frozen;
+- the trained ones the encoding reaches again as gradients, and their
+  optimizer state: a LoRA on the attention projections (kept in fp32), or
+  with ``--model_type full`` the encoders' own weights at their loaded
+  dtype, less the layers ``--freeze_encoder`` keeps frozen;
 - the activations the encoding keeps for backward, which are held through
   the denoiser's forward and backward (the encoders' backward runs last).
 
@@ -18,8 +18,8 @@ tensors, so what the estimate traces is the graph the step keeps: layers
 whose output the embeds do not use (SDXL's first encoder stops at the
 penultimate layer) are freed with their saved tensors and not counted.
 
-``--text_encoder_limit`` decides for how long, not how much: the peak is in
-the first steps.  ``--save_text_encoder`` only changes what is saved.
+``--text_encoder_limit`` (at least 1%) decides for how long, not how much:
+the peak is in the first steps.  ``--save_text_encoder`` only changes what is saved.
 """
 
 from __future__ import annotations
@@ -129,15 +129,32 @@ def build_trained_encoders(config: Any, family: ModelFamily, source: ModelSource
     return TextEncoders(tokenizers=tokenizers, encoders=encoders)
 
 
-def trace_encoding(family: ModelFamily, text: TextEncoders, batch_size: int) -> int:
-    """Bytes the batch's encoding keeps for backward (the embeds are what the step holds on to)."""
+def trace_encoding(family: ModelFamily, text: TextEncoders, batch_size: int) -> tuple[int, set[int]]:
+    """Bytes the batch's encoding keeps for backward (the embeds are what the step holds on to),
+    and the ids of the parameters its backward reaches: only those get gradients and optimizer
+    state (the layers after SDXL's penultimate hidden state never do)."""
     live = _LiveSaved({id(p) for encoder in text.encoders for p in encoder.parameters()})
     prompts = ["a caption"] * batch_size  # CLIP pads to its full length: any caption has the same shapes
     with _FusedAttention(), torch.autograd.graph.saved_tensors_hooks(live.pack, lambda t: t):
         embeds = family.trainable_text_embeds(text, prompts)
     held = live.live_bytes()
-    del embeds
-    return held
+    return held, _reached_parameters([t.grad_fn for t in embeds.values() if t.grad_fn is not None])
+
+
+def _reached_parameters(roots: list[Any]) -> set[int]:
+    """Ids of the leaf tensors a backward from ``roots`` accumulates gradients into."""
+    reached: set[int] = set()
+    seen: set[int] = set()
+    pending = list(roots)
+    while pending:
+        node = pending.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if hasattr(node, "variable"):  # AccumulateGrad
+            reached.add(id(node.variable))
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    return reached
 
 
 def estimate_trained_encoders(config: Any, family: ModelFamily, source: ModelSource,
@@ -149,12 +166,11 @@ def estimate_trained_encoders(config: Any, family: ModelFamily, source: ModelSou
     parameters = [p for encoder in text.encoders for p in encoder.parameters()]
     weights = sum(p.numel() * p.element_size() for p in parameters)
     trained = [p for p in parameters if p.requires_grad]
-    if config.text_encoder_limit <= 0:
-        # The encoders never train: no gradient, no optimizer state, nothing kept for backward.
-        return TextEncoderEstimate(weights, 0, 0, 0, 0, batch_size)
-    gradients = sum(p.numel() * p.element_size() for p in trained)
+    activations, reached = trace_encoding(family, text, batch_size)
+    # Optimizers keep state only for parameters that got a gradient.
+    updated = [p for p in trained if id(p) in reached]
+    gradients = sum(p.numel() * p.element_size() for p in updated)
     # Full-width states take the parameter's dtype (a full fine-tune of fp16/bf16 encoders).
-    state = sum(p.numel() * optimizer_state_bytes(config.optimizer, p.element_size()) for p in trained)
-    activations = trace_encoding(family, text, batch_size)
+    state = sum(p.numel() * optimizer_state_bytes(config.optimizer, p.element_size()) for p in updated)
     return TextEncoderEstimate(weights, sum(p.numel() for p in trained), gradients, int(state), activations,
                                batch_size)
