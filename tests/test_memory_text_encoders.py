@@ -64,6 +64,23 @@ def test_trained_encoders_are_counted_as_the_real_ones_hold_memory(family_name: 
     assert estimate.optimizer_state == _bytes(state) > 0
 
 
+@pytest.mark.parametrize("optimizer", ["adamw_bf16", "optimi-lion"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_optimizer_state_takes_the_width_of_the_parameters_it_updates(optimizer: str, dtype: torch.dtype) -> None:
+    """A full fine-tune of 16-bit encoders: states at 16 bits, plus torch-optimi's Kahan buffer."""
+    from simpletuner.memory.precision import optimizer_state_bytes
+    from simpletuner.training.optimizers import build_optimizer
+
+    config = load_config(["--model_family", "sdxl", "--pretrained_model_name_or_path", "unused",
+                          "--data_backend_config", "unused.json", "--optimizer", optimizer], env={}, cwd=REPO)
+    parameter = torch.nn.Parameter(torch.randn(1000, dtype=dtype))
+    parameter.grad = torch.randn(1000, dtype=dtype)
+    built = build_optimizer([parameter], config, 1e-4)
+    built.step()
+    state = [t for s in built.state.values() for t in s.values() if isinstance(t, torch.Tensor) and t.dim()]
+    assert _bytes(state) == 1000 * optimizer_state_bytes(optimizer, parameter.element_size())
+
+
 def test_a_run_training_its_text_encoders_is_estimated_higher_on_a_line_of_its_own(tiny_sdxl: Path) -> None:
     from simpletuner.memory.report import estimate_for_run, summary_lines
     from simpletuner.memory.text_encoders import estimate_trained_encoders
