@@ -152,13 +152,15 @@ def test_the_dry_run_refuses_a_run_whose_trained_encoders_do_not_fit(tiny_sdxl: 
 # ---------------------------------------------------------------- --fused_qkv_projections
 
 
-def _profiled_step_peak(family, denoiser, latent_shape) -> int:
+def _profiled_step_peak(family, denoiser, latent_shape, dtype: torch.dtype) -> int:
     """The CPU allocator's peak during one forward + backward, from the profiler's memory events."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
-    noisy = torch.randn(2, *latent_shape)
-    inputs = family.model_inputs(family.example_text_batch(denoiser.config, 2), noisy, torch.full((2,), 500.0))
+    noisy = torch.randn(2, *latent_shape, dtype=dtype)
+    batch = {k: v.to(dtype) if v.is_floating_point() else v
+             for k, v in family.example_text_batch(denoiser.config, 2).items()}
+    inputs = family.model_inputs(batch, noisy, torch.full((2,), 500.0))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
         family.prediction(denoiser(**inputs), noisy).float().pow(2).mean().backward()
     current = peak = 0
@@ -168,13 +170,16 @@ def _profiled_step_peak(family, denoiser, latent_shape) -> int:
     return peak
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("family_name", ["sdxl", "flux"])
-def test_fused_qkv_changes_what_the_estimate_says_by_what_a_real_step_shows(family_name: str,
+def test_fused_qkv_changes_what_the_estimate_says_by_what_a_real_step_shows(family_name: str, dtype: torch.dtype,
                                                                            request: pytest.FixtureRequest) -> None:
     """Fusing keeps the weights (the separate q/k/v are views of the fused weight), trains one
-    lora_A per fused Linear instead of one per projection, and changes the activations a little
-    either way: a saved chunk of the fused output holds all of it (Flux's q/k norms), while one
-    LoRA down-projection is saved instead of three (SDXL).  The trace sees both."""
+    lora_A per fused Linear instead of one per projection, and changes the activations either
+    way: a saved chunk of the fused output holds all of it (Flux's q/k norms: more), one LoRA
+    down-projection is saved instead of three (less), and on a bf16 base, where PEFT casts the
+    input to the fp32 LoRA, one fp32 copy of the input instead of three (much less).  The
+    trace sees all of it."""
     from simpletuner.attention import fused_qkv
     from simpletuner.memory.activations import trace_activations
     from simpletuner.memory.skeleton import build_skeleton
@@ -188,9 +193,9 @@ def test_fused_qkv_changes_what_the_estimate_says_by_what_a_real_step_shows(fami
     figures = {}
     for fused in (False, True):
         config = _config(family_name, model, *(["--fused_qkv_projections"] if fused else []))
-        skeleton = build_skeleton(family, source, config, torch.float32)
-        traced = trace_activations(family, skeleton.module, 2, shape, torch.float32).without_checkpointing
-        real = family.load_denoiser(source).requires_grad_(False)
+        skeleton = build_skeleton(family, source, config, dtype)
+        traced = trace_activations(family, skeleton.module, 2, shape, dtype).without_checkpointing
+        real = family.load_denoiser(source).requires_grad_(False).to(dtype)
         frozen = _bytes(dict((p.untyped_storage().data_ptr(), p) for p in real.parameters()).values())
         if fused:
             fused_qkv.fuse(real)
@@ -198,11 +203,11 @@ def test_fused_qkv_changes_what_the_estimate_says_by_what_a_real_step_shows(fami
         trainable.prepare(real)
         real.train()
         assert skeleton.trained_parameters == sum(p.numel() for p in trainable.parameters(real))
-        assert skeleton.frozen_parameters * 4 == frozen  # fp32: the fused weights add no memory
-        figures[fused] = (skeleton.trained_parameters, traced, _profiled_step_peak(family, real, shape))
+        assert skeleton.frozen_parameters * dtype.itemsize == frozen  # the fused weights add no memory
+        figures[fused] = (skeleton.trained_parameters, traced, _profiled_step_peak(family, real, shape, dtype))
     (plain_trained, plain_traced, plain_peak), (fused_trained, fused_traced, fused_peak) = figures[False], figures[True]
     assert fused_trained < plain_trained
     # The step peaks as backward starts, all activations held: fusing moves it by what the trace says.
     measured, traced = fused_peak - plain_peak, fused_traced - plain_traced
-    print(f"{family_name}: fused - plain, measured {measured} bytes, traced {traced}")
+    print(f"{family_name} {dtype}: fused - plain, measured {measured} bytes of {plain_peak}, traced {traced}")
     assert measured != 0 and abs(measured - traced) <= 0.05 * abs(measured)
