@@ -99,6 +99,20 @@ def test_a_run_training_its_text_encoders_is_estimated_higher_on_a_line_of_its_o
                for line in lines)
 
 
+def test_encoders_without_their_files_here_are_said_to_be_left_out(tiny_sdxl: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from simpletuner.memory.report import estimate_for_run, summary_lines
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sdxl, model)
+    shutil.rmtree(model / "tokenizer_2")
+    config = _config("sdxl", model, "--train_text_encoder")
+    estimate = estimate_for_run(config, get_family("sdxl", None), ModelSource(base=str(model)), (64, 64))
+    assert estimate.text_encoders is None and "text encoders" not in estimate.training
+    assert any("text encoders (trained): not estimated" in line for line in summary_lines(estimate, config))
+
+
 def test_the_wizard_proposes_less_for_a_run_that_trains_its_text_encoders(tiny_sdxl: Path) -> None:
     from simpletuner.wizard.proposal import MARGIN, estimate_needed, propose
 

@@ -55,6 +55,9 @@ def summary_lines(estimate: Optional[MemoryEstimate], config: Any) -> list[str]:
             f"  activations: {size(estimate.activations.without_checkpointing)} without gradient checkpointing, "
             f"{size(estimate.activations.with_checkpointing)} with (this run: {used})")
     encoders = estimate.text_encoders
+    if encoders is None and getattr(config, "train_text_encoder", False):
+        lines.append("  text encoders (trained): not estimated (their config or tokenizer files are not on this "
+                     "machine); the training figure leaves them out")
     if encoders is not None:
         lines.append(
             f"  text encoders (trained, on the device throughout): {size(encoders.total)} = weights "
