@@ -57,7 +57,9 @@ def build(root: Path, dtype_name: str) -> Path:
     folder = root / f"sdxl_text_{dtype_name}"
     if (folder / "text_encoder_2" / "model.safetensors").is_file():
         return folder
-    tiny = make_tiny_model("sdxl", root / "tiny_sdxl", seed=0) if not (root / "tiny_sdxl").is_dir() else root / "tiny_sdxl"
+    tiny = root / "tiny_sdxl"
+    if not tiny.is_dir():
+        make_tiny_model("sdxl", tiny, seed=0)
     dtype = {"fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     generator = torch.Generator().manual_seed(0)
     for name, kwargs, model_class in (("text_encoder", CLIP_L, transformers.CLIPTextModel),

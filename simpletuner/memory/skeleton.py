@@ -4,6 +4,8 @@ Built from the component's ``config.json`` with the run's adapter attached,
 it has every module and parameter shape of the real thing and no storage,
 so the estimate can count what the adapter trains, which weights sit in
 Linear layers (what quantisation shrinks) and trace the forward pass.
+With --fused_qkv_projections it is fused as the trainer fuses it, before
+the adapter, so the LoRA lands on the fused Linears.
 """
 
 from __future__ import annotations

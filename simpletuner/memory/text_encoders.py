@@ -111,7 +111,9 @@ def build_trained_encoders(config: Any, family: ModelFamily, source: ModelSource
     names = [c for c in family.text_components if not c.startswith("tokenizer")]
     tokenizer_names = [c for c in family.text_components if c.startswith("tokenizer")]
     folders = [source.local_folder(name) for name in names + tokenizer_names]
-    if any(folder is None for folder in folders) or not all((f / "config.json").is_file() for f in folders[:len(names)]):
+    if any(folder is None for folder in folders):
+        return None
+    if not all((folder / "config.json").is_file() for folder in folders[:len(names)]):
         return None
     encoders = []
     for folder in folders[:len(names)]:
