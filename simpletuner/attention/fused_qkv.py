@@ -70,6 +70,12 @@ def freeze_separate(denoiser: torch.nn.Module) -> None:
             getattr(block, name).requires_grad_(False)
 
 
+def separate_parameters(denoiser: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights and biases of the separate Linears of fused blocks: views of the fused ones."""
+    return [p for _, block, fused in fused_modules(denoiser) for name in FUSED_PARTS[fused]
+            for p in getattr(block, name).parameters()]
+
+
 def is_fused(denoiser: torch.nn.Module) -> bool:
     return any(True for _ in fused_modules(denoiser))
 

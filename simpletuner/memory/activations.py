@@ -42,7 +42,10 @@ class _FlashLikeAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        out = query.new_empty(*query.shape[:-1], value.shape[-1])
+        # Laid out (batch, tokens, heads, dim) as flash kernels write it, so the
+        # usual transpose back to (batch, tokens, heads x dim) is a view, not a copy.
+        *batch, heads, tokens, _ = query.shape
+        out = query.new_empty(*batch, tokens, heads, value.shape[-1]).transpose(-3, -2)
         logsumexp = query.new_empty(query.shape[:-1], dtype=torch.float32)
         ctx.save_for_backward(query, key, value, out, logsumexp)
         return out
@@ -62,20 +65,29 @@ class _FusedAttention(TorchFunctionMode):
 
 @dataclass
 class _SavedBytes:
-    """Counts each tensor autograd saves once, leaving out parameters."""
+    """Counts the memory of what autograd saves, leaving out parameters.
+
+    A saved tensor keeps its whole storage alive, so each storage counts once
+    and in full: a slice or chunk holds the rest of the tensor it was cut
+    from.  Under --fused_qkv_projections q, k and v are chunks of one
+    projection output, and a saved q (a norm's input) keeps v's rows too.
+    """
 
     parameter_ids: set
     total: int = 0
     seen: set = field(default_factory=set)
-    held: list = field(default_factory=list)  # keeps ids unique while tracing
+    held: list = field(default_factory=list)  # keeps storage keys unique while tracing
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
         base = tensor._base if tensor._base is not None else tensor
-        if id(tensor) in self.seen or id(tensor) in self.parameter_ids or id(base) in self.parameter_ids:
+        if id(tensor) in self.parameter_ids or id(base) in self.parameter_ids:
             return tensor
-        self.seen.add(id(tensor))
+        storage = tensor.untyped_storage()
+        if storage._cdata in self.seen:
+            return tensor
+        self.seen.add(storage._cdata)
         self.held.append(tensor)
-        self.total += tensor.numel() * tensor.element_size()
+        self.total += storage.nbytes()
         return tensor
 
 

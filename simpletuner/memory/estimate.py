@@ -7,7 +7,9 @@ Three moments are estimated; the largest is what the run needs:
 - training: frozen weights (quantised Linear weights at their own width),
   trained weights, their gradients and optimizer state (fp32), EMA, the
   activations a step keeps for the largest bucket at the batch size, and,
-  on a quantised base, the largest quantised layer dequantised while it runs.
+  on a quantised base, the largest quantised layer dequantised while it runs;
+  with --train_text_encoder, the trained text encoders as one item
+  (``text_encoders``: resident weights, gradients, optimizer state, activations).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from simpletuner.memory.activations import ActivationEstimate, trace_activations
 from simpletuner.memory.params import ComponentWeights, count_component
 from simpletuner.memory.precision import dequantised_layer_bytes, optimizer_state_bytes, quantised_weight_bytes
 from simpletuner.memory.skeleton import build_skeleton
+from simpletuner.memory.text_encoders import TextEncoderEstimate, estimate_trained_encoders
 from simpletuner.quantisation.precisions import get_precision
 
 FP32 = 4
@@ -38,6 +41,7 @@ class MemoryEstimate:
     in_ram: dict[str, int] = field(default_factory=dict)  # item -> bytes kept in system RAM meanwhile
     activations: Optional[ActivationEstimate] = None
     gradient_checkpointing: bool = False
+    text_encoders: Optional[TextEncoderEstimate] = None  # --train_text_encoder's share of "training"
 
     @property
     def training_total(self) -> int:
@@ -88,12 +92,17 @@ def estimate_memory(
     if activations is not None:
         chosen = activations.with_checkpointing if config.gradient_checkpointing else activations.without_checkpointing
         training["activations"] = chosen
+    text_encoders = None
+    if getattr(config, "train_text_encoder", False):
+        text_encoders = estimate_trained_encoders(config, family, source, config.train_batch_size)
+        if text_encoders is not None:
+            training["text encoders"] = text_encoders.total
     caching = sum(c.stored_bytes for n, c in components.items() if n not in ("vae", family.denoiser_component))
     if "vae" in components:
         caching += components["vae"].parameters * FP32
     loading = _loading_peak(config, skeleton.module, at_dtype, frozen, quantised_bytes, dtype_bytes) + trained * FP32
     return MemoryEstimate(components, bucket, config.train_batch_size, loading, caching, training, in_ram,
-                          activations, bool(config.gradient_checkpointing))
+                          activations, bool(config.gradient_checkpointing), text_encoders)
 
 
 def _loading_peak(config: Any, module: torch.nn.Module, at_dtype: int, frozen: int, quantised_bytes: Optional[float],

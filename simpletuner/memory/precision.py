@@ -25,12 +25,14 @@ def dequantised_layer_bytes(base_model_precision: str) -> float:
     return get_precision(base_model_precision).step_workspace
 
 
-def optimizer_state_bytes(optimizer: str) -> float:
-    """Bytes of optimizer state per fp32 trained parameter.
+def optimizer_state_bytes(optimizer: str, parameter_bytes: int = 4) -> float:
+    """Bytes of optimizer state per trained parameter of ``parameter_bytes`` (fp32 unless told).
 
     Adam-style optimizers keep two moments; Lion and SGD one; Prodigy four
     (moments, s, initial weights); Adan, Ranger and AdEMAMix three.  8-bit
-    states take a byte each, 4-bit half a byte, fp8 a byte.
+    states take a byte each, 4-bit half a byte, fp8 a byte; full-width states
+    take the parameter's width, and torch-optimi adds a Kahan-summation buffer
+    of that width for 16-bit parameters (a full fine-tune of bf16 text encoders).
     """
     name = optimizer.removesuffix("-paged")
     states = 2
@@ -45,5 +47,7 @@ def optimizer_state_bytes(optimizer: str) -> float:
     elif "4bit" in name:
         per_state = 0.5
     else:
-        per_state = 4.0
+        per_state = float(parameter_bytes)
+        if parameter_bytes < 4 and (name == "adamw_bf16" or name.startswith("optimi-")):
+            states += 1
     return states * per_state

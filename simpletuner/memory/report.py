@@ -54,6 +54,16 @@ def summary_lines(estimate: Optional[MemoryEstimate], config: Any) -> list[str]:
         lines.append(
             f"  activations: {size(estimate.activations.without_checkpointing)} without gradient checkpointing, "
             f"{size(estimate.activations.with_checkpointing)} with (this run: {used})")
+    encoders = estimate.text_encoders
+    if encoders is None and getattr(config, "train_text_encoder", False):
+        lines.append("  text encoders (trained): not estimated (their config or tokenizer files are not on this "
+                     "machine); the training figure leaves them out")
+    if encoders is not None:
+        lines.append(
+            f"  text encoders (trained, on the device throughout): {size(encoders.total)} = weights "
+            f"{size(encoders.weights)} + gradients {size(encoders.gradients)} + optimizer state "
+            f"{size(encoders.optimizer_state)} + activations {size(encoders.activations)} "
+            f"({_parameters(encoders.trained_parameters)} trained parameters)")
     for name, count in estimate.in_ram.items():
         lines.append(f"  {name}: {size(count)} of system RAM")
     lines.append(f"  peak: {size(estimate.device_peak)} on the training device")

@@ -4,6 +4,8 @@ Built from the component's ``config.json`` with the run's adapter attached,
 it has every module and parameter shape of the real thing and no storage,
 so the estimate can count what the adapter trains, which weights sit in
 Linear layers (what quantisation shrinks) and trace the forward pass.
+With --fused_qkv_projections it is fused as the trainer fuses it, before
+the adapter, so the LoRA lands on the fused Linears.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Optional
 
 import torch
 
+from simpletuner.attention import fused_qkv
 from simpletuner.families.base import ModelFamily, ModelSource
 from simpletuner.logs import quieted
 
@@ -43,11 +46,18 @@ def build_skeleton(family: ModelFamily, source: ModelSource, config: Any, frozen
     module.requires_grad_(False)
     module.to(dtype=frozen_dtype)
     family.denoiser_loaded(module)
+    if getattr(config, "fused_qkv_projections", False):
+        # As the trainer does before the adapter (attention/apply.py): the LoRA then
+        # targets the fused Linears (one lora_A where q, k and v had three).
+        fused_qkv.fuse(module)
+    # The separate q/k/v weights of a fused block are views of the fused weight: no memory of their own.
+    views = {id(p) for p in fused_qkv.separate_parameters(module)}
     # Weight-aware initialisations (pissa, olora) compute from real weights;
     # the default initialisation has the same shapes and needs none.
     adapter_config = replace(config, lora_init_type="default") if config.model_type == "lora" else config
     trainable = trainable_for(adapter_config, family)
-    linear = _linear_weight_parameters(module)
+    linear = _linear_weight_parameters(module) - sum(p.numel() for p in fused_qkv.separate_parameters(module)
+                                                     if p.dim() == 2)
     largest = _largest_quantisable(module, torch.nn.Linear, family.quantisation_exclude)
     largest_conv = _largest_quantisable(module, torch.nn.Conv2d, family.quantisation_exclude)
     # The real run prepares the adapter again and says what it has to say
@@ -56,7 +66,7 @@ def build_skeleton(family: ModelFamily, source: ModelSource, config: Any, frozen
         trainable.prepare(module)
     trained = trainable.parameters(module)
     trained_ids = {id(p) for p in trained}
-    frozen = sum(p.numel() for p in module.parameters() if id(p) not in trained_ids)
+    frozen = sum(p.numel() for p in module.parameters() if id(p) not in trained_ids and id(p) not in views)
     if config.model_type == "full":
         frozen, linear, largest, largest_conv = 0, 0, 0, 0
     return Skeleton(module, frozen, linear, sum(p.numel() for p in trained), largest, largest_conv)
