@@ -4,8 +4,13 @@
 processes when there are several) for 3 steps, write checkpoint-3 with the
 trainer's checkpoint writer, then take a 4th step; the main process writes
 the gathered weights and optimizer state after steps 3 and 4 as references.
-``load FOLDER``: build the model anew, load checkpoint-3, compare with the
-step-3 reference, take the 4th step and compare with the step-4 reference.
+(``save-async``/``save-full``: the same with --fsdp_async_checkpointing or
+--fsdp_state_dict_type full.)
+``load FOLDER``: build the model anew, load checkpoint-3 and record the
+gathered state, take the 4th step and record it again (the test compares).
+Several ``MODE FOLDER`` pairs run one after the other in one launch, each with
+a model and writer of its own: starting torchrun and importing torch in every
+process is most of the cost, so the test shares launches between its cases.
 Every process trains on the same batch, so the averaged gradient is the
 single-process one and any process count must give the same numbers.
 """
@@ -72,9 +77,7 @@ def _copied(tree: object) -> object:
     return tree.clone() if isinstance(tree, torch.Tensor) else tree
 
 
-def main(mode: str, folder: Path) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("gloo")
+def run(mode: str, folder: Path) -> None:
     accelerator = Accelerator()
     model, optimizer = build()
     writer = ShardedCheckpoints(accelerator, folder, "full" if mode == "save-full" else "sharded",
@@ -96,6 +99,13 @@ def main(mode: str, folder: Path) -> None:
         after = gathered(model, optimizer)
         if accelerator.is_main_process:
             torch.save({"step3": loaded, "step4": after}, folder / f"loaded-{accelerator.num_processes}.pt")
+
+
+def main(jobs: list[str]) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("gloo")
+    for mode, folder in zip(jobs[::2], jobs[1::2], strict=True):
+        run(mode, Path(folder))
     # Leave as train.py does: on gloo, FSDP2's hooks and the process group torn down at
     # interpreter exit abort the process now and then ("terminate called without an
     # active exception", about 1 run in 6 here). Everything worth keeping is written.
@@ -105,4 +115,4 @@ def main(mode: str, folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[1:])

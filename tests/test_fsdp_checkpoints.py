@@ -3,6 +3,9 @@
 The resharding tests run a small model under torchrun (tests/fsdp_dcp_worker.py):
 the state loaded with another process count must equal, value for value, the
 gathered state the saving run had, and the next step must continue alike.
+The three cases share three launches (one per process count and phase), each
+saving or loading into a folder of its own: every case still has its own
+writer, its own checkpoint and its own loading run.
 """
 
 from __future__ import annotations
@@ -58,20 +61,44 @@ def _flatten(tree: object, prefix: str = "") -> dict:
     return {prefix: tree}
 
 
+CASES = [(2, 1, "save-async"), (1, 2, "save"), (2, 1, "save-full")]
+
+
+@pytest.fixture(scope="module")
+def resharded(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int, str], Path]:
+    """Each case's folder after its save (by ``saved_by`` processes) and its load (by ``loaded_by``).
+
+    Saves run before loads, and a launch that loads does so before it saves anything.
+    """
+    root = tmp_path_factory.mktemp("dcp")
+    folders = {case: root / f"{case[2]}-{case[0]}to{case[1]}" for case in CASES}
+    for folder in folders.values():
+        folder.mkdir()
+
+    def jobs(phase: str, processes: int) -> list[str]:
+        chosen = [(mode, folder) for (saved_by, loaded_by, mode), folder in folders.items()
+                  if (saved_by if phase == "save" else loaded_by) == processes]
+        return [arg for mode, folder in chosen for arg in ((mode if phase == "save" else "load"), str(folder))]
+
+    _torchrun(2, *jobs("save", 2))
+    _torchrun(1, *jobs("load", 1), *jobs("save", 1))
+    _torchrun(2, *jobs("load", 2))
+    return folders
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("saved_by, loaded_by, save", [(2, 1, "save-async"), (1, 2, "save"), (2, 1, "save-full")])
-def test_checkpoint_resumes_with_another_process_count(tmp_path: Path, saved_by: int, loaded_by: int,
+@pytest.mark.parametrize("saved_by, loaded_by, save", CASES)
+def test_checkpoint_resumes_with_another_process_count(resharded: dict, saved_by: int, loaded_by: int,
                                                         save: str) -> None:
     # 2 -> 1 also covers --fsdp_async_checkpointing (written in the background, published when
     # complete) and --fsdp_state_dict_type full (gathered, written by the main process alone).
-    _torchrun(saved_by, save, str(tmp_path))
-    shards = sorted(p.name for p in (tmp_path / "checkpoint-3" / "sharded").glob("*.distcp"))
+    folder = resharded[(saved_by, loaded_by, save)]
+    shards = sorted(p.name for p in (folder / "checkpoint-3" / "sharded").glob("*.distcp"))
     writers = 1 if save == "save-full" else saved_by
     assert shards == [f"__{rank}_0.distcp" for rank in range(writers)]  # each writing process wrote its part
-    assert not list(tmp_path.glob(".checkpoint-*"))  # published: no partial folder left
-    _torchrun(loaded_by, "load", str(tmp_path))
-    reference = torch.load(tmp_path / "reference.pt", weights_only=True)
-    loaded = torch.load(tmp_path / f"loaded-{loaded_by}.pt", weights_only=True)
+    assert not list(folder.glob(".checkpoint-*"))  # published: no partial folder left
+    reference = torch.load(folder / "reference.pt", weights_only=True)
+    loaded = torch.load(folder / f"loaded-{loaded_by}.pt", weights_only=True)
     optimizer_state = loaded["step3"]["optimizer"]["state"]
     assert optimizer_state and all(s["exp_avg"].abs().sum() > 0 for s in optimizer_state.values())
     _assert_same(reference["step3"], loaded["step3"], exact=True)  # weights, Adam moments, step counts
