@@ -31,12 +31,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from tqdm import tqdm
 
 from simpletuner.data.bulk import collector_paused
-from simpletuner.data.captions import NoCaption, caption_for
+from simpletuner.data.captions import NoCaption, captioner
 from simpletuner.data.headers import (  # noqa: F401 - re-exported for callers and tests
     REASON_CORRUPT,
     REASON_NOT_IMAGE,
@@ -47,7 +47,7 @@ from simpletuner.data.headers import (  # noqa: F401 - re-exported for callers a
     read_stored_image_size,
 )
 from simpletuner.data.manifest import CACHE_VERSION, DISCOVERY_FILE, Manifest  # noqa: F401 - re-exported
-from simpletuner.data.records import ImageRecord
+from simpletuner.data.records import ImageRecord, RecordOrigin
 from simpletuner.data.schema import DatasetConfig
 from simpletuner.data.tables import MetadataTable
 from simpletuner.data.walk import IMAGE_EXTENSIONS, Listing, list_images, list_objects  # noqa: F401
@@ -139,6 +139,12 @@ class _Context:
     # One object per distinct value, shared by every record that has it: a million records share a
     # few hundred sides, and often captions ("photo_0001.jpg" ... all say "photo").
     shared: Dict[object, object] = field(default_factory=dict)
+    origin: RecordOrigin = field(init=False)
+    captioner: Callable[[str, str], str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.origin = RecordOrigin(self.listing.base, self.images)
+        self.captioner = captioner(self.dataset, self.table, self.images)
 
 
 @dataclass
@@ -147,7 +153,8 @@ class _Chunk:
 
     records: List[ImageRecord] = field(default_factory=list)
     skipped: List[Tuple[str, str]] = field(default_factory=list)  # (reason, relative path)
-    entries: List[Optional[list]] = field(default_factory=list)  # each file's manifest entry; None: empty file
+    # Each file's manifest entry; None: an empty file; a record: a fresh entry (see _as_entry).
+    entries: List[Union[list, ImageRecord, None]] = field(default_factory=list)
     reads: int = 0
 
 
@@ -191,7 +198,7 @@ def _discover(dataset: DatasetConfig, progress: bool, reader: HeaderReader, work
     files_found = len(listing.names) + sum(len(paths) for paths in listing.skipped.values())
     skipped = {reason: list(paths) for reason, paths in listing.skipped.items()}
     records: List[ImageRecord] = []
-    entries: List[Optional[list]] = []
+    entries: List[Union[list, ImageRecord, None]] = []
     header_reads = 0
     for chunk in chunks:
         records.extend(chunk.records)
@@ -201,7 +208,7 @@ def _discover(dataset: DatasetConfig, progress: bool, reader: HeaderReader, work
             skipped.setdefault(reason, []).append(relative)
     del chunks
     try:
-        manifest.save(listing.names, entries)
+        manifest.save(listing.names, [_as_entry(entry) for entry in entries])
     except OSError as exc:
         raise DataError(
             f"dataset {dataset.id!r}: cannot write {cache.location(DISCOVERY_FILE)} ({exc.strerror or exc}); "
@@ -273,8 +280,10 @@ def _process_all(context: _Context, progress: bool, workers: Optional[int], chun
 def _process_chunk(context: _Context, start: int, stop: int) -> _Chunk:
     dataset, cached, table, listing = context.dataset, context.cached, context.table, context.listing
     from_table = dataset.metadata_backend == "parquet"
+    by_name = dataset.caption_strategy == "filename"
+    caption_of = context.captioner
     shared = context.shared.setdefault
-    base, images = listing.base, context.images
+    origin, images = context.origin, context.images
     done = _Chunk()
     for index in range(start, stop):
         relative, size, mtime = listing.names[index], listing.sizes[index], listing.mtimes[index]
@@ -283,25 +292,32 @@ def _process_chunk(context: _Context, start: int, stop: int) -> _Chunk:
             done.entries.append(None)
             done.skipped.append((REASON_EMPTY, relative))
             continue
+        fresh = False
         if from_table:
             if not (entry and entry[:3] == [size, mtime, REASON_UNDECODABLE]):
                 entry = _table_entry(table, relative, size, mtime)
         elif not (entry and entry[0] == size and entry[1] == mtime and entry[-1] != _FROM_TABLE):
             entry = _read_entry(context.reader, _path(context, relative), size, mtime)  # new, changed, or table-sized
             done.reads += 1
-        done.entries.append(entry)
+            fresh = True
         if isinstance(entry[2], str):
+            done.entries.append(entry)
             done.skipped.append((entry[2], relative))
             continue
+        width, height = entry[2], entry[3]  # shared below: a manifest's or reader's entry brings its own ints
         try:
-            caption = caption_for(_path(context, relative), dataset, table, relative, images)
+            # A file-name caption needs only the name, which the relative path ends with.
+            caption = caption_of(relative if by_name else _path(context, relative), relative)
         except NoCaption as missing:
+            done.entries.append(list(entry) if fresh else entry)
             done.skipped.append((missing.reason, relative))
             continue
-        done.records.append(ImageRecord.under(
-            base, relative, shared(entry[2], entry[2]), shared(entry[3], entry[3]), size, mtime,
-            shared(caption, caption), images,
-        ))
+        record = ImageRecord.under(origin, relative, shared(width, width), shared(height, height), size, mtime,
+                                   shared(caption, caption))
+        # A fresh entry is kept as its record, and made a list only when the manifest is saved: lists made
+        # now would live through discovery between the records and, freed, leave the heap full of holes.
+        done.entries.append(record if fresh else entry)
+        done.records.append(record)
     return done
 
 
@@ -316,12 +332,20 @@ def _table_entry(table: Optional[MetadataTable], relative: str, size: int, mtime
     return [size, mtime, row.width, row.height, _FROM_TABLE]
 
 
-def _read_entry(reader: HeaderReader, path: str, size: int, mtime: int) -> list:
+def _read_entry(reader: HeaderReader, path: str, size: int, mtime: int) -> Union[list, tuple]:
+    """``[size, mtime, reason]`` for an unusable file, else ``(size, mtime, width, height)``: a
+    transient tuple the caller turns into a record."""
     try:
         width, height = reader(path)
     except UnreadableImage as bad:
         return [size, mtime, bad.reason]
-    return [size, mtime, int(width), int(height)]
+    return (size, mtime, int(width), int(height))
+
+
+def _as_entry(entry: Union[list, ImageRecord, None]) -> Optional[list]:
+    if type(entry) is ImageRecord:
+        return [entry.size_bytes, entry.mtime_ns, entry.width, entry.height]
+    return entry  # type: ignore[return-value]
 
 
 def mark_undecodable(dataset: DatasetConfig, relative_paths: Iterable[str]) -> None:

@@ -65,7 +65,10 @@ class Manifest:
         base = _read(storage, DISCOVERY_FILE)
         if base is None:
             return cls(storage, {}, 0, {})
-        entries = {name: entry for name, entry in base.items() if valid_entry(entry)}
+        entries = base
+        # One pass without a call per entry; a damaged entry is rare, and dropped (its file is read again).
+        for name in [name for name, entry in entries.items() if type(entry) is not list or not 3 <= len(entry) <= 5]:
+            del entries[name]
         base_size = len(entries)
         delta = _read(storage, DELTA_FILE, allow_null=True) or {}
         for name, entry in delta.items():

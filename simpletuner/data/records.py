@@ -15,6 +15,30 @@ from typing import Any, Tuple
 Size = Tuple[int, int]  # (height, width)
 
 
+class RecordOrigin:
+    """Where a dataset's records are: the part of every path before the relative path, and the storage.
+
+    One per dataset, shared by all its records.  ``base`` ends with the
+    separator (``"/data/set/"``) or is an object key prefix (``"photos/"``);
+    ``storage`` is the bucket (or Hugging Face rows) the paths are read from,
+    None for local files.  ``whole`` marks an origin whose ``base`` is a
+    record's complete path (a record built from a path that does not end with
+    its relative path).
+    """
+
+    __slots__ = ("base", "storage", "whole")
+
+    def __init__(self, base: str, storage: Any = None, whole: bool = False) -> None:
+        self.base, self.storage, self.whole = base, storage, whole
+
+    def path(self, relative_path: str) -> str:
+        if self.whole:
+            return self.base
+        if _SEP == "/" or self.storage is not None:  # object keys keep "/" everywhere
+            return self.base + relative_path
+        return self.base + relative_path.replace("/", _SEP)
+
+
 class ImageRecord:
     """One usable image found by discovery.
 
@@ -23,41 +47,48 @@ class ImageRecord:
     so that caches keyed on them notice edits.
 
     A million of these stay alive for a whole run, so a record does not keep
-    its own absolute path: discovery makes records with :meth:`under`, which
-    keep the dataset's root (one string shared by every record of the
-    dataset) and the relative path, and ``path`` joins them when asked (a
-    read, a face detection: rare next to the record's lifetime).  Records
-    are immutable; equality and hashing cover every field but ``storage``.
+    its own absolute path or storage: discovery makes records with
+    :meth:`under`, which share the dataset's :class:`RecordOrigin` and keep
+    the relative path, and ``path`` joins them when asked (a read, a face
+    detection: rare next to the record's lifetime).  Records are immutable;
+    equality and hashing cover every field but ``storage``.
     """
 
-    __slots__ = ("_base", "_tail", "relative_path", "width", "height", "size_bytes", "mtime_ns", "caption",
-                 "storage")
+    # ``_version`` packs size and mtime into one int object: a million records each save an int (32 B).
+    __slots__ = ("_origin", "relative_path", "width", "height", "_version", "caption")
 
     def __init__(self, path: str, relative_path: str, width: int, height: int, size_bytes: int, mtime_ns: int,
                  caption: str, storage: Any = None) -> None:
-        _fill(self, path, "", relative_path, width, height, size_bytes, mtime_ns, caption, storage)
+        origin = RecordOrigin(path, storage, whole=True)
+        _fill(self, origin, relative_path, width, height, _pack(size_bytes, mtime_ns), caption)
 
     @classmethod
-    def under(cls, base: str, relative_path: str, width: int, height: int, size_bytes: int, mtime_ns: int,
-              caption: str, storage: Any = None) -> "ImageRecord":
-        """The record of ``base + relative_path``; pass one ``base`` string for a whole dataset.
-
-        ``base`` ends with the separator (``"/data/set/"``, or an object key prefix such as
-        ``"photos/"``), so ``path`` is a plain concatenation.
-        """
+    def under(cls, origin: RecordOrigin, relative_path: str, width: int, height: int, size_bytes: int,
+              mtime_ns: int, caption: str) -> "ImageRecord":
+        """The record of ``relative_path`` in ``origin``; pass one origin for a whole dataset."""
         record = cls.__new__(cls)
-        _fill(record, base, relative_path, relative_path, width, height, size_bytes, mtime_ns, caption, storage)
+        _fill(record, origin, relative_path, width, height, _pack(size_bytes, mtime_ns), caption)
         return record
+
+    @property
+    def size_bytes(self) -> int:
+        return self._version >> 64
+
+    @property
+    def mtime_ns(self) -> int:
+        mtime = self._version & _LOW64
+        return mtime - (1 << 64) if mtime >> 63 else mtime  # mtimes before 1970 are negative
 
     @property
     def path(self) -> str:
         """Absolute path (or object key for remote backends)."""
-        tail = self._tail
-        if not tail:
-            return self._base
-        if _SEP == "/" or self.storage is not None:  # object keys keep "/" everywhere
-            return self._base + tail
-        return self._base + tail.replace("/", _SEP)
+        return self._origin.path(self.relative_path)
+
+    @property
+    def storage(self) -> Any:
+        """Where ``path`` is read from when it is not a local file (an S3 bucket's Storage); not part of
+        the record's identity."""
+        return self._origin.storage
 
     def _identity(self) -> tuple:
         return (self.path, self.relative_path, self.width, self.height, self.size_bytes, self.mtime_ns, self.caption)
@@ -82,25 +113,31 @@ class ImageRecord:
         raise AttributeError(f"ImageRecord is immutable: cannot delete {name!r}")
 
     def __reduce__(self) -> tuple:
-        # The shared base is pickled with each record; fine for the few that cross processes.
-        return (_rebuild, (self._base, self._tail, self.relative_path, self.width, self.height, self.size_bytes,
-                           self.mtime_ns, self.caption, self.storage))
+        return (ImageRecord, (self.path, self.relative_path, self.width, self.height, self.size_bytes,
+                              self.mtime_ns, self.caption, self.storage))
 
 
 _SEP = os.sep
-_SETTERS = tuple(getattr(ImageRecord, name).__set__ for name in ImageRecord.__slots__)
+_LOW64 = (1 << 64) - 1
 
 
-def _fill(record: ImageRecord, *values: Any) -> None:
+_SET_ORIGIN, _SET_RELATIVE, _SET_WIDTH, _SET_HEIGHT, _SET_VERSION, _SET_CAPTION = (
+    getattr(ImageRecord, name).__set__ for name in ImageRecord.__slots__)
+
+
+def _fill(record: ImageRecord, origin: RecordOrigin, relative_path: str, width: int, height: int, version: int,
+          caption: str) -> None:
     # Slot descriptors write past the __setattr__ that keeps records immutable.
-    for setter, value in zip(_SETTERS, values):
-        setter(record, value)
+    _SET_ORIGIN(record, origin)
+    _SET_RELATIVE(record, relative_path)
+    _SET_WIDTH(record, width)
+    _SET_HEIGHT(record, height)
+    _SET_VERSION(record, version)
+    _SET_CAPTION(record, caption)
 
 
-def _rebuild(*values: Any) -> ImageRecord:
-    record = ImageRecord.__new__(ImageRecord)
-    _fill(record, *values)
-    return record
+def _pack(size_bytes: int, mtime_ns: int) -> int:
+    return (size_bytes << 64) | (mtime_ns & _LOW64)
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,7 @@ def _walk(folder: str, prefix: str, excluded: Set[str], active: Set[Tuple[int, i
     except OSError:
         listing.skip_folder(REASON_UNLISTABLE, prefix or "./")
         return
-    entries.sort(key=_first)
+    entries.sort()  # by the first item: names are unique, so the DirEntry objects are never compared
     names, sizes, mtimes = listing.names.append, listing.sizes.append, listing.mtimes.append
     for _, entry, is_link, is_dir in entries:
         name = entry.name
@@ -128,7 +128,7 @@ def _walk(folder: str, prefix: str, excluded: Set[str], active: Set[Tuple[int, i
         except OSError:
             listing.skip(REASON_BROKEN_LINK if is_link else REASON_UNSTATABLE, relative)
             continue
-        if not entry.is_file():  # a socket, fifo or device named like an image
+        if stat.st_mode & 0o170000 != 0o100000:  # not a regular file (S_ISREG): a socket, fifo or device
             continue
         names(relative)
         sizes(stat.st_size)
