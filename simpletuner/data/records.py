@@ -90,6 +90,17 @@ class ImageRecord:
         the record's identity."""
         return self._origin.storage
 
+    def replace(self, **changes: Any) -> "ImageRecord":
+        """A copy with some fields changed, as ``dataclasses.replace`` gives for a dataclass."""
+        fields = {"path": self.path, "relative_path": self.relative_path, "width": self.width,
+                  "height": self.height, "size_bytes": self.size_bytes, "mtime_ns": self.mtime_ns,
+                  "caption": self.caption, "storage": self.storage}
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"ImageRecord has no field {sorted(unknown)[0]!r}")
+        fields.update(changes)
+        return ImageRecord(**fields)
+
     def _identity(self) -> tuple:
         return (self.path, self.relative_path, self.width, self.height, self.size_bytes, self.mtime_ns, self.caption)
 
