@@ -46,9 +46,7 @@ def valid_entry(entry: object) -> bool:
 class Manifest:
     """The saved per-file facts of one dataset, and where they are stored.
 
-    ``entries`` is what the base and the delta say together.  ``entries_written``
-    counts the entries the last :meth:`save` wrote (0: it wrote nothing), so
-    tests can see that a small change writes a small file.
+    ``entries`` is what the base and the delta say together.
     """
 
     def __init__(self, storage: Storage, entries: Dict[str, list], base_size: int,
@@ -57,7 +55,6 @@ class Manifest:
         self.entries = entries
         self.base_size = base_size  # entries in discovery.json itself
         self.delta = delta  # what discovery.delta.json holds: path -> entry, or None for removed
-        self.entries_written = 0
 
     @classmethod
     def load(cls, storage: Storage) -> "Manifest":
@@ -101,10 +98,8 @@ class Manifest:
         if known != len(old):  # some saved paths are gone: find which (only then is every name hashed again)
             current = {name for name, entry in zip(names, entries) if entry is not None}
             changed.update((name, None) for name in old if name not in current)
-        if not changed:
-            self.entries_written = 0
-            return
-        self.apply(changed)
+        if changed:
+            self.apply(changed)
 
     def apply(self, changed: Mapping[str, Optional[list]]) -> None:
         """Write ``changed`` (path -> new entry, or None: removed) into the delta, or compact."""
@@ -117,13 +112,11 @@ class Manifest:
         delta.update(changed)
         if self.base_size < DELTA_MIN_BASE or len(delta) * DELTA_MAX_FRACTION > self.base_size:
             write_json(self.storage, DISCOVERY_FILE, {"version": CACHE_VERSION, "files": self.entries})
-            self.entries_written = len(self.entries)
             self.base_size, self.delta = len(self.entries), {}
             if self.storage.exists(DELTA_FILE):
                 self.storage.delete(DELTA_FILE)
             return
         write_json(self.storage, DELTA_FILE, {"version": CACHE_VERSION, "files": delta})
-        self.entries_written = len(delta)
         self.delta = delta
 
 
