@@ -8,8 +8,14 @@ size and mtime, so a later run re-reads only files that are new or changed;
 that file holds raw facts only (no bucket or crop settings), so changing
 resolution or crop never invalidates it; a small change goes to a delta
 beside it instead of rewriting it (:mod:`simpletuner.data.manifest`).
-``preserve_data_backend_cache``
-trusts it completely: the folder is not even listed.
+``preserve_data_backend_cache`` trusts it completely: the folder is not
+even listed.
+
+Records are built straight from the listing's columns, share one
+:class:`~simpletuner.data.records.RecordOrigin` and every repeated value
+(sides, captions), and no per-file object lives through discovery beside
+them: at a million images what is left after discovery is the records
+themselves (about 260 bytes an image; documentation/PERFORMANCE.md).
 
 An aws dataset is listed from its bucket (one LIST request per 1,000
 objects) and its headers are read with ranged GETs of each object's first
