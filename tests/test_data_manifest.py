@@ -13,6 +13,7 @@ import os
 import tracemalloc
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from simpletuner.caching.keys import latent_key, text_key
@@ -173,3 +174,22 @@ def test_records_do_not_hold_an_absolute_path_each(tmp_path):
     assert len(str(tmp_path)) > 40
     # record 80 + relative path 70 + packed version 40 + list slot 8 = ~200, captions shared
     assert held < 230, held
+
+
+def test_a_timestamp_past_2262_is_kept_exact(tmp_path):
+    """64 bits of nanoseconds end in 2262; a damaged file system can still hand out later mtimes."""
+    _link(tmp_path, 0, 3)
+    odd = tmp_path / "images" / "base" / "photo 00001.png"
+    os.unlink(odd)
+    Image.new("RGB", (16, 8)).save(odd)  # its own inode: the others keep their mtime
+    late = 10_500_000_000 * 10**9  # the year 2302
+    os.utime(odd, ns=(late, late))
+    if odd.stat().st_mtime_ns < 1 << 63:
+        pytest.skip("this file system cannot store a timestamp past 2262")
+    dataset = _dataset(tmp_path)
+    found = {r.relative_path: r for r in discover(dataset, progress=False).records}
+    record = found["base/photo 00001.png"]
+    assert record.mtime_ns == odd.stat().st_mtime_ns and record.size_bytes == odd.stat().st_size
+    assert found["base/photo 00000.png"].mtime_ns == (tmp_path / "template.png").stat().st_mtime_ns
+    reads = Reads()
+    assert discover(dataset, progress=False, reader=reads).records == list(found.values()) and reads.paths == []

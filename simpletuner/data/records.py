@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Tuple
+from typing import Any, Tuple, Union
 
 Size = Tuple[int, int]  # (height, width)
 
@@ -72,11 +72,15 @@ class ImageRecord:
 
     @property
     def size_bytes(self) -> int:
-        return self._version >> 64
+        version = self._version
+        return version[0] if type(version) is tuple else version >> 64
 
     @property
     def mtime_ns(self) -> int:
-        mtime = self._version & _LOW64
+        version = self._version
+        if type(version) is tuple:
+            return version[1]
+        mtime = version & _LOW64
         return mtime - (1 << 64) if mtime >> 63 else mtime  # mtimes before 1970 are negative
 
     @property
@@ -147,8 +151,10 @@ def _fill(record: ImageRecord, origin: RecordOrigin, relative_path: str, width: 
     _SET_CAPTION(record, caption)
 
 
-def _pack(size_bytes: int, mtime_ns: int) -> int:
-    return (size_bytes << 64) | (mtime_ns & _LOW64)
+def _pack(size_bytes: int, mtime_ns: int) -> Union[int, Tuple[int, int]]:
+    if -(1 << 63) <= mtime_ns < (1 << 63):
+        return (size_bytes << 64) | (mtime_ns & _LOW64)
+    return (size_bytes, mtime_ns)  # a timestamp past 2262 or before 1677 (a damaged file system's): kept exact
 
 
 @dataclass(frozen=True, slots=True)

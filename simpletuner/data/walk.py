@@ -52,7 +52,7 @@ class Listing:
 
     names: List[str] = field(default_factory=list)  # "/"-separated relative paths, sorted
     sizes: "array[int]" = field(default_factory=lambda: array("q"))
-    mtimes: "array[int]" = field(default_factory=lambda: array("q"))
+    mtimes: "array[int]" = field(default_factory=lambda: array("q"))  # a list if one does not fit 64 bits
     # What a file's relative path is appended to: the folder with a trailing separator, or the object
     # key prefix.  One string for every file (a million absolute paths would be 100 MB).
     base: str = ""
@@ -63,7 +63,14 @@ class Listing:
     def add(self, relative_path: str, size_bytes: int, mtime_ns: int) -> None:
         self.names.append(relative_path)
         self.sizes.append(size_bytes)
-        self.mtimes.append(mtime_ns)
+        self.add_mtime(mtime_ns)
+
+    def add_mtime(self, mtime_ns: int) -> None:
+        try:
+            self.mtimes.append(mtime_ns)
+        except OverflowError:  # past 2262 or before 1677 (a damaged file system's): keep it exact in a list
+            self.mtimes = list(self.mtimes)  # type: ignore[assignment]
+            self.mtimes.append(mtime_ns)
 
     def skip(self, reason: str, relative_path: str) -> None:
         self.skipped.setdefault(reason, []).append(relative_path)
@@ -107,7 +114,7 @@ def _walk(folder: str, prefix: str, excluded: Set[str], active: Set[Tuple[int, i
         listing.skip_folder(REASON_UNLISTABLE, prefix or "./")
         return
     entries.sort()  # by the first item: names are unique, so the DirEntry objects are never compared
-    names, sizes, mtimes = listing.names.append, listing.sizes.append, listing.mtimes.append
+    names, sizes = listing.names.append, listing.sizes.append
     for _, entry, is_link, is_dir in entries:
         name = entry.name
         relative = prefix + name
@@ -132,7 +139,7 @@ def _walk(folder: str, prefix: str, excluded: Set[str], active: Set[Tuple[int, i
             continue
         names(relative)
         sizes(stat.st_size)
-        mtimes(stat.st_mtime_ns)
+        listing.add_mtime(stat.st_mtime_ns)
 
 
 def _enter(entry: os.DirEntry, relative: str, excluded: Set[str], active: Set[Tuple[int, int]],
