@@ -114,7 +114,7 @@ def _walk(folder: str, prefix: str, excluded: Set[str], active: Set[Tuple[int, i
         listing.skip_folder(REASON_UNLISTABLE, prefix or "./")
         return
     entries.sort()  # by the first item: names are unique, so the DirEntry objects are never compared
-    names, sizes = listing.names.append, listing.sizes.append
+    names, sizes, mtimes = listing.names.append, listing.sizes.append, listing.mtimes.append
     for _, entry, is_link, is_dir in entries:
         name = entry.name
         relative = prefix + name
@@ -139,7 +139,11 @@ def _walk(folder: str, prefix: str, excluded: Set[str], active: Set[Tuple[int, i
             continue
         names(relative)
         sizes(stat.st_size)
-        listing.add_mtime(stat.st_mtime_ns)
+        try:
+            mtimes(stat.st_mtime_ns)
+        except OverflowError:
+            listing.add_mtime(stat.st_mtime_ns)  # makes the column a list
+            mtimes = listing.mtimes.append
 
 
 def _enter(entry: os.DirEntry, relative: str, excluded: Set[str], active: Set[Tuple[int, int]],
