@@ -214,7 +214,8 @@ def _discover(dataset: DatasetConfig, progress: bool, reader: HeaderReader, work
             skipped.setdefault(reason, []).append(relative)
     del chunks
     try:
-        manifest.save(listing.names, [_as_entry(entry) for entry in entries])
+        manifest.save(listing.names, [entry if type(entry) is not ImageRecord else _as_entry(entry)
+                                      for entry in entries])
     except OSError as exc:
         raise DataError(
             f"dataset {dataset.id!r}: cannot write {cache.location(DISCOVERY_FILE)} ({exc.strerror or exc}); "
@@ -291,12 +292,13 @@ def _process_chunk(context: _Context, start: int, stop: int) -> _Chunk:
     shared = context.shared.setdefault
     origin, images = context.origin, context.images
     done = _Chunk()
-    for index in range(start, stop):
-        relative, size, mtime = listing.names[index], listing.sizes[index], listing.mtimes[index]
+    add_entry, add_record, skip = done.entries.append, done.records.append, done.skipped.append
+    columns = (listing.names[start:stop], listing.sizes[start:stop], listing.mtimes[start:stop])
+    for relative, size, mtime in zip(*columns):
         entry = cached.get(relative)
         if size == 0:
-            done.entries.append(None)
-            done.skipped.append((REASON_EMPTY, relative))
+            add_entry(None)
+            skip((REASON_EMPTY, relative))
             continue
         fresh = False
         if from_table:
@@ -307,23 +309,23 @@ def _process_chunk(context: _Context, start: int, stop: int) -> _Chunk:
             done.reads += 1
             fresh = True
         if isinstance(entry[2], str):
-            done.entries.append(entry)
-            done.skipped.append((entry[2], relative))
+            add_entry(entry)
+            skip((entry[2], relative))
             continue
         width, height = entry[2], entry[3]  # shared below: a manifest's or reader's entry brings its own ints
         try:
             # A file-name caption needs only the name, which the relative path ends with.
             caption = caption_of(relative if by_name else _path(context, relative), relative)
         except NoCaption as missing:
-            done.entries.append(list(entry) if fresh else entry)
-            done.skipped.append((missing.reason, relative))
+            add_entry(list(entry) if fresh else entry)
+            skip((missing.reason, relative))
             continue
         record = ImageRecord.under(origin, relative, shared(width, width), shared(height, height), size, mtime,
                                    shared(caption, caption))
         # A fresh entry is kept as its record, and made a list only when the manifest is saved: lists made
         # now would live through discovery between the records and, freed, leave the heap full of holes.
-        done.entries.append(record if fresh else entry)
-        done.records.append(record)
+        add_entry(record if fresh else entry)
+        add_record(record)
     return done
 
 
