@@ -15,7 +15,9 @@ What runs, for each size, in a fresh process (so peak RSS is that size's own)
   removed afterwards unless ``--keep`` names one.
 * **cold discovery**: ``discover`` with no ``discovery.json``: every header read.
 * **unchanged re-scan**: the same call again; nothing is read but the listing.
-* **re-scan +1%**: 1% more files in a new sub-folder; only those are read.
+* **re-scan +1%**: 1% more files in a new sub-folder; only those are read, and only
+  they are written (``discovery.delta.json`` beside ``discovery.json``; the line
+  "manifest +1%" gives both sizes).
 * **buckets**: ``plan_dataset`` (bucket, resize and crop of every image).
 * **sampler**: ``BucketBatchSampler`` built and its first batch drawn (the
   epoch's order is computed there).
@@ -132,6 +134,7 @@ def measure(count: int, folder: Path) -> dict:
     from simpletuner.caching.store import TensorStore
     from simpletuner.data.buckets import plan_dataset
     from simpletuner.data.discovery import discover
+    from simpletuner.data.manifest import DELTA_FILE, DISCOVERY_FILE
     from simpletuner.data.sampler import BucketBatchSampler
 
     images, cache = folder / "images", folder / "cache"
@@ -165,6 +168,9 @@ def measure(count: int, folder: Path) -> dict:
     found = discover(dataset, progress=False)
     clock.stop(figures, "rescan_plus_1pct")
     assert found.header_reads == added and len(found.records) == count + added, found.header_reads
+    figures["manifest_bytes"] = (cache / DISCOVERY_FILE).stat().st_size
+    delta = cache / DELTA_FILE
+    figures["delta_bytes"] = delta.stat().st_size if delta.exists() else None  # None: compacted (small dataset)
 
     clock = _Clock()
     samples, _ = plan_dataset(found.records, dataset)
@@ -204,6 +210,8 @@ def _report(results: list[dict]) -> None:
     print(f"{'RSS held/image':<18}" + "".join(f"{r['rss_held_per_image']:>34,.0f} B" for r in results))
     print(f"{'peak RSS':<18}" + "".join(f"{r['peak_rss_bytes'] / 2**20:>33,.0f} MB" for r in results))
     print(f"{'buckets':<18}" + "".join(f"{r['bucket_count']:>36}" for r in results))
+    print(f"{'manifest +1%':<18}" + "".join(
+        f"{_written(r):>36}" for r in results))
     print("each phase: wall time, CPU time of the process (all threads), images per CPU second")
     if len(results) >= 2:
         small, large = results[-2], results[-1]
@@ -211,6 +219,14 @@ def _report(results: list[dict]) -> None:
         for kind, suffix in (("cpu time", "_cpu"), ("wall time", "")):
             growth = ", ".join(f"{p} {large[p + suffix] / small[p + suffix]:.1f}x" for p in PHASES)
             print(f"growth {small['images']:,} -> {large['images']:,} ({scale:.0f}x images), {kind}: {growth}")
+
+
+def _written(figures: dict) -> str:
+    """What the +1% re-scan wrote: the delta beside the untouched base, or the whole base when compacted."""
+    base, delta = figures["manifest_bytes"], figures["delta_bytes"]
+    if delta is None:
+        return f"base rewritten, {base / 1e6:.1f} MB"
+    return f"delta {delta / 1e3:,.0f} kB of {base / 1e6:.1f} MB"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ def test_touching_a_file_changes_the_key_but_not_the_sampled_latent() -> None:
 def test_every_ingredient_enters_the_latent_key(ingredient: str) -> None:
     base = _sample()
     changed = {
-        "size": replace(base, record=replace(base.record, size_bytes=101)),
+        "size": replace(base, record=base.record.replace(size_bytes=101)),
         "crop": replace(base, crop_top_left=(4, 0)),
         "target": replace(base, target_size=(48, 64)),
     }.get(ingredient, base)
@@ -131,7 +131,7 @@ def test_ranks_split_the_entries_the_same_way_whatever_the_other_has_written(tmp
     from simpletuner.caching.latents import build_latent_cache
     from simpletuner.caching.store import TensorStore
 
-    samples = [replace(_sample(), record=replace(_sample().record, relative_path=f"{i}.png")) for i in range(10)]
+    samples = [replace(_sample(), record=_sample().record.replace(relative_path=f"{i}.png")) for i in range(10)]
     keys = [latent_key(s, "vae", "norm") for s in samples]
     store = TensorStore(tmp_path)
     store.save(keys[3], {"latent": torch.zeros(4, 8, 8)})  # cached by an earlier run

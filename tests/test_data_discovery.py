@@ -239,3 +239,15 @@ def test_unwritable_cache_dir_is_a_data_error(tree):
     dataset = _dataset(tree, cache_dir_vae=str(tree / "blocker" / "cache"))
     with pytest.raises(DataError, match="dataset 'photos'.*'cache_dir_vae'"):
         discover(dataset, progress=False)
+
+
+def test_files_come_out_in_relative_path_order_without_a_final_sort(tmp_path):
+    # The walk orders each folder's entries with "/" after folder names, so "a.png" (".") comes before
+    # "a/x.png" ("/") and "a-/c.png" ("-") before both, as sorting the full paths would.
+    names = ["a/x.png", "a.png", "a b.png", "a-/c.png", "a0.png", "b/a/z.png", "b.png", "b/a.png", "b/a b/y.png"]
+    for name in names:
+        (tmp_path / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        _save(tmp_path / "images" / name, (8, 8))
+    found = discover(_dataset(tmp_path), progress=False)
+    assert [r.relative_path for r in found.records] == sorted(names)
+    assert [r.path for r in found.records] == [os.path.join(str(tmp_path / "images"), *n.split("/")) for n in sorted(names)]

@@ -14,6 +14,7 @@ from s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, s3_server, s3_server_ses
 from simpletuner.caching.latents import build_latent_cache, latent_keys
 from simpletuner.caching.store import TensorStore
 from simpletuner.data import discovery as discovery_module
+from simpletuner.data import manifest as manifest_module
 from simpletuner.data.discovery import discover
 from simpletuner.data.records import ImageRecord, TrainingSample
 from simpletuner.data.schema import DatasetConfig
@@ -41,13 +42,13 @@ class Counting:
     def __init__(self, monkeypatch):
         self.reads: list[str] = []
         self.writes = 0
-        real_write = discovery_module.write_json
+        real_write = manifest_module.write_json
 
         def write_json(*args, **kwargs):
             self.writes += 1
             return real_write(*args, **kwargs)
 
-        monkeypatch.setattr(discovery_module, "write_json", write_json)
+        monkeypatch.setattr(manifest_module, "write_json", write_json)
 
     def __call__(self, path):
         self.reads.append(path)

@@ -234,7 +234,7 @@ def test_aspect_bucket_worker_count_sets_the_discovery_threads(tmp_path: Path, m
     met: list[bool] = []
     tickets = iter(range(10**6))  # next() on it is atomic under the GIL
 
-    def spy(context, chunk):
+    def spy(context, *chunk):
         threads.add(threading.current_thread().name)
         if waiting and next(tickets) < 2:
             try:
@@ -242,7 +242,7 @@ def test_aspect_bucket_worker_count_sets_the_discovery_threads(tmp_path: Path, m
                 met.append(True)
             except threading.BrokenBarrierError:
                 met.append(False)
-        return real(context, chunk)
+        return real(context, *chunk)
 
     monkeypatch.setattr(discovery, "_process_chunk", spy)
     dataset = {"id": "many", "instance_data_dir": str(data), "cache_dir_vae": str(tmp_path / "cache"),

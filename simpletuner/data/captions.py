@@ -15,8 +15,7 @@ comes last so that filters never edit the user's own trigger words.
 from __future__ import annotations
 
 import os
-import re
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from simpletuner.data.caption_filters import apply_filters, strip_llm_prefix
 from simpletuner.data.schema import DatasetConfig
@@ -31,9 +30,6 @@ REASON_CAPTION_NOT_UTF8 = "caption not UTF-8"
 REASON_FILTERED_EMPTY = "caption empty after filters"
 REASON_NOT_IN_TABLE = "not in parquet table"
 
-_SEPARATORS = re.compile(r"[_\-]+")
-_WHITESPACE = re.compile(r"\s+")
-_TRAILING_NUMBER = re.compile(r"(?:\s+\d+)+$")
 _READ_LIMIT = 1 << 20  # a caption file larger than 1 MiB is not a caption
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 _BOM = b"\xef\xbb\xbf"
@@ -62,6 +58,22 @@ def caption_for(
     local file).
     """
     return finish_caption(raw_caption(image_path, dataset, table, relative_path, storage), dataset)
+
+
+def captioner(
+    dataset: DatasetConfig, table: Optional[MetadataTable] = None, storage: Optional["Storage"] = None
+) -> Callable[[str, str], str]:
+    """:func:`caption_for` with the dataset's settings looked at once: ``(image_path, relative_path) -> caption``.
+
+    Discovery calls it for every image on every start.  With file-name captions
+    and nothing to finish (no instance prompt, filters or prefix removal) it
+    is :func:`caption_from_filename` itself, which reads only the name: the
+    relative path will do for ``image_path``.
+    """
+    plain = not (dataset.instance_prompt or dataset.caption_filters or dataset.remove_common_llm_caption_prefixes)
+    if dataset.caption_strategy == "filename" and plain:
+        return lambda image_path, relative_path: caption_from_filename(image_path)
+    return lambda image_path, relative_path: caption_for(image_path, dataset, table, relative_path, storage)
 
 
 def raw_caption(
@@ -168,8 +180,14 @@ def caption_from_filename(image_path: str) -> str:
     left (a name like "0042"), the stem with separators replaced is used.
     Hex-looking ids are kept: "cafe" or "bead" are real words.
     """
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    stem = os.fsencode(stem).decode("utf-8", "replace")  # a name that is not UTF-8 cannot be a caption as is
-    spaced = _WHITESPACE.sub(" ", _SEPARATORS.sub(" ", stem)).strip()
-    cleaned = _TRAILING_NUMBER.sub("", spaced).strip()
-    return cleaned or spaced or stem
+    name = image_path[max(image_path.rfind("/"), image_path.rfind(os.sep)) + 1:]  # os.path.basename, faster
+    dot = name.rfind(".")
+    stem = name[:dot] if dot > 0 and name[:dot].strip(".") else name  # os.path.splitext: leading dots stay
+    if not stem.isascii():
+        stem = os.fsencode(stem).decode("utf-8", "replace")  # a name that is not UTF-8 cannot be a caption as is
+    # str methods, not regular expressions: this runs once per image on every start.  str.split()
+    # splits on exactly what \s matches, and str.isdecimal() is what \d matches.
+    words = stem.replace("_", " ").replace("-", " ").split()
+    while len(words) > 1 and words[-1].isdecimal():  # a run of trailing counters, never the first word
+        words.pop()
+    return " ".join(words) or stem

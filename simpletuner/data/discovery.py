@@ -6,8 +6,16 @@ with ``metadata_backend: parquet``.  They are saved per dataset in
 ``<cache_dir_vae>/discovery.json`` keyed by relative path with the file's
 size and mtime, so a later run re-reads only files that are new or changed;
 that file holds raw facts only (no bucket or crop settings), so changing
-resolution or crop never invalidates it.  ``preserve_data_backend_cache``
-trusts it completely: the folder is not even listed.
+resolution or crop never invalidates it; a small change goes to a delta
+beside it instead of rewriting it (:mod:`simpletuner.data.manifest`).
+``preserve_data_backend_cache`` trusts it completely: the folder is not
+even listed.
+
+Records are built straight from the listing's columns, share one
+:class:`~simpletuner.data.records.RecordOrigin` and every repeated value
+(sides, captions), and no per-file object lives through discovery beside
+them: at a million images what is left after discovery is the records
+themselves (about 260 bytes an image; documentation/PERFORMANCE.md).
 
 An aws dataset is listed from its bucket (one LIST request per 1,000
 objects) and its headers are read with ranged GETs of each object's first
@@ -29,12 +37,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from tqdm import tqdm
 
 from simpletuner.data.bulk import collector_paused
-from simpletuner.data.captions import NoCaption, caption_for
+from simpletuner.data.captions import NoCaption, captioner
 from simpletuner.data.headers import (  # noqa: F401 - re-exported for callers and tests
     REASON_CORRUPT,
     REASON_NOT_IMAGE,
@@ -44,19 +52,17 @@ from simpletuner.data.headers import (  # noqa: F401 - re-exported for callers a
     read_image_size,
     read_stored_image_size,
 )
-from simpletuner.data.records import ImageRecord
+from simpletuner.data.manifest import CACHE_VERSION, DISCOVERY_FILE, Manifest  # noqa: F401 - re-exported
+from simpletuner.data.records import ImageRecord, RecordOrigin
 from simpletuner.data.schema import DatasetConfig
 from simpletuner.data.tables import MetadataTable
-from simpletuner.data.walk import IMAGE_EXTENSIONS, FoundFile, Listing, list_images, list_objects  # noqa: F401
+from simpletuner.data.walk import IMAGE_EXTENSIONS, Listing, list_images, list_objects  # noqa: F401
 from simpletuner.errors import DataError
-from simpletuner.storage.base import Storage, read_json, write_json
+from simpletuner.storage.base import Storage, write_json
 from simpletuner.storage.datasets import cache_of, cache_prefixes_inside, data_prefix, images_of, latents_of
 from simpletuner.storage.local import LocalStorage
 
 logger = logging.getLogger(__name__)
-
-DISCOVERY_FILE = "discovery.json"
-CACHE_VERSION = 2
 
 REASON_EMPTY = "empty file"
 REASON_NO_TABLE_SIZE = "no size in parquet table"
@@ -131,19 +137,31 @@ class DiscoveryResult:
 @dataclass
 class _Context:
     dataset: DatasetConfig
+    listing: Listing
     cached: Dict[str, list]
     reader: HeaderReader
     table: Optional[MetadataTable]
     images: Optional[Storage] = None  # the bucket of an aws dataset; None: local files
+    # One object per distinct value, shared by every record that has it: a million records share a
+    # few hundred sides, and often captions ("photo_0001.jpg" ... all say "photo").
+    shared: Dict[object, object] = field(default_factory=dict)
+    origin: RecordOrigin = field(init=False)
+    captioner: Callable[[str, str], str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.origin = RecordOrigin(self.listing.base, self.images)
+        self.captioner = captioner(self.dataset, self.table, self.images)
 
 
-@dataclass(slots=True)  # one per file: no per-object __dict__
-class _Outcome:
-    file: FoundFile
-    entry: list  # [size, mtime, width, height], [size, mtime, reason], or [..., "table"] from the table
-    read: bool = False
-    caption: Optional[str] = None
-    skip: Optional[str] = None
+@dataclass
+class _Chunk:
+    """What one run of consecutive files gave."""
+
+    records: List[ImageRecord] = field(default_factory=list)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)  # (reason, relative path)
+    # Each file's manifest entry; None: an empty file; a record: a fresh entry (see _as_entry).
+    entries: List[Union[list, ImageRecord, None]] = field(default_factory=list)
+    reads: int = 0
 
 
 def discover(
@@ -164,7 +182,8 @@ def discover(
 def _discover(dataset: DatasetConfig, progress: bool, reader: HeaderReader, workers: Optional[int]) -> DiscoveryResult:
     cache = cache_of(dataset)
     images = images_of(dataset)
-    cached = _load_cache(cache)
+    manifest = Manifest.load(cache)
+    cached = manifest.entries
     table = None
     if dataset.parquet is not None and "parquet" in (dataset.caption_strategy, dataset.metadata_backend):
         table = MetadataTable.load(dataset.parquet, f"dataset {dataset.id!r}")
@@ -180,21 +199,23 @@ def _discover(dataset: DatasetConfig, progress: bool, reader: HeaderReader, work
     if images is not None:
         reader = partial(read_stored_image_size, images) if reader is read_image_size else reader
         workers = workers or images.workers
-    context = _Context(dataset=dataset, cached=cached, reader=reader, table=table, images=images)
-    outcomes = _process_all(context, listing.files, progress, workers, _CHUNK if images is None else _REMOTE_CHUNK)
-    files_found = len(listing.files) + sum(len(paths) for paths in listing.skipped.values())
+    context = _Context(dataset=dataset, listing=listing, cached=cached, reader=reader, table=table, images=images)
+    chunks = _process_all(context, progress, workers, _CHUNK if images is None else _REMOTE_CHUNK)
+    files_found = len(listing.names) + sum(len(paths) for paths in listing.skipped.values())
     skipped = {reason: list(paths) for reason, paths in listing.skipped.items()}
     records: List[ImageRecord] = []
+    entries: List[Union[list, ImageRecord, None]] = []
     header_reads = 0
-    sides: Dict[int, int] = {}  # one int object per distinct side: a million records share a few hundred
-    for outcome in outcomes:
-        header_reads += outcome.read
-        if outcome.skip is not None:
-            skipped.setdefault(outcome.skip, []).append(outcome.file.relative_path)
-        else:
-            records.append(_record(outcome, images, sides))
+    for chunk in chunks:
+        records.extend(chunk.records)
+        entries.extend(chunk.entries)
+        header_reads += chunk.reads
+        for reason, relative in chunk.skipped:
+            skipped.setdefault(reason, []).append(relative)
+    del chunks
     try:
-        _save_cache_if_changed(cache, cached, outcomes)
+        manifest.save(listing.names, [entry if type(entry) is not ImageRecord else _as_entry(entry)
+                                      for entry in entries])
     except OSError as exc:
         raise DataError(
             f"dataset {dataset.id!r}: cannot write {cache.location(DISCOVERY_FILE)} ({exc.strerror or exc}); "
@@ -204,7 +225,7 @@ def _discover(dataset: DatasetConfig, progress: bool, reader: HeaderReader, work
         paths.sort()
     result = DiscoveryResult(
         dataset_id=dataset.id,
-        records=records,  # listing order is sorted, and outcomes keep it
+        records=records,  # listing order is sorted, and chunks keep it
         skipped=skipped,
         files_found=files_found,
         header_reads=header_reads,
@@ -223,28 +244,18 @@ def trusts_saved_file_list(dataset: DatasetConfig) -> bool:
 
 
 def _listing_from_cache(dataset: DatasetConfig, cached: Dict[str, list]) -> Listing:
-    if dataset.s3 is not None:
-        prefix = data_prefix(dataset)
-        files = [FoundFile(rel, prefix + rel, entry[0], entry[1]) for rel, entry in sorted(cached.items())]
-        return Listing(files=files)
-    root = dataset.instance_data_dir
-    files = [FoundFile(rel, os.path.join(root, *rel.split("/")), entry[0], entry[1])
-             for rel, entry in sorted(cached.items())]
-    return Listing(files=files)
+    base = data_prefix(dataset) if dataset.s3 is not None else os.path.join(dataset.instance_data_dir, "")
+    listing = Listing(base=base)
+    for relative in sorted(cached):
+        entry = cached[relative]
+        listing.add(relative, entry[0], entry[1])
+    return listing
 
 
-def _record(outcome: _Outcome, images: Optional[Storage], sides: Dict[int, int]) -> ImageRecord:
-    file, entry = outcome.file, outcome.entry
-    return ImageRecord(
-        path=file.path,
-        relative_path=file.relative_path,
-        width=sides.setdefault(entry[2], entry[2]),
-        height=sides.setdefault(entry[3], entry[3]),
-        size_bytes=file.size_bytes,
-        mtime_ns=file.mtime_ns,
-        caption=outcome.caption or "",
-        storage=images,
-    )
+def _path(context: _Context, relative_path: str) -> str:
+    if context.images is None and os.sep != "/":
+        return context.listing.base + relative_path.replace("/", os.sep)
+    return context.listing.base + relative_path
 
 
 def _default_workers() -> int:
@@ -253,106 +264,96 @@ def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _process_all(
-    context: _Context, files: Sequence[FoundFile], progress: bool, workers: Optional[int], chunk: int = _CHUNK
-) -> List[_Outcome]:
-    """Sizes (from cache, table or header) and captions for every file."""
-    chunks = [files[i : i + chunk] for i in range(0, len(files), chunk)]
+def _process_all(context: _Context, progress: bool, workers: Optional[int], chunk: int = _CHUNK) -> List[_Chunk]:
+    """Sizes (from cache, table or header), captions and records for every file, in listing order."""
+    total = len(context.listing.names)
+    starts = range(0, total, chunk)
     workers = workers or _default_workers()
-    outcomes: List[_Outcome] = []
-    bar = tqdm(total=len(files), desc=f"discovering {context.dataset.id}", unit="img",
-               disable=not progress, leave=False)
+    chunks: List[_Chunk] = []
+    bar = tqdm(total=total, desc=f"discovering {context.dataset.id}", unit="img", disable=not progress, leave=False)
     with bar:
-        if workers <= 1 or len(chunks) <= 1:
-            for chunk in chunks:
-                outcomes.extend(_process_chunk(context, chunk))
-                bar.update(len(chunk))
+        if workers <= 1 or len(starts) <= 1:
+            for start in starts:
+                chunks.append(_process_chunk(context, start, min(start + chunk, total)))
+                bar.update(len(chunks[-1].entries))
         else:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="discovery") as pool:
-                for chunk_outcomes in pool.map(lambda c: _process_chunk(context, c), chunks):
-                    outcomes.extend(chunk_outcomes)
-                    bar.update(len(chunk_outcomes))
-    return outcomes
+                for done in pool.map(lambda start: _process_chunk(context, start, min(start + chunk, total)), starts):
+                    chunks.append(done)
+                    bar.update(len(done.entries))
+    return chunks
 
 
-def _process_chunk(context: _Context, chunk: Sequence[FoundFile]) -> List[_Outcome]:
-    dataset, cached, table = context.dataset, context.cached, context.table
+def _process_chunk(context: _Context, start: int, stop: int) -> _Chunk:
+    dataset, cached, table, listing = context.dataset, context.cached, context.table, context.listing
     from_table = dataset.metadata_backend == "parquet"
-    results = []
-    for file in chunk:
-        entry = cached.get(file.relative_path)
-        read = False
-        if file.size_bytes == 0:
-            entry = [0, file.mtime_ns, REASON_EMPTY]
-        elif from_table:
-            if not (entry and entry[:3] == [file.size_bytes, file.mtime_ns, REASON_UNDECODABLE]):
-                entry = _table_entry(table, file)
-        elif not (entry and entry[0] == file.size_bytes and entry[1] == file.mtime_ns and entry[-1] != _FROM_TABLE):
-            entry, read = _read_entry(context.reader, file), True  # new, changed, or sized by a table before
-        outcome = _Outcome(file=file, entry=entry, read=read)
+    by_name = dataset.caption_strategy == "filename"
+    caption_of = context.captioner
+    shared = context.shared.setdefault
+    origin, images = context.origin, context.images
+    done = _Chunk()
+    add_entry, add_record, skip = done.entries.append, done.records.append, done.skipped.append
+    columns = (listing.names[start:stop], listing.sizes[start:stop], listing.mtimes[start:stop])
+    for relative, size, mtime in zip(*columns):
+        entry = cached.get(relative)
+        if size == 0:
+            add_entry(None)
+            skip((REASON_EMPTY, relative))
+            continue
+        fresh = False
+        if from_table:
+            if not (entry and entry[:3] == [size, mtime, REASON_UNDECODABLE]):
+                entry = _table_entry(table, relative, size, mtime)
+        elif not (entry and entry[0] == size and entry[1] == mtime and entry[-1] != _FROM_TABLE):
+            entry = _read_entry(context.reader, _path(context, relative), size, mtime)  # new, changed, or table-sized
+            done.reads += 1
+            fresh = True
         if isinstance(entry[2], str):
-            outcome.skip = entry[2]
-        else:
-            try:
-                outcome.caption = caption_for(file.path, dataset, table, file.relative_path, context.images)
-            except NoCaption as missing:
-                outcome.skip = missing.reason
-        results.append(outcome)
-    return results
+            add_entry(entry)
+            skip((entry[2], relative))
+            continue
+        width, height = entry[2], entry[3]  # shared below: a manifest's or reader's entry brings its own ints
+        try:
+            # A file-name caption needs only the name, which the relative path ends with.
+            caption = caption_of(relative if by_name else _path(context, relative), relative)
+        except NoCaption as missing:
+            add_entry(list(entry) if fresh else entry)
+            skip((missing.reason, relative))
+            continue
+        record = ImageRecord.under(origin, relative, shared(width, width), shared(height, height), size, mtime,
+                                   shared(caption, caption))
+        # A fresh entry is kept as its record, and made a list only when the manifest is saved: lists made
+        # now would live through discovery between the records and, freed, leave the heap full of holes.
+        add_entry(record if fresh else entry)
+        add_record(record)
+    return done
 
 
-def _table_entry(table: Optional[MetadataTable], file: FoundFile) -> list:
+def _table_entry(table: Optional[MetadataTable], relative: str, size: int, mtime: int) -> list:
     from simpletuner.data.captions import REASON_NOT_IN_TABLE
 
-    row = table.row_for(file.relative_path) if table is not None else None
+    row = table.row_for(relative) if table is not None else None
     if row is None:
-        return [file.size_bytes, file.mtime_ns, REASON_NOT_IN_TABLE, _FROM_TABLE]
+        return [size, mtime, REASON_NOT_IN_TABLE, _FROM_TABLE]
     if not row.width or not row.height:
-        return [file.size_bytes, file.mtime_ns, REASON_NO_TABLE_SIZE, _FROM_TABLE]
-    return [file.size_bytes, file.mtime_ns, row.width, row.height, _FROM_TABLE]
+        return [size, mtime, REASON_NO_TABLE_SIZE, _FROM_TABLE]
+    return [size, mtime, row.width, row.height, _FROM_TABLE]
 
 
-def _read_entry(reader: HeaderReader, file: FoundFile) -> list:
+def _read_entry(reader: HeaderReader, path: str, size: int, mtime: int) -> Union[list, tuple]:
+    """``[size, mtime, reason]`` for an unusable file, else ``(size, mtime, width, height)``: a
+    transient tuple the caller turns into a record."""
     try:
-        width, height = reader(file.path)
+        width, height = reader(path)
     except UnreadableImage as bad:
-        return [file.size_bytes, file.mtime_ns, bad.reason]
-    return [file.size_bytes, file.mtime_ns, int(width), int(height)]
+        return [size, mtime, bad.reason]
+    return (size, mtime, int(width), int(height))
 
 
-def _valid_entry(entry: object) -> bool:
-    # Cheap on purpose (it runs per file): we wrote the file; a damaged one fails to parse.
-    return type(entry) is list and 3 <= len(entry) <= 5
-
-
-def _load_cache(storage: Storage) -> Dict[str, list]:
-    """The saved per-file facts, or {} when absent, unreadable or from another version."""
-    try:
-        data = read_json(storage, DISCOVERY_FILE)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError):
-        logger.warning("discovery cache %s is unreadable; rescanning every file", storage.location(DISCOVERY_FILE))
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-        return {}
-    files = data.get("files")
-    if not isinstance(files, dict):
-        return {}
-    return {name: entry for name, entry in files.items() if _valid_entry(entry)}
-
-
-def _save_cache_if_changed(storage: Storage, cached: Dict[str, list], outcomes: List[_Outcome]) -> None:
-    # An unchanged re-scan took every entry from ``cached`` itself: checking identity
-    # is enough, and spares building and comparing a second copy of a million entries.
-    sized = [o for o in outcomes if o.file.size_bytes]
-    get = cached.get
-    if cached and len(sized) == len(cached) and all(
-        o.entry is get(o.file.relative_path) or o.entry == get(o.file.relative_path) for o in sized
-    ):
-        return
-    entries = {o.file.relative_path: o.entry for o in sized}
-    write_json(storage, DISCOVERY_FILE, {"version": CACHE_VERSION, "files": entries})
+def _as_entry(entry: Union[list, ImageRecord, None]) -> Optional[list]:
+    if type(entry) is ImageRecord:
+        return [entry.size_bytes, entry.mtime_ns, entry.width, entry.height]
+    return entry  # type: ignore[return-value]
 
 
 def mark_undecodable(dataset: DatasetConfig, relative_paths: Iterable[str]) -> None:
@@ -360,16 +361,14 @@ def mark_undecodable(dataset: DatasetConfig, relative_paths: Iterable[str]) -> N
 
     The mark is tied to the file's size and mtime: replacing the file clears it.
     """
-    storage = cache_of(dataset)
-    cached = _load_cache(storage)
-    changed = False
+    manifest = Manifest.load(cache_of(dataset))
+    changed: Dict[str, Optional[list]] = {}
     for relative in relative_paths:
-        entry = cached.get(relative)
+        entry = manifest.entries.get(relative)
         if entry is not None:
-            cached[relative] = [entry[0], entry[1], REASON_UNDECODABLE]
-            changed = True
+            changed[relative] = [entry[0], entry[1], REASON_UNDECODABLE]
     if changed:
-        write_json(storage, DISCOVERY_FILE, {"version": CACHE_VERSION, "files": cached})
+        manifest.apply(changed)
 
 
 def write_json_atomic(path: str, payload: Any) -> None:

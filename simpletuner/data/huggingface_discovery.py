@@ -52,7 +52,7 @@ from simpletuner.data.huggingface_source import (
     row_index,
     row_name,
 )
-from simpletuner.data.records import ImageRecord
+from simpletuner.data.records import ImageRecord, RecordOrigin
 from simpletuner.data.schema import DatasetConfig
 from simpletuner.data.tables import caption_cell
 from simpletuner.errors import DataError
@@ -109,14 +109,14 @@ def discover_huggingface(
     captions = _captions(rows, source, dataset)
     records: List[ImageRecord] = []
     skipped: Dict[str, List[str]] = {}
+    origin = RecordOrigin("", storage)  # a row's path is its name, read from the rows' storage
     for index, (entry, caption) in enumerate(zip(entries, captions)):
         name = row_name(index)
         reason = entry[2] if isinstance(entry[2], str) else (caption if isinstance(caption, NoCaption) else None)
         if reason is not None:
             skipped.setdefault(getattr(reason, "reason", reason), []).append(name)
             continue
-        records.append(ImageRecord(path=name, relative_path=name, width=entry[2], height=entry[3],
-                                   size_bytes=entry[0], mtime_ns=entry[1], caption=caption, storage=storage))
+        records.append(ImageRecord.under(origin, name, entry[2], entry[3], entry[0], entry[1], caption))
     result = DiscoveryResult(dataset_id=dataset.id, records=records, skipped=skipped, files_found=len(entries),
                              header_reads=header_reads)
     logger.debug(result.summary())

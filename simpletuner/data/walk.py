@@ -25,6 +25,7 @@ component hides what is under it, hidden image objects are reported, and
 from __future__ import annotations
 
 import os
+from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, Iterable, List, Set, Tuple
 
@@ -40,20 +41,36 @@ REASON_UNLISTABLE = "folder cannot be listed"
 REASON_UNSTATABLE = "unreadable"
 
 
-@dataclass(frozen=True, slots=True)
-class FoundFile:
-    relative_path: str  # "/"-separated, relative to the dataset folder
-    path: str
-    size_bytes: int
-    mtime_ns: int
-
-
 @dataclass
 class Listing:
-    files: List[FoundFile] = field(default_factory=list)  # sorted by relative_path
+    """The files found, as columns: ``names[i]`` has ``sizes[i]`` bytes and mtime ``mtimes[i]``.
+
+    Columns, not an object per file: a million files' sizes and mtimes are two
+    8 MB arrays instead of two million int objects that live as long as the
+    listing and, freed, leave the heap fragmented around the records kept.
+    """
+
+    names: List[str] = field(default_factory=list)  # "/"-separated relative paths, sorted
+    sizes: "array[int]" = field(default_factory=lambda: array("q"))
+    mtimes: "array[int]" = field(default_factory=lambda: array("q"))  # a list if one does not fit 64 bits
+    # What a file's relative path is appended to: the folder with a trailing separator, or the object
+    # key prefix.  One string for every file (a million absolute paths would be 100 MB).
+    base: str = ""
     skipped: Dict[str, List[str]] = field(default_factory=dict)  # reason -> relative paths
     hidden_folders: List[str] = field(default_factory=list)
     folders_skipped: Dict[str, List[str]] = field(default_factory=dict)  # reason -> "folder/" paths
+
+    def add(self, relative_path: str, size_bytes: int, mtime_ns: int) -> None:
+        self.names.append(relative_path)
+        self.sizes.append(size_bytes)
+        self.add_mtime(mtime_ns)
+
+    def add_mtime(self, mtime_ns: int) -> None:
+        try:
+            self.mtimes.append(mtime_ns)
+        except OverflowError:  # past 2262 or before 1677 (a damaged file system's): keep it exact in a list
+            self.mtimes = list(self.mtimes)  # type: ignore[assignment]
+            self.mtimes.append(mtime_ns)
 
     def skip(self, reason: str, relative_path: str) -> None:
         self.skipped.setdefault(reason, []).append(relative_path)
@@ -69,33 +86,38 @@ def is_image_name(name: str) -> bool:
 
 def list_images(root: str, excluded: Set[str]) -> Listing:
     """Image files under ``root``; folders whose absolute path is in ``excluded`` are not entered."""
-    listing = Listing()
+    listing = Listing(base=os.path.join(root, ""))
     try:
         root_stat = os.stat(root)
     except OSError:
         listing.skip_folder(REASON_UNLISTABLE, "./")
         return listing
     _walk(root, "", excluded, {(root_stat.st_dev, root_stat.st_ino)}, listing)
-    listing.files.sort(key=lambda found: found.relative_path)
     return listing
 
 
 def _walk(folder: str, prefix: str, excluded: Set[str], active: Set[Tuple[int, int]], listing: Listing) -> None:
+    # Files come out sorted by relative path without sorting them all at the end: each folder's
+    # entries are visited in the order of their name, with "/" appended to folders' names ("a.png"
+    # before "a/x.png", as in the full paths), depth first.
     try:
         with os.scandir(folder) as iterator:
-            entries = list(iterator)
+            entries = []
+            for entry in iterator:
+                try:
+                    is_link = entry.is_symlink()
+                    is_dir = entry.is_dir()  # follows links; False for broken ones
+                except OSError:
+                    is_link, is_dir = True, False
+                entries.append((entry.name + "/" if is_dir else entry.name, entry, is_link, is_dir))
     except OSError:
         listing.skip_folder(REASON_UNLISTABLE, prefix or "./")
         return
-    append = listing.files.append
-    for entry in entries:
+    entries.sort()  # by the first item: names are unique, so the DirEntry objects are never compared
+    names, sizes, mtimes = listing.names.append, listing.sizes.append, listing.mtimes.append
+    for _, entry, is_link, is_dir in entries:
         name = entry.name
         relative = prefix + name
-        try:
-            is_link = entry.is_symlink()
-            is_dir = entry.is_dir()  # follows links; False for broken ones
-        except OSError:
-            is_link, is_dir = True, False
         if name.startswith("."):
             if is_dir:
                 listing.hidden_folders.append(relative + "/")
@@ -113,9 +135,15 @@ def _walk(folder: str, prefix: str, excluded: Set[str], active: Set[Tuple[int, i
         except OSError:
             listing.skip(REASON_BROKEN_LINK if is_link else REASON_UNSTATABLE, relative)
             continue
-        if not entry.is_file():  # a socket, fifo or device named like an image
+        if stat.st_mode & 0o170000 != 0o100000:  # not a regular file (S_ISREG): a socket, fifo or device
             continue
-        append(FoundFile(relative, entry.path, stat.st_size, stat.st_mtime_ns))
+        names(relative)
+        sizes(stat.st_size)
+        try:
+            mtimes(stat.st_mtime_ns)
+        except OverflowError:
+            listing.add_mtime(stat.st_mtime_ns)  # makes the column a list
+            mtimes = listing.mtimes.append
 
 
 def _enter(entry: os.DirEntry, relative: str, excluded: Set[str], active: Set[Tuple[int, int]],
@@ -138,15 +166,20 @@ def _enter(entry: os.DirEntry, relative: str, excluded: Set[str], active: Set[Tu
         active.discard(identity)
 
 
+def _first(item: tuple) -> str:
+    return item[0]
+
+
 def list_objects(objects: Iterable["StoredObject"], key_prefix: str, excluded: Set[str]) -> Listing:
     """Image objects of a bucket listing under ``key_prefix``, less names starting with an ``excluded`` prefix.
 
     ``objects`` are named relative to ``key_prefix``; each file's ``path`` is
     its full object key.
     """
-    listing = Listing()
+    listing = Listing(base=key_prefix)
     hidden_folders: Set[str] = set()
-    append = listing.files.append
+    found: List[Tuple[str, int, int]] = []
+    append = found.append
     for stored in objects:
         relative = stored.name
         if not relative or relative.endswith("/") or any(relative.startswith(p) for p in excluded):
@@ -162,7 +195,9 @@ def list_objects(objects: Iterable["StoredObject"], key_prefix: str, excluded: S
         if name.startswith("."):
             listing.skip(REASON_HIDDEN, relative)
             continue
-        append(FoundFile(relative, key_prefix + relative, stored.size, stored.mtime_ns))
-    listing.files.sort(key=lambda found: found.relative_path)
+        append((relative, stored.size, stored.mtime_ns))
+    found.sort(key=_first)
+    for relative, size, mtime in found:
+        listing.add(relative, size, mtime)
     listing.hidden_folders = sorted(hidden_folders)
     return listing
