@@ -194,7 +194,11 @@ def _memory_section(report: _Report, config: Any, family: Any, source: Any, data
         try:
             bucket = planned_bucket(config)
         except UserError:  # the dataset config was refused above; --resolution stands in
-            bucket = planned_bucket(replace(config, data_backend_config=None))
+            try:
+                bucket = planned_bucket(replace(config, data_backend_config=None))
+            except UserError:  # --resolution itself was the reason, already reported
+                report.line("not estimated: no training size could be read (see the problem above)")
+                return
     estimate = estimate_for_run(config, family, source, bucket)
     for line in summary_lines(estimate, config):
         report.line(line)
