@@ -120,6 +120,7 @@ def _normalise_keys(
     """
     values: dict[str, Any] = {}
     seen: dict[str, str] = {}
+    written: dict[str, str] = {}  # key without dashes -> the key as written first
     for raw_key, value in data.items():
         key = str(raw_key).lstrip("-")
         name = SPELLING_TO_NAME.get(key, key)
@@ -131,6 +132,13 @@ def _normalise_keys(
         except ConfigError as error:
             problems.append(str(error))
             continue
+        if key in written and name in values and values[name] != converted:
+            # "--lora_rank" and "lora_rank" in one file: which one wins is not the user's guess to make.
+            shown = _shown(OPTIONS_BY_NAME[name], values[name]), _shown(OPTIONS_BY_NAME[name], converted)
+            problems.append(f"{where}: keys {written[key]!r} and {str(raw_key)!r} are the same option but set to "
+                            f"different values ({shown[0]} and {shown[1]}); keep one of them")
+            continue
+        written.setdefault(key, str(raw_key))
         _store(values, seen, name, key, converted, where, problems)
     if spelled is not None:
         spelled.update({name: key for name, key in seen.items() if key != name})
