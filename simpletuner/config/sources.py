@@ -239,7 +239,14 @@ def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
 
 def _parse_cli(argv: Sequence[str], problems: list[str], spelled: dict[str, str]) -> dict[str, Any]:
     parser = build_parser()
-    namespace, unknown = parser.parse_known_args(list(argv))
+    # argparse would print its 200-line usage and exit; a flag missing its value is one line like the rest.
+    parser.exit_on_error = False
+    try:
+        namespace, unknown = parser.parse_known_args(list(argv))
+    except argparse.ArgumentError as error:
+        hint = f"; give it one ({error.argument_name} VALUE)" if "expected one argument" in error.message else ""
+        problems.append(f"command line: {error.argument_name}: {error.message}{hint}")
+        return {}
     after_unknown_flag = False
     for token in unknown:
         if token.startswith("--"):
