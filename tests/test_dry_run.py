@@ -179,3 +179,14 @@ def test_a_bad_global_resolution_is_one_problem_not_a_crash(project: Path, weigh
     assert len(errors) == 1 and reason in errors[0], err
     assert "Traceback" not in out + err
     assert "not estimated" in out.split("== memory", 1)[1].split("==", 1)[0]
+
+
+def test_images_without_caption_files_are_told_so(project: Path, weightless_sdxl: Path, capsys):
+    """Every image skipped for a missing .txt used to get 'add .jpg/.png/.webp images, fix instance_data_dir'."""
+    for caption in (project / "data").glob("*.txt"):
+        caption.unlink()
+    code, out, err = _dry_run(weightless_sdxl, capsys)
+    assert code == 2
+    assert (f"error: dataset 'pics': no usable images in {project / 'data'} (8 image files found, 0 usable, 8 skipped); none has a "
+            "caption file beside it (photo_001.png + photo_001.txt); add them, or set caption_strategy filename or "
+            "instanceprompt (with instance_prompt)") in err.splitlines(), err
