@@ -112,3 +112,25 @@ def test_wandb_without_a_login_is_refused_before_the_run_starts(no_wandb_login, 
     check_tracker_credentials(SimpleNamespace(report_to=["tensorboard"]))
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # wandb's own lookup finds it
     check_tracker_credentials(config)
+
+
+def test_comet_without_an_api_key_is_refused_before_the_run_starts(tmp_path, monkeypatch) -> None:
+    """It used to crash after caching with comet_ml's ValueError and a traceback (exit 1)."""
+    from types import SimpleNamespace
+
+    from simpletuner.errors import ConfigError
+    from simpletuner.trackers.credentials import check_tracker_credentials
+
+    for name in ("COMET_API_KEY", "COMET_START_ONLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("COMET_CONFIG", str(tmp_path / ".comet.config"))
+    config = SimpleNamespace(report_to=["comet_ml"])
+    with pytest.raises(ConfigError, match=r"^--report_to comet_ml: comet_ml has no API key on this machine; .*"
+                                          r"COMET_START_ONLINE=false"):
+        check_tracker_credentials(config)
+    monkeypatch.setenv("COMET_START_ONLINE", "false")  # an offline archive needs no key
+    check_tracker_credentials(config)
+    monkeypatch.delenv("COMET_START_ONLINE")
+    (tmp_path / ".comet.config").write_text("[comet]\napi_key = abc\n")  # comet_ml's own config file
+    check_tracker_credentials(config)

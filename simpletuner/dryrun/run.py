@@ -55,10 +55,12 @@ def dry_run(config: Any, num_processes: int = 1, say: Say = print, device: Optio
     model_ok = _checked(report, lambda: source.check(family),
                         f"--pretrained_model_name_or_path={config.pretrained_model_name_or_path}")
     backends = _checked(report, lambda: _load_backends(config), f"--data_backend_config={config.data_backend_config}")
-    if "wandb" in (config.report_to or []):
+    online_trackers = [name for name in config.report_to or [] if name in ("wandb", "comet_ml")]
+    if online_trackers:
         from simpletuner.trackers.credentials import check_tracker_credentials
 
-        _checked(report, lambda: check_tracker_credentials(config), "--report_to=wandb credentials")
+        _checked(report, lambda: check_tracker_credentials(config),
+                 f"--report_to={','.join(online_trackers)} credentials")
     if config.push_to_hub:
         report.line("Hub token: not checked here (the dry run reaches no network); train.py checks it first")
     data = _datasets_section(report, config, backends, num_processes) if backends else None
