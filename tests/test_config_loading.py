@@ -60,6 +60,21 @@ def test_json_keys_with_and_without_dashes(cwd):
     assert config.config_file == str(cwd / "config" / "config.json")
 
 
+def test_a_flag_without_its_value_is_one_line_not_the_usage(cwd, capsys):
+    """`./train.sh --learning_rate` used to print argparse's whole usage (200 lines) and 'train.py: error: ...'."""
+    from simpletuner.cli.train import main
+
+    write_json(cwd / "config" / "config.json", REQUIRED)
+    with pytest.raises(ConfigError) as raised:
+        load(cwd, ["--lora_rank", "4", "--learning_rate"])
+    assert str(raised.value) == ("command line: --learning_rate: expected one argument; give it one "
+                                 "(--learning_rate VALUE)")
+    assert main(["--lora_rank", "4", "--learning_rate"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[0] == "error: " + str(raised.value)
+    assert "usage:" not in captured.out + captured.err
+
+
 def test_default_location_is_config_config_json(cwd):
     write_json(cwd / "config" / "config.json", {**REQUIRED, "lora_rank": 4})
     assert load(cwd).lora_rank == 4

@@ -171,6 +171,17 @@ def test_missing_file(tmp_path):
         load_data_backend_config(str(tmp_path / "nope.json"), {})
 
 
+def test_a_missing_relative_file_names_where_it_was_looked_for(tmp_path, monkeypatch):
+    """CONFIG_PATH=proj/config/config.json from outside proj: 'config/multidatabackend.json' is not proj's."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        load_data_backend_config("config/multidatabackend.json", {})
+    assert str(raised.value) == (
+        f"data backend config 'config/multidatabackend.json' does not exist (resolved to "
+        f"{tmp_path / 'config' / 'multidatabackend.json'}; relative paths start at {tmp_path}); pass "
+        "--data_backend_config pointing at your multidatabackend.json, or run from your project folder")
+
+
 def test_bad_json_names_file_and_line(tmp_path):
     path = _write(tmp_path, '[\n  {"id": "a",\n   "crop": true,,\n  }\n]')
     with pytest.raises(ConfigError) as info:

@@ -160,3 +160,33 @@ def test_what_the_caches_hold(project: Path, tiny_sdxl: Path, capsys):
     code, out, err = _dry_run(tiny_sdxl, capsys)
     assert code == 0, err
     assert "8 of 9 image(s) cached, 1 would be encoded" in out
+
+
+@pytest.mark.parametrize("flags, reason", [
+    # SimpleTuner's megapixel value with a pixel resolution_type: used to crash the estimate with a traceback.
+    (("--resolution", "1.0", "--resolution_type", "pixel_area"), "must be at least 8 pixels, got 1"),
+    # A pixel value read as megapixels: used to add a false "the memory estimate (64.5 GiB) exceeds" error.
+    (("--resolution", "1024", "--resolution_type", "area"), "is read as megapixels"),
+])
+def test_a_bad_global_resolution_is_one_problem_not_a_crash(project: Path, weightless_sdxl: Path, capsys,
+                                                            flags: tuple[str, ...], reason: str):
+    mdb = json.loads((project / "mdb.json").read_text())
+    del mdb[0]["resolution"]  # the dataset takes --resolution
+    (project / "inherits.json").write_text(json.dumps(mdb))
+    code, out, err = _dry_run(weightless_sdxl, capsys, *flags, data="inherits.json")
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and reason in errors[0], err
+    assert "Traceback" not in out + err
+    assert "not estimated" in out.split("== memory", 1)[1].split("==", 1)[0]
+
+
+def test_images_without_caption_files_are_told_so(project: Path, weightless_sdxl: Path, capsys):
+    """Every image skipped for a missing .txt used to get 'add .jpg/.png/.webp images, fix instance_data_dir'."""
+    for caption in (project / "data").glob("*.txt"):
+        caption.unlink()
+    code, out, err = _dry_run(weightless_sdxl, capsys)
+    assert code == 2
+    assert (f"error: dataset 'pics': no usable images in {project / 'data'} (8 image files found, 0 usable, 8 skipped); none has a "
+            "caption file beside it (photo_001.png + photo_001.txt); add them, or set caption_strategy filename or "
+            "instanceprompt (with instance_prompt)") in err.splitlines(), err

@@ -153,3 +153,16 @@ def test_the_killed_process_is_named_not_the_survivor_that_lost_contact(tmp_path
     assert _root_failure({0: failure(0, 1), 1: failure(1, -9)})[0] == 1
     assert _root_failure({0: failure(0, 5), 1: failure(1, 1)})[0] == 1  # the crash, not the one that lost contact
     assert _root_failure({0: failure(0, 5), 1: failure(1, 5)})[0] == 0  # the cause was on another machine
+
+
+def test_a_misspelt_variable_in_config_env_is_named_with_the_right_spelling() -> None:
+    """TRAINING_NUM_PROCESS=2 (no S) used to be ignored: the run started on one process."""
+    env = {"TRAINING_NUM_PROCESS": "2", "HF_HOME": "/data/hf", "ACCELERATE_MIXED_PRECISION": "bf16",
+           "SIMPLETUNER_ENV_FILE": "config/config.env",
+           "SIMPLETUNER_ENV_FILE_VARS": "TRAINING_NUM_PROCESS HF_HOME ACCELERATE_MIXED_PRECISION"}
+    with pytest.raises(ConfigError) as raised:
+        launch_settings(env)
+    assert str(raised.value) == ("config/config.env: unknown variable TRAINING_NUM_PROCESS, nothing reads it; "
+                                 "did you mean TRAINING_NUM_PROCESSES?")
+    # The same name set in the shell, not in config.env, is none of our business.
+    assert launch_settings({**env, "SIMPLETUNER_ENV_FILE_VARS": "HF_HOME ACCELERATE_MIXED_PRECISION"}).num_processes == 1

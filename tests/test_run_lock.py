@@ -42,6 +42,20 @@ def test_a_second_holder_is_refused_naming_the_pid(tmp_path: Path) -> None:
     assert (output / "weights.safetensors").read_bytes() == b"kept"
 
 
+def test_a_rejected_run_removes_every_folder_it_created(tmp_path: Path) -> None:
+    """--output_dir=output/models in a fresh project creates output/ too; neither may stay behind."""
+    output = tmp_path / "output" / "models"
+    with pytest.raises(ConfigError):
+        with output_folder_lock(output, env={}):
+            raise ConfigError("a start-up check failed")
+    assert not (tmp_path / "output").exists(), "the parent folder the lock created was left behind"
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "mine.txt").write_text("user's")
+    with output_folder_lock(output, env={}):
+        pass
+    assert (tmp_path / "output" / "mine.txt").read_text() == "user's" and not output.exists()
+
+
 def test_other_processes_of_the_same_run_are_not_refused(tmp_path: Path) -> None:
     with output_folder_lock(tmp_path, env={}):
         with output_folder_lock(tmp_path, env={"RANK": "1"}):

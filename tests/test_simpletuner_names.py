@@ -155,6 +155,16 @@ def test_two_spellings_that_disagree_exit_2_naming_both(tmp_path: Path, capsys, 
                     cwd=tmp_path)
 
 
+def test_a_key_written_with_and_without_dashes_that_disagree_is_named(tmp_path: Path):
+    """SimpleTuner allows "--lora_rank" and "lora_rank"; both in one file used to let the later one win silently."""
+    env = _project(tmp_path, {**BASE, "--lora_rank": 4, "lora_rank": 8})
+    with pytest.raises(ConfigError) as raised:
+        load_config([], env=env, cwd=tmp_path)
+    assert str(raised.value) == (f"{env['CONFIG_PATH']}: keys '--lora_rank' and 'lora_rank' are the same option but "
+                                 "set to different values (4 and 8); keep one of them")
+    load_config([], env=_project(tmp_path, {**BASE, "--lora_rank": 8, "lora_rank": 8}), cwd=tmp_path)  # agree
+
+
 def test_the_command_line_overrides_a_spelling_in_the_file(tmp_path: Path):
     env = _project(tmp_path, {**BASE, "checkpoint_step_interval": 250})
     assert load_config(["--checkpointing_steps", "40"], env=env, cwd=tmp_path).checkpointing_steps == 40

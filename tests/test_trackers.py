@@ -82,3 +82,55 @@ def test_comet_does_not_report_errors_to_sentry(tracked_run) -> None:
     from comet_ml import error_tracking
 
     assert not error_tracking.enabled_in_config()
+
+
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch):
+    """A machine where nobody ran `wandb login`: no key in the environment, .netrc or settings."""
+    from wandb.sdk import wandb_setup
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DISABLED", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setattr(wandb_setup, "_singleton", None)  # settings read afresh from this environment
+
+
+def test_wandb_without_a_login_is_refused_before_the_run_starts(no_wandb_login, monkeypatch) -> None:
+    """It used to crash after loading the model with wandb's UsageError and a traceback (exit 1)."""
+    from types import SimpleNamespace
+
+    from simpletuner.errors import ConfigError
+    from simpletuner.trackers.credentials import check_tracker_credentials
+
+    config = SimpleNamespace(report_to=["tensorboard", "wandb"])
+    with pytest.raises(ConfigError, match=r"^--report_to wandb: wandb has no API key on this machine; .*"
+                                          r"WANDB_MODE=offline"):
+        check_tracker_credentials(config)
+    check_tracker_credentials(config, env={"WANDB_MODE": "offline"})  # logs locally: nothing to ask
+    check_tracker_credentials(SimpleNamespace(report_to=["tensorboard"]))
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # wandb's own lookup finds it
+    check_tracker_credentials(config)
+
+
+def test_comet_without_an_api_key_is_refused_before_the_run_starts(tmp_path, monkeypatch) -> None:
+    """It used to crash after caching with comet_ml's ValueError and a traceback (exit 1)."""
+    from types import SimpleNamespace
+
+    from simpletuner.errors import ConfigError
+    from simpletuner.trackers.credentials import check_tracker_credentials
+
+    for name in ("COMET_API_KEY", "COMET_START_ONLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("COMET_CONFIG", str(tmp_path / ".comet.config"))
+    config = SimpleNamespace(report_to=["comet_ml"])
+    with pytest.raises(ConfigError, match=r"^--report_to comet_ml: comet_ml has no API key on this machine; .*"
+                                          r"COMET_START_ONLINE=false"):
+        check_tracker_credentials(config)
+    monkeypatch.setenv("COMET_START_ONLINE", "false")  # an offline archive needs no key
+    check_tracker_credentials(config)
+    monkeypatch.delenv("COMET_START_ONLINE")
+    (tmp_path / ".comet.config").write_text("[comet]\napi_key = abc\n")  # comet_ml's own config file
+    check_tracker_credentials(config)

@@ -11,6 +11,7 @@ Nothing heavy is imported here unless a dynamo backend has to be checked.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -74,6 +75,7 @@ def launch_settings(env: Mapping[str, str]) -> LaunchSettings:
             settings[key] = check(env)
         except ConfigError as error:
             problems.append(f"{error}{where_set(name, env)}")
+    problems += _unknown_file_variables(env)
     if not problems:
         problems = _machine_problems(settings, env)
     if problems:
@@ -87,6 +89,28 @@ LAUNCH_VARIABLES = (
     "TRAINING_NUM_PROCESSES", "TRAINING_DYNAMO_BACKEND", "TRAINING_NUM_MACHINES", "TRAINING_MACHINE_RANK",
     "TRAINING_MAIN_PROCESS_IP", "TRAINING_MAIN_PROCESS_PORT",
 )
+
+
+# Names with our prefixes that something reads; config.env may hold any other
+# variable (HF_HOME, CUDA_VISIBLE_DEVICES, accelerate's own ACCELERATE_*).
+KNOWN_VARIABLES = frozenset((
+    *LAUNCH_VARIABLES, "SIMPLETUNER_LOG_LEVEL", "SIMPLETUNER_PROGRESS", "SIMPLETUNER_PUBLISH_RETRY_SECONDS",
+    ENV_FILE_VARIABLE, ENV_FILE_NAMES_VARIABLE,
+))
+_OUR_PREFIXES = ("TRAINING_", "SIMPLETUNER_")
+
+
+def _unknown_file_variables(env: Mapping[str, str]) -> list[str]:
+    """A misspelt launch variable in config.env (TRAINING_NUM_PROCESS=8) would silently train on one GPU."""
+    env_file = env.get(ENV_FILE_VARIABLE, "")
+    problems = []
+    for name in env.get(ENV_FILE_NAMES_VARIABLE, "").split():
+        if name.startswith(_OUR_PREFIXES) and name not in KNOWN_VARIABLES:
+            close = difflib.get_close_matches(name, sorted(KNOWN_VARIABLES - {ENV_FILE_VARIABLE,
+                                                                              ENV_FILE_NAMES_VARIABLE}), n=1)
+            hint = f"did you mean {close[0]}?" if close else "config/config.env.example lists the ones read"
+            problems.append(f"{env_file}: unknown variable {name}, nothing reads it; {hint}")
+    return problems
 
 
 def _machine_problems(settings: dict, env: Mapping[str, str]) -> list[str]:

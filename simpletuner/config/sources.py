@@ -120,6 +120,7 @@ def _normalise_keys(
     """
     values: dict[str, Any] = {}
     seen: dict[str, str] = {}
+    written: dict[str, str] = {}  # key without dashes -> the key as written first
     for raw_key, value in data.items():
         key = str(raw_key).lstrip("-")
         name = SPELLING_TO_NAME.get(key, key)
@@ -131,6 +132,13 @@ def _normalise_keys(
         except ConfigError as error:
             problems.append(str(error))
             continue
+        if key in written and name in values and values[name] != converted:
+            # "--lora_rank" and "lora_rank" in one file: which one wins is not the user's guess to make.
+            shown = _shown(OPTIONS_BY_NAME[name], values[name]), _shown(OPTIONS_BY_NAME[name], converted)
+            problems.append(f"{where}: keys {written[key]!r} and {str(raw_key)!r} are the same option but set to "
+                            f"different values ({shown[0]} and {shown[1]}); keep one of them")
+            continue
+        written.setdefault(key, str(raw_key))
         _store(values, seen, name, key, converted, where, problems)
     if spelled is not None:
         spelled.update({name: key for name, key in seen.items() if key != name})
@@ -231,7 +239,14 @@ def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
 
 def _parse_cli(argv: Sequence[str], problems: list[str], spelled: dict[str, str]) -> dict[str, Any]:
     parser = build_parser()
-    namespace, unknown = parser.parse_known_args(list(argv))
+    # argparse would print its 200-line usage and exit; a flag missing its value is one line like the rest.
+    parser.exit_on_error = False
+    try:
+        namespace, unknown = parser.parse_known_args(list(argv))
+    except argparse.ArgumentError as error:
+        hint = f"; give it one ({error.argument_name} VALUE)" if "expected one argument" in error.message else ""
+        problems.append(f"command line: {error.argument_name}: {error.message}{hint}")
+        return {}
     after_unknown_flag = False
     for token in unknown:
         if token.startswith("--"):

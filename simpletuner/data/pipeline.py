@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
 from simpletuner.data.buckets import plan_dataset
+from simpletuner.data.captions import REASON_NO_CAPTION
 from simpletuner.data.discovery import REASON_UNDECODABLE, DiscoveryResult, discover, mark_undecodable, shown
 from simpletuner.data.csv_source import fetch_csv_images
 from simpletuner.data.drift import describe_changes, record_settings
@@ -223,6 +224,14 @@ def _note_drift(dataset: DatasetConfig, planned: list[TrainingSample], override:
         logger.log(logging.WARNING if drift.plan_changed else logging.INFO, describe_changes(dataset, drift))
 
 
+def _what_to_do(dataset: DatasetConfig, found: DiscoveryResult) -> str:
+    """The fix for an empty dataset: for images that all lack a caption file, that (the usual first mistake)."""
+    if dataset.caption_strategy == "textfile" and found.files_found and set(found.skipped) == {REASON_NO_CAPTION}:
+        return ("none has a caption file beside it (photo_001.png + photo_001.txt); add them, or set "
+                "caption_strategy filename or instanceprompt (with instance_prompt)")
+    return "add .jpg/.png/.webp images, fix instance_data_dir, or see the skip reasons above"
+
+
 def _check_not_empty(backends: DataBackendConfig, discovery: Mapping[str, DiscoveryResult]) -> None:
     """An empty dataset stops the run only when every dataset is empty; otherwise it is a warning."""
     empty = [d for d in backends.image_datasets if not discovery[d.id].records]
@@ -230,8 +239,7 @@ def _check_not_empty(backends: DataBackendConfig, discovery: Mapping[str, Discov
         found = discovery[dataset.id]
         message = (
             f"dataset {dataset.id!r}: no usable images in {dataset.instance_data_dir} "
-            f"({found.summary().splitlines()[0].split(': ', 1)[1]}); add .jpg/.png/.webp images, fix "
-            "instance_data_dir, or see the skip reasons above"
+            f"({found.summary().splitlines()[0].split(': ', 1)[1]}); {_what_to_do(dataset, found)}"
         )
         if len(empty) == len(backends.image_datasets):
             for line in found.summary().splitlines():

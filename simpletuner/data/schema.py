@@ -222,9 +222,13 @@ def _checked_entries(entries: Any, name: str) -> Tuple[List[Dict[str, Any]], Lis
 
 def _read_json_list(path: str) -> list:
     if not os.path.isfile(path):
+        # Name where a relative path was looked for: run from another folder (or with
+        # CONFIG_PATH from there), 'config/multidatabackend.json' is not the project's.
+        where = "" if os.path.isabs(path) else (
+            f" (resolved to {os.path.abspath(path)}; relative paths start at {os.getcwd()})")
         raise ConfigError(
-            f"data backend config {path!r} does not exist; pass --data_backend_config pointing at "
-            "your multidatabackend.json"
+            f"data backend config {path!r} does not exist{where}; pass --data_backend_config pointing at "
+            "your multidatabackend.json, or run from your project folder"
         )
     try:
         with open(path, "r", encoding="utf-8") as handle:

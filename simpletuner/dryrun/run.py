@@ -55,6 +55,12 @@ def dry_run(config: Any, num_processes: int = 1, say: Say = print, device: Optio
     model_ok = _checked(report, lambda: source.check(family),
                         f"--pretrained_model_name_or_path={config.pretrained_model_name_or_path}")
     backends = _checked(report, lambda: _load_backends(config), f"--data_backend_config={config.data_backend_config}")
+    online_trackers = [name for name in config.report_to or [] if name in ("wandb", "comet_ml")]
+    if online_trackers:
+        from simpletuner.trackers.credentials import check_tracker_credentials
+
+        _checked(report, lambda: check_tracker_credentials(config),
+                 f"--report_to={','.join(online_trackers)} credentials")
     if config.push_to_hub:
         report.line("Hub token: not checked here (the dry run reaches no network); train.py checks it first")
     data = _datasets_section(report, config, backends, num_processes) if backends else None
@@ -190,7 +196,11 @@ def _memory_section(report: _Report, config: Any, family: Any, source: Any, data
         try:
             bucket = planned_bucket(config)
         except UserError:  # the dataset config was refused above; --resolution stands in
-            bucket = planned_bucket(replace(config, data_backend_config=None))
+            try:
+                bucket = planned_bucket(replace(config, data_backend_config=None))
+            except UserError:  # --resolution itself was the reason, already reported
+                report.line("not estimated: no training size could be read (see the problem above)")
+                return
     estimate = estimate_for_run(config, family, source, bucket)
     for line in summary_lines(estimate, config):
         report.line(line)

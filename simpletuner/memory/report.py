@@ -135,7 +135,7 @@ def planned_bucket(config: Any) -> tuple[int, int]:
     """The largest training size the config asks for, before any image is scanned:
     each dataset's resolution (pixels) or, without a dataset config, --resolution.
     Aspect buckets keep about the same area, so a square of that edge stands in."""
-    from simpletuner.data.size_units import megapixels_to_edge
+    from simpletuner.data.size_units import resolve_size_units
 
     if config.data_backend_config:
         from simpletuner.data.pipeline import DATASET_DEFAULT_OPTIONS
@@ -146,8 +146,11 @@ def planned_bucket(config: Any) -> tuple[int, int]:
         if datasets:
             edge = max(d.resolution for d in datasets)
             return edge, edge
-    edge = megapixels_to_edge(config.resolution) if config.resolution_type == "area" else int(config.resolution)
-    return edge, edge
+    # The same unit rules and bounds a dataset's size keys get (1.0 with a pixel
+    # type, 1024 read as megapixels), so a bad --resolution is a ConfigError here too.
+    sizes, _ = resolve_size_units({"resolution": config.resolution, "resolution_type": config.resolution_type},
+                                  "the options", inherited=("resolution",))
+    return sizes["resolution"], sizes["resolution"]
 
 
 def largest_bucket(counts: dict[str, dict[tuple[int, int], int]]) -> Optional[tuple[int, int]]:

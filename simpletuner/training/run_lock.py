@@ -36,7 +36,9 @@ def output_folder_lock(output_dir: Path, env: Optional[Mapping[str, str]] = None
         yield
         return
     path = output_dir / LOCK_FILE
-    created = not output_dir.exists()
+    # Every folder mkdir(parents=True) is about to create (output/models makes
+    # output too when neither exists), innermost first.
+    created = [folder for folder in (output_dir, *output_dir.parents) if not folder.exists()]
     descriptor = _acquire(path, output_dir)
     try:
         yield
@@ -45,8 +47,8 @@ def output_folder_lock(output_dir: Path, env: Optional[Mapping[str, str]] = None
         # finds it replaced when it checks (see _acquire) and starts over.
         path.unlink(missing_ok=True)
         os.close(descriptor)
-        if created:
-            _remove_if_empty(output_dir)  # a run rejected at start-up leaves no folder behind
+        for folder in created:
+            _remove_if_empty(folder)  # a run rejected at start-up leaves no folder behind
 
 
 def _acquire(path: Path, output_dir: Path) -> int:

@@ -31,6 +31,7 @@ from simpletuner.memory.report import check_memory
 from simpletuner.publishing.run_summary import run_summary
 from simpletuner.publishing.session import RunPublishing
 from simpletuner.quantisation.streaming import load_placed_denoiser
+from simpletuner.trackers.credentials import check_tracker_credentials
 from simpletuner.training.batches import caption_dropout, collate, to_device
 from simpletuner.training.caches import prepare_caches
 from simpletuner.training.checkpoint import publish
@@ -109,6 +110,7 @@ class Trainer:
         config = self.config
         # 1. Checks that need no scanning, before anything is written.
         self.source.check(self.family)
+        check_tracker_credentials(config)
         backends = load_backends(config)
         resume_path = resolve_resume_path(config, self.output_dir)
         # 2. Accelerator, output folder, log file, seed.
