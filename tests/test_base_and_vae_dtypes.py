@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -38,6 +39,7 @@ def _placed_denoiser(root: Path, model: Path, *flags: str) -> torch.nn.Module:
 
     trainer = Trainer(_config(root, model, *flags), show_progress=False)
     trainer.device, trainer.dtype = torch.device("cpu"), training_dtype(trainer.config)
+    trainer.accelerator = SimpleNamespace(is_main_process=True, num_processes=1)  # what loading asks of it
     return trainer._load_trainable_denoiser(total_steps=1)
 
 
